@@ -1,0 +1,52 @@
+"""The `tfmamba` command line: one subcommand per step of the pipeline.
+
+Each subcommand lives in its own module under `tfmamba.commands` and exposes
+`register(subparsers)`, which adds its parser and sets `func`. Heavy imports stay
+inside the command functions so that `tfmamba --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from tfmamba.errors import TFMambaError
+
+COMMANDS: tuple[str, ...] = ("params",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfmamba",
+        description=(
+            "TF-Mamba speech emotion recognition. Typical flow: "
+            "`tfmamba prepare demo --out data/demo` (a manifest), "
+            "`tfmamba features ...` (a cached feature store), then train. "
+            "Run `tfmamba COMMAND --help` for each step."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tfmamba.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except TFMambaError as err:
+        print(f"tfmamba {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
