@@ -1,0 +1,111 @@
+"""The extractor interface and the factory that picks one by name.
+
+An extractor turns 16 kHz mono waves into (frames, dim) float32 arrays. Its identity
+(`name`, `revision_or_hash`, `layer`) is written into the feature cache so that a cache
+built with one extractor is never read as if it came from another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from tfmamba.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FBANK_NAMES = ("fbank", "fbank-cmvn")
+
+
+class Extractor(ABC):
+    """Waves in, frames out. Long waves are cut into `max_seconds` windows and the outputs joined."""
+
+    name: str
+    dim: int
+    frame_rate: float
+    revision_or_hash: str
+    layer: int | None = None
+    sample_rate: int = SAMPLE_RATE
+    min_samples: int = 400
+    max_seconds: float | None = None
+
+    def __init__(self) -> None:
+        self.windowed = 0
+
+    def describe(self) -> dict:
+        """The identity written into a cache's metadata (and compared when it is read)."""
+        return {
+            "extractor": self.name,
+            "revision": self.revision_or_hash,
+            "layer": self.layer,
+            "dim": int(self.dim),
+            "frame_rate": float(self.frame_rate),
+            "sample_rate": int(self.sample_rate),
+        }
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Extract each wave; a wave longer than `max_seconds` is processed in windows and concatenated."""
+        pieces: list[np.ndarray] = []
+        owners: list[int] = []
+        for i, wave in enumerate(waves):
+            windows = self._split(np.asarray(wave, dtype=np.float32))
+            if len(windows) > 1:
+                self.windowed += 1
+                log.debug("wave %d: %.1f s processed in %d windows", i, len(wave) / self.sample_rate, len(windows))
+            pieces.extend(windows)
+            owners.extend([i] * len(windows))
+        outs = self._extract(pieces) if pieces else []
+        joined: list[list[np.ndarray]] = [[] for _ in waves]
+        for owner, out in zip(owners, outs):
+            joined[owner].append(out)
+        return [np.concatenate(parts, axis=0).astype(np.float32, copy=False) for parts in joined]
+
+    def _split(self, wave: np.ndarray) -> list[np.ndarray]:
+        if not self.max_seconds:
+            return [wave]
+        size = int(self.max_seconds * self.sample_rate)
+        if len(wave) <= size:
+            return [wave]
+        starts = list(range(0, len(wave), size))
+        if len(wave) - starts[-1] < max(self.min_samples, self.sample_rate // 2) and len(starts) > 1:
+            starts.pop()  # fold a short tail into the previous window
+        ends = starts[1:] + [len(wave)]
+        return [wave[s:e] for s, e in zip(starts, ends)]
+
+    @abstractmethod
+    def _extract(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Extract a batch of waves, each at most `max_seconds` long."""
+
+
+def canonical_name(name: str) -> str:
+    """The name stored in a cache: a local folder becomes its absolute path, anything else is kept."""
+    if name in FBANK_NAMES:
+        return name
+    if os.path.isdir(name):
+        return os.path.abspath(name).rstrip(os.sep)
+    return name
+
+
+def get_extractor(
+    name: str,
+    layer: int | None = None,
+    device: str | None = None,
+    max_seconds: float | None = 30.0,
+) -> Extractor:
+    """Build an extractor: `fbank` / `fbank-cmvn`, or any transformers speech encoder by hub name or local path."""
+    if not name:
+        raise ConfigError("extractor name is empty")
+    if name in FBANK_NAMES:
+        if layer is not None:
+            raise ConfigError(f"extractor {name!r} has no layers; drop --layer")
+        from tfmamba.features.fbank import FbankExtractor
+
+        return FbankExtractor(cmvn=name == "fbank-cmvn", max_seconds=max_seconds)
+    from tfmamba.features.encoder import EncoderExtractor
+
+    return EncoderExtractor(name, layer=layer, device=device, max_seconds=max_seconds)
