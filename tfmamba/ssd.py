@@ -1,0 +1,291 @@
+"""State Space Duality (SSD) scans: the Mamba-2 selective scan in pure PyTorch, plus mamba-ssm dispatch.
+
+All functions take mamba-ssm's `mamba_chunk_scan_combined` arguments and shapes::
+
+    x  (batch, seqlen, nheads, headdim)     dt (batch, seqlen, nheads)     A (nheads,)
+    B  (batch, seqlen, ngroups, dstate)     C  (batch, seqlen, ngroups, dstate)
+    D  (nheads,) or (nheads, headdim)       z  like x (output gate: y * silu(z))
+    -> y (batch, seqlen, nheads, headdim)
+
+and compute the recurrence (per head, with the heads of a group sharing B and C)::
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T        (h_t: headdim x dstate)
+    y_t = h_t C_t + D x_t
+
+`ssd_scan_sequential` runs that recurrence step by step: it is the reference.
+`ssd_scan` is the chunked block decomposition of the SSD paper (Dao & Gu 2024, Listing 1):
+quadratic attention-like products inside chunks, a linear recurrence between chunk states.
+It keeps the heads of a group side by side so that C.B^T is computed once per group and the
+chunk states and their read-out are single contiguous matmuls over (heads x headdim) columns.
+`ssd` picks a backend: mamba-ssm's Triton kernel on CUDA when it imports, else `ssd_scan`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import math
+import sys
+import types
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "BACKENDS"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "mamba_ssm")
+
+
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half inputs accumulate in float32)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[int, int, int, int, int, int]:
+    if x.dim() != 4:
+        raise ValueError(f"x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
+    b, l, h, p = x.shape
+    if dt.shape != (b, l, h):
+        raise ValueError(f"dt must be {(b, l, h)}, got {tuple(dt.shape)}")
+    if A.shape != (h,):
+        raise ValueError(f"A must be ({h},), got {tuple(A.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (b, l) or B.shape != C.shape:
+        raise ValueError(f"B and C must be (batch, seqlen, ngroups, dstate), got {tuple(B.shape)} and {tuple(C.shape)}")
+    g, n = B.shape[2], B.shape[3]
+    if h % g != 0:
+        raise ValueError(f"nheads ({h}) must be a multiple of ngroups ({g})")
+    return b, l, h, p, g, n
+
+
+def _prepare_dt(
+    dt: Tensor,
+    dtype: torch.dtype,
+    dt_bias: Tensor | None,
+    dt_softplus: bool,
+    dt_limit: tuple[float, float],
+) -> Tensor:
+    dt = dt.to(dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if dt_limit != (0.0, float("inf")):
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    return dt
+
+
+def _skip_and_gate(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """y + D x, then the output gate y * silu(z), as mamba_chunk_scan_combined does."""
+    if D is not None:
+        d = D.to(y.dtype)
+        y = y + x.to(y.dtype) * (d[:, None] if d.dim() == 1 else d)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def ssd_scan_sequential(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int | None = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> Tensor:
+    """The plain recurrence, one time step after another (vectorised over batch and heads).
+
+    `chunk_size` is accepted for signature parity and ignored. Slow (a Python loop over
+    seqlen) but obviously right: every faster path is tested against it.
+    """
+    b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
+    cd = _compute_dtype(x, dt, A, B, C)
+    dt = _prepare_dt(dt, cd, dt_bias, dt_softplus, dt_limit)
+    xs, Bs, Cs, As = x.to(cd), B.to(cd), C.to(cd), A.to(cd)
+    rep = h // g
+    Bh = Bs.repeat_interleave(rep, dim=2)  # (b, l, h, n)
+    Ch = Cs.repeat_interleave(rep, dim=2)
+    state = xs.new_zeros(b, h, p, n)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt[:, t] * As)  # (b, h)
+        state = state * decay[:, :, None, None] + (dt[:, t, :, None] * xs[:, t]).unsqueeze(-1) * Bh[:, t].unsqueeze(2)
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
+    y = torch.stack(ys, dim=1) if ys else xs.new_zeros(b, 0, h, p)
+    return _skip_and_gate(y, x, D, z)
+
+
+def ssd_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 64,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> Tensor:
+    """Chunked SSD in pure PyTorch: same result as `ssd_scan_sequential`, in O(seqlen * chunk_size).
+
+    Any seqlen works (the tail chunk is zero-padded with dt = 0, which neither decays nor feeds
+    the state). Accumulates in float32, or float64 for float64 inputs; returns that dtype.
+    """
+    b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    cd = _compute_dtype(x, dt, A, B, C)
+    dt = _prepare_dt(dt, cd, dt_bias, dt_softplus, dt_limit)
+    q = min(chunk_size, max(l, 1))
+    c = math.ceil(l / q)
+    pad = c * q - l
+    hg = h // g  # heads per group
+
+    xs, Bs, Cs = x.to(cd), B.to(cd), C.to(cd)
+    if pad:
+        xs, dt = F.pad(xs, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+        Bs, Cs = F.pad(Bs, (0, 0, 0, 0, 0, pad)), F.pad(Cs, (0, 0, 0, 0, 0, pad))
+
+    # Log-decays, cumulated inside each chunk: (b, h, c, q). Small tensors, cheap to permute.
+    a = (dt * A.to(cd)).view(b, c, q, h).permute(0, 3, 1, 2)
+    acs = a.cumsum(-1)
+    # Group-major B and C: (b, g, c, q, n); each group's C.B^T is shared by its heads.
+    Bg = Bs.view(b, c, q, g, n).permute(0, 3, 1, 2, 4)
+    Cg = Cs.view(b, c, q, g, n).permute(0, 3, 1, 2, 4)
+    xdt = (xs * dt.unsqueeze(-1)).view(b, c, q, g, hg, p)  # natural layout, heads of a group adjacent
+
+    # 1. Inside each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(acs_i - acs_j) xdt_j.
+    seg = acs.unsqueeze(-1) - acs.unsqueeze(-2)  # (b, h, c, q, q)
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    decay_in = torch.exp(seg.masked_fill(~causal, float("-inf")))
+    scores = decay_in.view(b, g, hg, c, q, q) * (Cg @ Bg.transpose(-1, -2)).unsqueeze(2)
+    y_diag = scores @ xdt.permute(0, 3, 4, 1, 2, 5)  # (b, g, hg, c, q, p)
+
+    # 2. Each chunk's own contribution to the state at its end: (b, g, c, n, hg*p).
+    decay_to_end = torch.exp(acs[..., -1:] - acs)  # (b, h, c, q)
+    xw = xdt * decay_to_end.permute(0, 2, 3, 1).reshape(b, c, q, g, hg, 1)
+    xw = xw.view(b, c, q, g, hg * p).permute(0, 3, 1, 2, 4)  # a free view when g == 1
+    chunk_states = Bg.transpose(-1, -2) @ xw  # (b, g, c, n, hg*p)
+
+    # 3. Pass states between chunks: the state entering chunk k (a short loop over chunks).
+    chunk_decay = torch.exp(acs[..., -1]).permute(0, 2, 1).reshape(b, c, g, 1, hg, 1)  # (b, c, g, 1, hg, 1)
+    states = chunk_states.view(b, g, c, n, hg, p)
+    entering = [xs.new_zeros(b, g, n, hg, p)]
+    for k in range(c - 1):
+        entering.append(entering[-1] * chunk_decay[:, k] + states[:, :, k])
+    prev = torch.stack(entering, dim=2).view(b, g, c, n, hg * p)
+
+    # 4. Read the entering state out at every position: exp(acs_i) C_i . S_k.
+    y_off = (Cg @ prev).view(b, g, c, q, hg, p)
+    y_off = y_off * torch.exp(acs).view(b, g, hg, c, q).permute(0, 1, 3, 4, 2).unsqueeze(-1)
+
+    y = y_off + y_diag.permute(0, 1, 3, 4, 2, 5)  # (b, g, c, q, hg, p)
+    y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c * q, h, p)[:, :l]
+    return _skip_and_gate(y, x, D, z)
+
+
+_MAMBA_SCAN: Callable[..., Tensor] | None = None
+_MAMBA_IMPORT_TRIED = False
+
+
+def _import_mamba_chunk_scan() -> Callable[..., Tensor] | None:
+    """mamba-ssm's Triton `mamba_chunk_scan_combined`, or None when it cannot be imported.
+
+    mamba-ssm 2.3's package `__init__` imports its compiled CUDA extension even though the SSD
+    kernels are pure Triton, so a wheel built with MAMBA_SKIP_CUDA_BUILD fails a plain import.
+    In that case the Triton module is loaded under an empty `mamba_ssm` package shell.
+    """
+    global _MAMBA_SCAN, _MAMBA_IMPORT_TRIED
+    if _MAMBA_IMPORT_TRIED:
+        return _MAMBA_SCAN
+    _MAMBA_IMPORT_TRIED = True
+    name = "mamba_ssm.ops.triton.ssd_combined"
+    try:
+        _MAMBA_SCAN = importlib.import_module(name).mamba_chunk_scan_combined
+        return _MAMBA_SCAN
+    except Exception as err:  # ImportError, or the CUDA extension failing to load
+        first_error = err
+    spec = importlib.util.find_spec("mamba_ssm") if "mamba_ssm" not in sys.modules else None
+    if spec is None or not spec.submodule_search_locations:
+        logger.debug("mamba-ssm unavailable: %s", first_error)
+        return None
+    shell = types.ModuleType("mamba_ssm")
+    shell.__path__ = list(spec.submodule_search_locations)
+    sys.modules["mamba_ssm"] = shell
+    try:
+        _MAMBA_SCAN = importlib.import_module(name).mamba_chunk_scan_combined
+    except Exception as err:
+        del sys.modules["mamba_ssm"]
+        logger.debug("mamba-ssm Triton kernels unavailable: %s (package import: %s)", err, first_error)
+    return _MAMBA_SCAN
+
+
+def mamba_ssm_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 256,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> Tensor:
+    """mamba-ssm's fused Triton kernel (CUDA only); raises RuntimeError when it is unavailable."""
+    scan = _import_mamba_chunk_scan()
+    if scan is None:
+        raise RuntimeError("mamba-ssm is not importable: install the `gpu` extra on a CUDA machine (see README)")
+    if not x.is_cuda:
+        raise RuntimeError("the mamba_ssm backend needs CUDA tensors")
+    return scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+
+
+_LOGGED_CHOICES: set[tuple[str, str]] = set()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn "auto" into "mamba_ssm" (CUDA and importable) or "torch"; log each choice once."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown SSD backend {backend!r}; choose one of {BACKENDS}")
+    chosen = backend
+    if backend == "auto":
+        chosen = "mamba_ssm" if device.type == "cuda" and _import_mamba_chunk_scan() is not None else "torch"
+    key = (backend, chosen)
+    if key not in _LOGGED_CHOICES:
+        _LOGGED_CHOICES.add(key)
+        logger.info("SSD backend: %s (asked for %s, device %s)", chosen, backend, device.type)
+    return chosen
+
+
+def ssd(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 64,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    backend: str = "auto",
+) -> Tensor:
+    """SSD scan through the chosen backend ("auto" | "torch" | "mamba_ssm"); output in x's dtype."""
+    kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    if resolve_backend(backend, x.device) == "mamba_ssm":
+        return mamba_ssm_scan(x, dt, A, B, C, chunk_size, **kwargs)
+    return ssd_scan(x, dt, A, B, C, chunk_size, **kwargs).to(x.dtype)
