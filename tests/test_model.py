@@ -1,0 +1,120 @@
+"""TF-Mamba variants: parameter budgets, padding invariance, shapes, config validation, the params command."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tfmamba.cli import main
+from tfmamba.errors import ConfigError
+from tfmamba.model import VARIANTS, ModelConfig, build_model, count_parameters
+from tfmamba.modules.frequency_filter import FrequencyFilter
+from tfmamba.modules.mamba2 import FrequencyBranch, TemporalBranch
+from tfmamba.paper import paper_params
+
+SMALL = dict(d_model=32, d_state=8, headdim=16, num_heads=4, ffn_dim=24, chunk_size=8, classifier_dims=(24, 16))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameter_count_within_5_percent_of_paper(variant):
+    model = build_model(variant, num_classes=4, input_dim=1024)
+    ours, paper = count_parameters(model), paper_params(variant)
+    assert abs(ours - paper) / paper < 0.05, (variant, ours, paper)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_never_changes_a_valid_utterance(variant):
+    torch.manual_seed(0)
+    model = build_model(variant, num_classes=3, input_dim=20, **SMALL).eval()
+    lengths = torch.tensor([29, 17, 3, 11])
+    x = torch.randn(4, 29, 20)
+    x[1, 17:] = 100.0  # garbage in the padding must not leak into the valid frames
+    with torch.no_grad():
+        batched = model(x, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(x[i : i + 1, :n], lengths[i : i + 1])
+            assert torch.allclose(alone.logits, batched.logits[i : i + 1], atol=1e-5), (variant, i)
+    assert batched.logits.shape == (4, 3)
+    assert batched.sequence.shape == (4, 29, 32)
+    assert not batched.sequence[~batched.mask].any(), "padded frames of the sequence must be zero"
+
+
+def test_full_size_padding_invariance_of_the_tf_model():
+    torch.manual_seed(0)
+    model = build_model("tf").eval()
+    x, lengths = torch.randn(2, 40, 1024), torch.tensor([40, 13])
+    with torch.no_grad():
+        batched = model(x, lengths).logits
+        alone = model(x[1:, :13], lengths[1:]).logits
+    assert torch.allclose(alone, batched[1:], atol=1e-5)
+
+
+def test_variants_fill_the_block_slots_as_documented():
+    def slots(variant):
+        block = build_model(variant, input_dim=20, **SMALL).block
+        return None if block is None else (type(block.first), type(block.second))
+
+    assert slots("baseline") is None and slots("attention") is None
+    assert slots("temporal") == (TemporalBranch, type(None))
+    assert slots("tf") == slots("tf_cmdt") == (TemporalBranch, FrequencyBranch)
+    assert slots("dual_temporal") == (TemporalBranch, TemporalBranch)
+    assert build_model("baseline", input_dim=20, **SMALL).encoder is None
+
+
+def test_training_step_gives_finite_gradients_everywhere():
+    torch.manual_seed(0)
+    model = build_model("tf", num_classes=4, input_dim=20, **SMALL)
+    out = model(torch.randn(3, 21, 20), torch.tensor([21, 9, 14]))
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 3])).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    omega = model.block.second.xbc_filter.omega_raw
+    assert omega.grad.abs().sum() > 0, "the filter threshold omega must be learnable"
+
+
+def test_frequency_filter_soft_mask_tends_to_the_hard_mask():
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5)
+    filt = FrequencyFilter(5, filter_init=1.0, sharpness=1e4)
+    spec = torch.fft.rfft(x, dim=1, norm="ortho")
+    hard = torch.fft.irfft(spec * (spec.abs() ** 2 > 1.0), n=32, dim=1, norm="ortho")
+    assert torch.allclose(filt(x), hard, atol=1e-4)
+    assert torch.allclose(filt.omega, torch.full((5,), 1.0), atol=1e-6)
+
+
+def test_frequency_filter_uses_each_utterance_own_length():
+    torch.manual_seed(0)
+    filt = FrequencyFilter(4, filter_init=0.5)
+    x = torch.randn(2, 16, 4)
+    out = filt(x, torch.tensor([16, 9]))
+    assert torch.allclose(out[1, :9], filt(x[1:, :9])[0], atol=1e-6)
+    assert not out[1, 9:].any()
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        (dict(variant="tf_plus"), "unknown variant"),
+        (dict(d_state=0), "d_state must be >= 1"),
+        (dict(filter_init=-1.0), "filter_init"),
+        (dict(headdim=48), "multiple of headdim"),
+        (dict(ssd_backend="cuda"), "ssd_backend"),
+        (dict(dstate=16), "unknown model setting"),
+    ],
+)
+def test_bad_config_values_raise_config_error(override, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig.from_dict({"input_dim": 20, **SMALL, **override})
+
+
+def test_config_round_trip():
+    cfg = ModelConfig(variant="dual_temporal", input_dim=80, **SMALL)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_params_command_prints_every_variant(capsys):
+    assert main(["params"]) == 0
+    out = capsys.readouterr().out
+    for variant in VARIANTS:
+        assert variant in out
+    assert "20.79M" in out

@@ -1,0 +1,114 @@
+"""A Mamba-2 mixer with mamba-ssm's parameter layout, used by both TF-Mamba branches.
+
+Temporal branch (paper Eq. 2-3, 6): in_proj -> causal depthwise conv over [x, B, C] -> SiLU ->
+SSD -> gated RMSNorm with z -> out_proj. The frequency branch is the same mixer with a
+`FrequencyFilter` applied to the conv output [x, B, C] before the SSD (Eq. 3-4); A (through dt)
+and the gate z are not filtered, as in the paper's Split of Phi^F.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tfmamba.modules.frequency_filter import FrequencyFilter
+from tfmamba.modules.norm import RMSNormGated
+from tfmamba.ssd import ssd
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer: (batch, seqlen, d_model) -> (batch, seqlen, d_model), causal in time."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        ssd_backend: str = "auto",
+        xbc_filter: nn.Module | None = None,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim != 0:
+            raise ValueError(f"expand * d_model ({self.d_inner}) must be a multiple of headdim ({headdim})")
+        self.headdim, self.ngroups = headdim, ngroups
+        self.nheads = self.d_inner // headdim
+        if self.nheads % ngroups != 0:
+            raise ValueError(f"nheads ({self.nheads}) must be a multiple of ngroups ({ngroups})")
+        self.chunk_size, self.ssd_backend = chunk_size, ssd_backend
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+
+        # Order: [z, x, B, C, dt]
+        d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
+        self.in_proj = nn.Linear(d_model, d_in_proj, bias=False, **factory_kwargs)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1, **factory_kwargs
+        )
+        self.xbc_filter = xbc_filter
+
+        # dt_bias = inverse softplus of dt ~ logUniform[dt_min, dt_max] (mamba-ssm's init).
+        dt = torch.exp(torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        # A = -exp(A_log) < 0: computed in float32 at use, since exp may overflow in half precision.
+        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+
+        self.norm = RMSNormGated(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups, **factory_kwargs)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory_kwargs)
+
+    def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """u (batch, seqlen, d_model); lengths (batch,) valid frames, needed by a frequency filter."""
+        batch, seqlen, _ = u.shape
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
+        if self.xbc_filter is not None:
+            xbc = self.xbc_filter(xbc, lengths)
+        x, B, C = torch.split(xbc, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        y = ssd(
+            x.unflatten(-1, (self.nheads, self.headdim)),
+            dt,
+            -torch.exp(self.A_log.float()),
+            B.unflatten(-1, (self.ngroups, self.d_state)),
+            C.unflatten(-1, (self.ngroups, self.d_state)),
+            self.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            backend=self.ssd_backend,
+        )
+        y = self.norm(y.flatten(-2).to(u.dtype), z)
+        return self.out_proj(y)
+
+
+class TemporalBranch(Mamba2Mixer):
+    """T(.): the temporal-aware Mamba-2 branch (Eq. 2-3), a plain Mamba-2 mixer."""
+
+
+class FrequencyBranch(Mamba2Mixer):
+    """F(.): the frequency-filter Mamba-2 branch (Eq. 3-4): [x, B, C] filtered along time before the SSD."""
+
+    def __init__(self, d_model: int, filter_init: float = 0.05, filter_sharpness: float = 4.0, **kwargs) -> None:
+        super().__init__(d_model, **kwargs)
+        self.xbc_filter = FrequencyFilter(
+            self.conv_dim, filter_init, filter_sharpness, device=kwargs.get("device"), dtype=kwargs.get("dtype")
+        )
