@@ -1,0 +1,49 @@
+"""`tfmamba features --manifest M --extractor NAME --out CACHE`: extract and cache features for a manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = (
+    "Extract features for every utterance of a manifest into a feature cache: sharded Parquet files "
+    "(utt_id, n_frames, float16 frames) plus features.json (extractor, revision or weights hash, layer, "
+    "dim, frame rate, manifest hash) and problems.csv (skipped clips with the reason). CACHE is a "
+    "folder or a URI that pyarrow opens (file://, s3://, gs://). Rerunning resumes: utterances already "
+    "in the cache are skipped; a cache of another extractor or manifest is refused. EXTRACTOR is "
+    "`fbank` (80 log-mel bins, 100 frames/s, pure torch), `fbank-cmvn` (the same, normalised per "
+    "utterance), or a transformers speech encoder by hub name or local folder (WavLM, HuBERT, "
+    "wav2vec2, Whisper's encoder)."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("features", help="extract and cache features for a manifest", description=DESCRIPTION)
+    parser.add_argument("--manifest", required=True, help="manifest.parquet or the folder holding it")
+    parser.add_argument("--extractor", default="microsoft/wavlm-large",
+                        help="fbank, fbank-cmvn, or a hub name / local folder (default microsoft/wavlm-large)")
+    parser.add_argument("--out", required=True, help="cache folder or URI")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="hidden layer of an encoder: 0 = input embeddings .. N = last (default last)")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
+    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
+    parser.add_argument("--max-seconds", type=float, default=30.0,
+                        help="clips longer than this run in windows whose outputs are concatenated (default 30)")
+    parser.add_argument("--hard-cap-seconds", type=float, default=600.0,
+                        help="clips longer than this are skipped into problems.csv (default 600)")
+    parser.add_argument("--shard-size", type=int, default=256, help="utterances per Parquet shard (default 256)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfmamba.corpora.manifest import manifest_hash, read_manifest
+    from tfmamba.features.build import build_cache
+    from tfmamba.features.extractor import get_extractor
+
+    manifest = read_manifest(args.manifest)
+    extractor = get_extractor(args.extractor, layer=args.layer, device=args.device, max_seconds=args.max_seconds)
+    report = build_cache(manifest.table, manifest_hash(manifest), extractor, args.out, batch_size=args.batch_size,
+                         shard_size=args.shard_size, hard_cap_seconds=args.hard_cap_seconds,
+                         progress=not args.no_progress)
+    print(report.summary())
+    return 0
