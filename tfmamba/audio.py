@@ -83,7 +83,7 @@ def _av_info(path: Path) -> AudioInfo:
             else:
                 duration = _decoded_duration(container, stream)
     except av.FFmpegError as err:
-        raise DataError(f"{path}: undecodable ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: undecodable ({type(err).__name__}: {err.strerror or err})") from err
     if rate <= 0:
         raise DataError(f"{path}: audio stream has no sample rate")
     if duration <= 0:
@@ -167,7 +167,7 @@ def _av_read(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
                 if limit is not None and total > limit:
                     raise _too_long(path, total / rate, max_seconds)
     except av.FFmpegError as err:
-        raise DataError(f"{path}: undecodable ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: undecodable ({type(err).__name__}: {err.strerror or err})") from err
     if not chunks:
         return np.zeros(0, dtype=np.float32), rate
     return np.concatenate(chunks), rate

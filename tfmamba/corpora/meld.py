@@ -104,7 +104,7 @@ def build_meld(root: str | Path, max_duration: float = DEFAULT_MAX_DURATION) -> 
         if not clip_dir.is_dir():
             logger.warning("%s: clip folder missing, every %s row will be a problem", clip_dir, split)
             continue
-        for clip in sorted(clip_dir.iterdir()):
+        for clip in sorted(clip_dir.glob("*.mp4")):
             if clip.name not in listed[split] and not clip.name.startswith("."):
                 match = CLIP_NAME.match(clip.name)
                 utt_id = f"{split}_dia{match.group(1)}_utt{match.group(2)}" if match else ""

@@ -170,7 +170,7 @@ def format_summary(result: PrepareResult) -> str:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(result.dropped.items()))
         lines.append(f"dropped labels (not in the class set): {dropped}")
     reasons = Counter(_reason_kind(p.reason) for p in result.problems)
-    lines.append(f"skipped files: {len(result.problems)}" + (": " if reasons else ""))
+    lines.append(f"skipped files: {len(result.problems)} (listed in {PROBLEMS_NAME})")
     lines.extend(f"  {n} x {reason}" for reason, n in reasons.most_common())
     for fold in result.folds:
         lines.append(f"fold {fold.index} ({fold.name}): train {len(fold.train)}, valid {len(fold.valid)}, test {len(fold.test)}")
