@@ -24,6 +24,7 @@ import pandas as pd
 from tfmamba.corpora.manifest import (
     MANIFEST_NAME,
     PROBLEMS_NAME,
+    SPLITS,
     Manifest,
     Problem,
     read_manifest,
@@ -38,6 +39,7 @@ from tfmamba.folds import FOLDS_NAME, Fold, load_folds, make_folds, save_folds
 logger = logging.getLogger(__name__)
 
 PREPARE_VERSION = "1"
+LOGGED_PER_REASON = 5
 
 
 @dataclass
@@ -129,8 +131,7 @@ def prepare_corpus(
         )
     built = build()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for problem in built.problems:
-        logger.warning("skipped %s: %s", problem.utt_id or problem.path, problem.reason)
+    _log_problems(built.problems)
     write_problems(built.problems, out_dir / PROBLEMS_NAME)
     if len(built.table) == 0:
         raise DataError(
@@ -153,6 +154,19 @@ def prepare_corpus(
     return PrepareResult(manifest, folds, built.problems, dict(built.dropped), out_dir, reused=False)
 
 
+def _log_problems(problems: list[Problem]) -> None:
+    """A few examples of each kind of skip; the full list is in problems.csv."""
+    seen: Counter[str] = Counter()
+    for problem in problems:
+        kind = _reason_kind(problem.reason)
+        seen[kind] += 1
+        if seen[kind] <= LOGGED_PER_REASON:
+            logger.warning("skipped %s: %s", problem.utt_id or problem.path, problem.reason)
+    hidden = sum(max(0, n - LOGGED_PER_REASON) for n in seen.values())
+    if hidden:
+        logger.warning("... and %d more skipped (all listed in %s)", hidden, PROBLEMS_NAME)
+
+
 def format_summary(result: PrepareResult) -> str:
     """Human-readable counts per label and split/session, skips with reasons, output paths."""
     table = result.manifest.table
@@ -164,6 +178,8 @@ def format_summary(result: PrepareResult) -> str:
     group = "split" if "split" in table.columns else "session"
     counts = table.groupby([group, "label"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=result.manifest.labels, fill_value=0)
+    if group == "split":
+        counts = counts.reindex([s for s in SPLITS if s in counts.index])
     counts.loc["total"] = counts.sum()
     lines.append(counts.to_string())
     if result.dropped:
