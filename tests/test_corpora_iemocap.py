@@ -148,3 +148,15 @@ def test_prepare_rebuilds_when_an_output_is_missing(iemocap_root, tmp_path, capl
 def test_prepare_missing_root_is_a_clean_error(tmp_path, capsys):
     assert main(["prepare", "iemocap", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "no Session*/dialog/EmoEvaluation" in capsys.readouterr().err
+
+
+def test_full_release_count_is_checked(tmp_path, caplog):
+    root = tmp_path / "IEMOCAP_full_release"
+    for session in range(1, 6):
+        evaluation = root / f"Session{session}" / "dialog" / "EmoEvaluation" / f"Ses0{session}F_impro01.txt"
+        evaluation.parent.mkdir(parents=True)
+        evaluation.write_text(f"[1.0000 - 2.0000]\tSes0{session}F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]\n")
+    with caplog.at_level(logging.WARNING):
+        built = build_iemocap(root)
+    assert "found 5 4-class utterances, the full release has 5531" in caplog.text
+    assert len(built.table) == 0 and [p.reason for p in built.problems] == ["missing file"] * 5
