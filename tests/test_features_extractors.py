@@ -131,3 +131,12 @@ def test_whisper_encoder_is_cropped_to_real_audio(tmp_path):
 def test_unknown_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot load"):
         get_extractor(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tiny_wavlm):
+    cpu = get_extractor(tiny_wavlm, device="cpu")(waves())
+    gpu_ext = get_extractor(tiny_wavlm)
+    assert gpu_ext.device.type == "cuda"
+    for a, b in zip(cpu, gpu_ext(waves())):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)

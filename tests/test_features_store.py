@@ -183,3 +183,11 @@ def test_a_listed_shard_that_vanished_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="unreadable"):
         FeatureStore.open(str(tmp_path))
     shutil.rmtree(tmp_path)
+
+
+def test_package_exports_resolve_lazily():
+    import tfmamba.features as features
+
+    assert features.FeatureStore is FeatureStore and features.build_cache is build_cache
+    with pytest.raises(AttributeError):
+        features.nothing_here

@@ -1,0 +1,49 @@
+"""Shared helpers for benchmark scripts: machine description and writing results as JSON + a markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    """CPU, core count, Python, torch version and threads, and the GPU if any."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+
+
+def write_results(name: str, title: str, results: dict, rows: list[tuple[str, str]], notes: str = "") -> tuple[Path, Path]:
+    """Write results/NAME.json (results + machine + date) and results/NAME.md (a two-column table)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine, **results}
+    json_path = RESULTS / f"{name}.json"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# {title}", "", f"{payload['date']}; {machine['cpu']}, {machine['cores']} cores, "
+             f"torch {machine['torch']} ({machine['torch_threads']} threads), device {machine['device']}.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["| quantity | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    md_path = RESULTS / f"{name}.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
