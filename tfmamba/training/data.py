@@ -1,0 +1,148 @@
+"""What the trainer feeds the model: a fold's datasets and loaders, and the input standardisation.
+
+Training batches come from `LengthBucketSampler` (split by rank under DDP, global batch size
+`batch_size`); evaluation batches are this rank's every world-th utterance, sorted by length and
+never padded by repetition, so gathering all ranks' predictions scores each utterance exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from tfmamba.config import TrainConfig
+from tfmamba.corpora.manifest import Manifest
+from tfmamba.errors import ConfigError, DataError
+from tfmamba.features.dataset import FeatureDataset, LengthBucketSampler, pad_collate
+from tfmamba.features.store import FeatureStore
+from tfmamba.folds import Fold
+
+STD_FLOOR = 1e-5
+
+
+def fold_digest(fold: Fold) -> str:
+    """A hash of the fold's three utterance lists, to refuse resuming a checkpoint of another fold."""
+    payload = json.dumps([fold.index, sorted(fold.train), sorted(fold.valid), sorted(fold.test)])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def fold_labels(fold: Fold, manifest: Manifest) -> dict[str, list[int]]:
+    """Class indices of each part's utterances ("train", "valid", "test"); DataError for unknown ids or empty parts."""
+    by_id = dict(zip(manifest.table["utt_id"].astype(str), manifest.table["label"].astype(str)))
+    out = {}
+    for part in ("train", "valid", "test"):
+        ids = getattr(fold, part)
+        if not ids:
+            raise DataError(f"fold {fold.index} ({fold.name}): the {part} set is empty")
+        missing = [u for u in ids if u not in by_id]
+        if missing:
+            raise DataError(f"fold {fold.index}: {len(missing)} {part} utterances are not in manifest "
+                            f"{manifest.path or manifest.corpus}: {missing[:5]} (folds made for another manifest?)")
+        out[part] = [manifest.label_index(by_id[u]) for u in ids]
+    return out
+
+
+@dataclass
+class FoldData:
+    """The three datasets of a fold."""
+
+    train: FeatureDataset
+    valid: FeatureDataset
+    test: FeatureDataset
+
+
+def fold_datasets(config: TrainConfig, fold: Fold, manifest: Manifest, store: FeatureStore) -> FoldData:
+    labels = fold_labels(fold, manifest)
+
+    def make(part: str, random_crop: bool) -> FeatureDataset:
+        return FeatureDataset(store, getattr(fold, part), labels[part], max_frames=config.max_frames,
+                              random_crop=random_crop, seed=config.seed)
+
+    return FoldData(make("train", True), make("valid", False), make("test", False))
+
+
+def train_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int) -> tuple[DataLoader, LengthBucketSampler]:
+    """Shuffled length-bucketed batches of `batch_size // world` per rank (so `batch_size` is the global batch)."""
+    per_rank = max(1, config.batch_size // world)
+    sampler = LengthBucketSampler(dataset.lengths, per_rank, shuffle=True, seed=config.seed,
+                                  num_replicas=world, rank=rank)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=pad_collate, num_workers=config.num_workers)
+    return loader, sampler
+
+
+def eval_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int) -> DataLoader:
+    """This rank's share of `dataset` (indices rank, rank + world, ...), batched in increasing length."""
+    mine = np.arange(rank, len(dataset), world)
+    mine = mine[np.argsort(dataset.lengths[mine], kind="stable")]
+    size = max(1, config.batch_size // world)
+    batches = [mine[i: i + size].tolist() for i in range(0, len(mine), size)]
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_IndexedCollate(dataset),
+                      num_workers=config.num_workers)
+
+
+class _IndexedCollate:
+    """pad_collate plus each item's dataset index (found from its utt_id), for gathering predictions."""
+
+    def __init__(self, dataset: FeatureDataset) -> None:
+        self.position = {u: i for i, u in enumerate(dataset.utt_ids)}
+
+    def __call__(self, batch: list[dict]) -> dict:
+        out = pad_collate(batch)
+        out["indices"] = torch.tensor([self.position[item["utt_id"]] for item in batch], dtype=torch.long)
+        return out
+
+
+class InputNorm(nn.Module):
+    """`(x - mean) / std` per feature dimension (identity when built with `mean=None`).
+
+    Applied to padded frames as well, so it is exactly what folding the statistics into the input
+    projection does to a zero-padded raw batch (`fold_into_linear`).
+    """
+
+    def __init__(self, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        super().__init__()
+        self.active = mean is not None
+        if self.active:
+            self.register_buffer("mean", mean.float())
+            self.register_buffer("std", std.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std if self.active else x
+
+
+def input_norm(config: TrainConfig, dataset: FeatureDataset, d_model: int) -> InputNorm:
+    """The configured standardisation, with statistics of every frame of the training utterances."""
+    if config.input_norm == "none":
+        return InputNorm()
+    if dataset.store.dim == d_model:
+        raise ConfigError(f"input_norm=global needs input_dim ({dataset.store.dim}) != d_model ({d_model}): the "
+                          f"statistics are folded into the input projection, which is absent when they are equal")
+    store = dataset.store
+    total = np.zeros(store.dim, dtype=np.float64)
+    squares = np.zeros(store.dim, dtype=np.float64)
+    count = 0
+    for row in dataset.rows:
+        frames = store.features[store.offsets[row]: store.offsets[row + 1]].astype(np.float64)
+        total += frames.sum(axis=0)
+        squares += np.square(frames).sum(axis=0)
+        count += len(frames)
+    if count == 0:
+        raise DataError("cannot compute input statistics: the training utterances have no frames")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0)).clip(min=STD_FLOOR)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        raise DataError(f"feature cache {store.uri}: the training features hold NaN or Inf values")
+    return InputNorm(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+
+
+def fold_into_linear(linear: nn.Linear, norm: InputNorm) -> dict[str, Tensor]:
+    """Weight and bias of `linear(norm(x))` as a single linear layer on raw x."""
+    weight = linear.weight.detach().float().cpu() / norm.std.cpu()[None, :]
+    bias = linear.bias.detach().float().cpu() - weight @ norm.mean.cpu()
+    return {"weight": weight.contiguous(), "bias": bias.contiguous()}

@@ -1,0 +1,89 @@
+"""Data-parallel plumbing: who this process is, the DDP wrapper and gathering results from all ranks.
+
+Everything degrades to plain single-process behaviour when `torch.distributed` is not initialised
+(the CLI); under Ray Train's TorchTrainer, which initialises the process group, the same calls
+wrap the model in DDP and gather across workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the group (rank 0 of 1 without torch.distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> Dist:
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist()
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`device` if given, else this worker's GPU (LOCAL_RANK, as torchrun and Ray Train set it) or the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local if local < torch.cuda.device_count() else 0)
+    return torch.device("cpu")
+
+
+def wrap(model: nn.Module, device: torch.device, where: Dist) -> nn.Module:
+    """DDP around `model` when a process group is up (it broadcasts rank 0's weights), else `model`."""
+    if not where.active:
+        return model
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def all_gather(obj: Any, where: Dist) -> list[Any]:
+    """Every rank's `obj`, in rank order ([obj] without a process group)."""
+    if not where.active:
+        return [obj]
+    out: list[Any] = [None] * where.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_sum(values: list[float], device: torch.device, where: Dist) -> list[float]:
+    """Element-wise sum of `values` over ranks (float64)."""
+    if not where.active:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def any_rank(flag: bool, device: torch.device, where: Dist) -> bool:
+    """True on every rank when `flag` is true on any rank (so all ranks stop together instead of hanging)."""
+    if not where.active:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor)
+    return bool(tensor.item() > 0)
+
+
+def barrier(where: Dist) -> None:
+    if where.active:
+        dist.barrier()

@@ -1,0 +1,133 @@
+"""One epoch of training and one evaluation pass, plus the optimiser and learning-rate schedule.
+
+Loss (paper Eq. 9): cross-entropy + cmdt_weight * CMDT, the CMDT term skipped when the weight is 0.
+A non-finite loss on any rank stops every rank with a `TrainingError` naming the epoch and step.
+On CUDA with `amp` the forward pass runs under bf16 autocast; the losses are computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+
+from tfmamba.config import TrainConfig
+from tfmamba.errors import TrainingError
+from tfmamba.losses import cmdt_loss, total_loss
+from tfmamba.training import distributed
+from tfmamba.training.data import InputNorm
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> AdamW:
+    return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Step -> LR multiplier: linear warmup over `warmup_epochs`, then constant or cosine decay to 0."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total, int(round(config.warmup_epochs * steps_per_epoch)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_scheduler(config: TrainConfig, optimizer: AdamW, steps_per_epoch: int) -> LambdaLR:
+    return LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+
+
+def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=config.amp and device.type == "cuda")
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+
+
+def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
+    return Batch(norm(batch["features"].to(device, non_blocking=True)), batch["lengths"].to(device),
+                 batch["labels"].to(device))
+
+
+def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, optimizer: AdamW,
+                scheduler: LambdaLR, device: torch.device, epoch: int, where: distributed.Dist,
+                on_step: Callable[[float], None] | None = None) -> dict[str, float]:
+    """Train one epoch; returns the utterance-weighted means over all ranks: train_loss, train_ce, train_cmdt."""
+    model.train()
+    sums = np.zeros(4)  # loss, ce, cmdt (each times the batch size), utterances
+    for step, raw in enumerate(loader, start=1):
+        batch = to_device(raw, norm, device)
+        with autocast(config, device):
+            out = model(batch.features, batch.lengths)
+        ce = F.cross_entropy(out.logits.float(), batch.labels)
+        if config.cmdt_weight > 0:
+            cmdt = cmdt_loss(out.sequence, out.mask, batch.labels, config.cmdt_temperature, config.cmdt_bins)
+        else:
+            cmdt = torch.zeros((), device=device)
+        loss = total_loss(ce, cmdt, config.cmdt_weight)
+        if distributed.any_rank(not bool(torch.isfinite(loss)), device, where):
+            raise TrainingError(f"epoch {epoch}, step {step}: the training loss is not finite "
+                                f"(ce {ce.item():.4g}, cmdt {cmdt.item():.4g}); lower lr or check the features")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        n = len(batch.labels)
+        sums += [loss.item() * n, ce.item() * n, cmdt.item() * n, n]
+        if on_step is not None:
+            on_step(loss.item())
+    loss_sum, ce_sum, cmdt_sum, count = distributed.all_sum(sums.tolist(), device, where)
+    count = max(count, 1.0)
+    return {"train_loss": loss_sum / count, "train_ce": ce_sum / count, "train_cmdt": cmdt_sum / count}
+
+
+@dataclass
+class Predictions:
+    """Gathered predictions for a whole evaluation set, in dataset order, and its mean cross-entropy."""
+
+    labels: np.ndarray
+    predicted: np.ndarray
+    loss: float
+
+
+@torch.no_grad()
+def evaluate(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, size: int,
+             device: torch.device, where: distributed.Dist) -> Predictions:
+    """Predict this rank's share, gather every rank's, and return them for all `size` utterances."""
+    model.eval()
+    indices, labels, predicted, losses = [], [], [], []
+    for raw in loader:
+        batch = to_device(raw, norm, device)
+        with autocast(config, device):
+            logits = model(batch.features, batch.lengths).logits.float()
+        losses.append(F.cross_entropy(logits, batch.labels, reduction="none").cpu())
+        predicted.append(logits.argmax(dim=1).cpu())
+        labels.append(batch.labels.cpu())
+        indices.append(raw["indices"])
+    local = [torch.cat(t).numpy() if t else np.zeros(0) for t in (indices, labels, predicted, losses)]
+    parts = distributed.all_gather(local, where)
+    index, label, pred, loss = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    order = np.argsort(index, kind="stable")
+    if len(order) != size or not np.array_equal(index[order], np.arange(size)):
+        raise TrainingError(f"evaluation gathered {len(order)} predictions for {size} utterances")
+    return Predictions(label[order].astype(np.int64), pred[order].astype(np.int64), float(loss.mean()))

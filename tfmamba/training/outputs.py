@@ -1,0 +1,107 @@
+"""The fold's output folder, which `tfmamba predict` loads, and `load_trained_model` to read it back.
+
+    model.safetensors    best weights; with input_norm=global the statistics are folded into
+                         input_proj, so the model takes raw features
+    model.json           ModelConfig, labels, feature spec of the cache, input norm, versions
+    train_config.yaml    the resolved TrainConfig
+    metrics.json         the FoldResult
+    history.csv          one row per epoch
+    confusion.png        the test confusion matrix
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tfmamba import __version__
+from tfmamba.checkpoint import load_weights, save_weights
+from tfmamba.config import TrainConfig
+from tfmamba.errors import DataError
+from tfmamba.features.store import FeatureStore
+from tfmamba.metrics import Metrics, plot_confusion
+from tfmamba.model import ModelConfig, TFMamba
+from tfmamba.training.data import InputNorm, fold_into_linear
+
+FORMAT_VERSION = 1
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_JSON = "model.json"
+FEATURE_KEYS = ("extractor", "revision", "layer", "dim", "frame_rate", "sample_rate")
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def model_description(model_config: ModelConfig, labels: list[str], store: FeatureStore, norm: InputNorm
+                      ) -> dict[str, Any]:
+    """What model.json holds: enough to rebuild the network and check the features it expects."""
+    feature = {key: store.metadata.get(key) for key in FEATURE_KEYS}
+    feature["dim"] = store.dim
+    norm_info: dict[str, Any] = {"mode": "none"}
+    if norm.active:
+        norm_info = {"mode": "global", "folded_into": "input_proj", "mean": norm.mean.cpu().tolist(),
+                     "std": norm.std.cpu().tolist()}
+    return {"format_version": FORMAT_VERSION, "tfmamba_version": __version__, "model": model_config.to_dict(),
+            "labels": list(labels), "feature": feature, "input_norm": norm_info}
+
+
+def deployable_weights(best: dict[str, Tensor], norm: InputNorm, model_config: ModelConfig) -> dict[str, Tensor]:
+    """The best weights with the input standardisation folded into `input_proj`."""
+    if not norm.active:
+        return best
+    probe = torch.nn.Linear(model_config.input_dim, model_config.d_model)
+    probe.load_state_dict({"weight": best["input_proj.weight"], "bias": best["input_proj.bias"]})
+    folded = fold_into_linear(probe, norm)
+    return {**best, "input_proj.weight": folded["weight"], "input_proj.bias": folded["bias"]}
+
+
+def write_outputs(out_dir: Path, config: TrainConfig, description: dict[str, Any], weights: dict[str, Tensor],
+                  result: dict[str, Any], test_metrics: Metrics | None) -> None:
+    """Everything but metrics.json's earlier failed versions: weights, descriptions, history, confusion plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(weights, out_dir / MODEL_WEIGHTS, metadata={"format": "pt"})
+    write_json(out_dir / MODEL_JSON, description)
+    (out_dir / "train_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    write_history(out_dir / "history.csv", result["history"])
+    if test_metrics is not None:
+        plot_confusion(test_metrics, out_dir / "confusion.png",
+                       title=f"fold {result['fold']} test: UA {test_metrics.ua:.3f}  WA {test_metrics.wa:.3f}")
+    write_json(out_dir / "metrics.json", result)
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def load_trained_model(folder: str | Path, device: str = "cpu") -> tuple[TFMamba, dict[str, Any]]:
+    """The trained network of an output folder, in eval mode on `device`, and its model.json."""
+    folder = Path(folder)
+    try:
+        description = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no {MODEL_JSON} (not a trained model folder)") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{folder / MODEL_JSON}: not valid JSON ({err})") from err
+    if description.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{folder}: model format {description.get('format_version')!r}, expected {FORMAT_VERSION}")
+    model = TFMamba(ModelConfig.from_dict(description["model"]))
+    try:
+        model.load_state_dict(load_weights(folder / MODEL_WEIGHTS))
+    except RuntimeError as err:
+        raise DataError(f"{folder / MODEL_WEIGHTS}: weights do not fit model.json ({err})") from err
+    return model.to(device).eval(), description
