@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from tfmamba.errors import TFMambaError
 
-COMMANDS: tuple[str, ...] = ("params", "prepare", "features")
+COMMANDS: tuple[str, ...] = ("params", "prepare", "features", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
