@@ -24,30 +24,22 @@ from _common import RESULTS, machine_info  # noqa: E402
 from _timing import markdown_table, median_seconds  # noqa: E402
 
 from tfmamba.model import build_model  # noqa: E402
-from tfmamba.ssd import _import_mamba_chunk_scan, mamba_ssm_scan, ssd_scan, ssd_scan_sequential  # noqa: E402
+from tfmamba.ssd import _import_mamba_chunk_scan, mamba_ssm_scan, mixer_like_inputs, ssd_scan, ssd_scan_sequential  # noqa: E402
 
 FULL = dict(nheads=32, headdim=64, ngroups=1, dstate=128)
 
 
 def make_inputs(batch: int, seqlen: int, device: torch.device, nheads: int, headdim: int, ngroups: int, dstate: int,
-                requires_grad: bool) -> dict[str, torch.Tensor]:
-    gen = torch.Generator(device="cpu").manual_seed(0)
-
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(device).requires_grad_(requires_grad)
-
-    return dict(
-        x=r(batch, seqlen, nheads, headdim),
-        dt=r(batch, seqlen, nheads, scale=0.5),
-        A=(-torch.rand(nheads, generator=gen) * 15 - 1).to(device).requires_grad_(requires_grad),
-        B=r(batch, seqlen, ngroups, dstate, scale=0.3),
-        C=r(batch, seqlen, ngroups, dstate, scale=0.3),
-    )
+                requires_grad: bool) -> dict[str, object]:
+    inputs, extras = mixer_like_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, device=device)
+    for t in inputs.values():
+        t.requires_grad_(requires_grad)
+    return {**inputs, **extras}
 
 
 def run_method(fn, inputs: dict, chunk: int, backward: bool):
     def call():
-        y = fn(**inputs, chunk_size=chunk, dt_softplus=True)
+        y = fn(**inputs, chunk_size=chunk)
         if backward:
             y.float().square().mean().backward()
         return y
@@ -92,7 +84,7 @@ def main() -> int:
                     row[f"{name}_ms"] = 1e3 * median_seconds(run_method(fn, inputs, chunk, backward), device,
                                                              warmup=1, repeats=reps)
                     if not backward:
-                        outputs[name] = fn(**inputs, chunk_size=chunk, dt_softplus=True).float()
+                        outputs[name] = fn(**inputs, chunk_size=chunk).float()
             if "sequential" in outputs:
                 row["max_abs_diff_chunked_vs_sequential"] = (outputs["torch_chunked"] - outputs["sequential"]).abs().max().item()
             if "mamba_ssm" in outputs:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tfmamba import ssd as ssd_mod
-from tfmamba.ssd import resolve_backend, ssd, ssd_scan, ssd_scan_sequential
+from tfmamba.ssd import mixer_like_inputs, resolve_backend, ssd, ssd_scan, ssd_scan_sequential
 
 
 def make_inputs(b, l, h, p, g, n, dtype=torch.float64, seed=0, requires_grad=False):
@@ -119,6 +119,12 @@ def test_bad_shapes_raise_value_error():
         ssd_scan(**inp, chunk_size=0)
 
 
+def test_mixer_like_inputs_match_the_sequential_reference():
+    inputs, extras = mixer_like_inputs(1, 40, nheads=4, headdim=8, dstate=16, dtype=torch.float64)
+    assert inputs["x"].shape == (1, 40, 4, 8) and inputs["B"].shape == (1, 40, 1, 16)
+    assert torch.allclose(ssd_scan(**inputs, chunk_size=16, **extras), ssd_scan_sequential(**inputs, **extras), atol=1e-10)
+
+
 def test_backend_choice_on_cpu():
     cpu = torch.device("cpu")
     assert resolve_backend("auto", cpu) == "torch"
@@ -131,19 +137,21 @@ def test_backend_choice_on_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("seqlen", [250, 1000])
+@pytest.mark.parametrize("seqlen", [250, 1000, 2000])
 def test_mamba_ssm_matches_torch_on_cuda(seqlen):
+    """fp32, the full model's shapes: mamba-ssm's Triton kernel vs the torch chunked SSD (full fp32 matmuls).
+
+    Triton runs fp32 `tl.dot` in TF32 by default (10-bit mantissa), so the kernel differs from a
+    true fp32 result by ~1e-3 relative (measured on an H100: 0.017-0.022 absolute on outputs of
+    magnitude 13-17). A semantic mismatch (dt, D, grouping) gives O(1) relative errors, which this catches.
+    """
     if ssd_mod._import_mamba_chunk_scan() is None:
         pytest.skip("mamba-ssm is not installed (pip install '.[gpu]')")
-    dev = torch.device("cuda")
-    b, h, p, g, n = 2, 32, 64, 1, 128
-    inp = {k: v.float().to(dev) for k, v in make_inputs(b, seqlen, h, p, g, n, dtype=torch.float32).items()}
-    inp["dt"] = inp["dt"] * 0.1
-    D = torch.randn(h, device=dev)
-    dt_bias = torch.randn(h, device=dev) * 0.1
-    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True)
-    y_fast = ssd(**inp, chunk_size=256, backend="mamba_ssm", **kw)
-    y_ref = ssd_scan(**inp, chunk_size=64, **kw)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    inputs, extras = mixer_like_inputs(2, seqlen, device="cuda")
+    y_fast = ssd(**inputs, chunk_size=256, backend="mamba_ssm", **extras)
+    y_ref = ssd_scan(**inputs, chunk_size=64, **extras)
     err = (y_fast.float() - y_ref).abs().max().item()
-    print(f"mamba-ssm vs torch SSD, seqlen {seqlen}: max abs diff {err:.3e}")
-    assert err < 1e-3
+    scale = y_ref.abs().max().item()
+    print(f"mamba-ssm vs torch SSD, seqlen {seqlen}: max abs diff {err:.3e} (max |y| {scale:.2f})")
+    assert err / scale < 5e-3

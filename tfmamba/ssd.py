@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "BACKENDS"]
+__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +289,40 @@ def ssd(
     if resolve_backend(backend, x.device) == "mamba_ssm":
         return mamba_ssm_scan(x, dt, A, B, C, chunk_size, **kwargs)
     return ssd_scan(x, dt, A, B, C, chunk_size, **kwargs).to(x.dtype)
+
+
+def mixer_like_inputs(
+    batch: int,
+    seqlen: int,
+    nheads: int = 32,
+    headdim: int = 64,
+    ngroups: int = 1,
+    dstate: int = 128,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> tuple[dict[str, Tensor], dict[str, object]]:
+    """Random SSD inputs at the scales a Mamba-2 mixer produces, for tests and benchmarks.
+
+    x, B, C are post-SiLU conv outputs (order 1), dt_bias follows mamba-ssm's init (softplus gives
+    dt in [1e-3, 0.1]), A = -[1, 16], D = 1. Returns (x, dt, A, B, C) and the keyword extras.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = math.log(1e-3), math.log(0.1)
+    dt0 = torch.exp(torch.rand(nheads, generator=gen, dtype=torch.float64) * (hi - lo) + lo)
+    dt_bias = dt0 + torch.log(-torch.expm1(-dt0))
+
+    def silu_noise(*shape: int) -> Tensor:
+        return F.silu(torch.randn(*shape, generator=gen, dtype=torch.float64))
+
+    inputs = dict(
+        x=silu_noise(batch, seqlen, nheads, headdim),
+        dt=torch.randn(batch, seqlen, nheads, generator=gen, dtype=torch.float64) * 0.5,
+        A=-(torch.rand(nheads, generator=gen, dtype=torch.float64) * 15 + 1),
+        B=silu_noise(batch, seqlen, ngroups, dstate),
+        C=silu_noise(batch, seqlen, ngroups, dstate),
+    )
+    inputs = {k: v.to(device=device, dtype=dtype) for k, v in inputs.items()}
+    extras: dict[str, object] = dict(D=torch.ones(nheads, device=device, dtype=dtype),
+                                     dt_bias=dt_bias.to(device=device, dtype=dtype), dt_softplus=True)
+    return inputs, extras
