@@ -152,10 +152,14 @@ def ssd_scan(
     pad = c * q - l
     hg = h // g  # heads per group
 
-    xs, Bs, Cs = x.to(cd), B.to(cd), C.to(cd)
+    Bs, Cs = B.to(cd), C.to(cd)
+    # x * dt goes straight into a chunk-aligned buffer: only the tail is zeroed, x itself is never padded.
+    xdt = x.new_empty(b, c * q, h, p, dtype=cd)
     if pad:
-        xs, dt = F.pad(xs, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
-        Bs, Cs = F.pad(Bs, (0, 0, 0, 0, 0, pad)), F.pad(Cs, (0, 0, 0, 0, 0, pad))
+        xdt[:, l:].zero_()
+        dt, Bs, Cs = F.pad(dt, (0, 0, 0, pad)), F.pad(Bs, (0, 0, 0, 0, 0, pad)), F.pad(Cs, (0, 0, 0, 0, 0, pad))
+    xdt[:, :l] = x.to(cd) * dt[:, :l].unsqueeze(-1)
+    xdt = xdt.view(b, c, q, g, hg, p)  # natural layout, heads of a group adjacent
 
     # Log-decays, cumulated inside each chunk: (b, h, c, q). Small tensors, cheap to permute.
     a = (dt * A.to(cd)).view(b, c, q, h).permute(0, 3, 1, 2)
@@ -163,7 +167,6 @@ def ssd_scan(
     # Group-major B and C: (b, g, c, q, n); each group's C.B^T is shared by its heads.
     Bg = Bs.view(b, c, q, g, n).permute(0, 3, 1, 2, 4)
     Cg = Cs.view(b, c, q, g, n).permute(0, 3, 1, 2, 4)
-    xdt = (xs * dt.unsqueeze(-1)).view(b, c, q, g, hg, p)  # natural layout, heads of a group adjacent
 
     # 1. Inside each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(acs_i - acs_j) xdt_j.
     seg = acs.unsqueeze(-1) - acs.unsqueeze(-2)  # (b, h, c, q, q)
@@ -181,7 +184,7 @@ def ssd_scan(
     # 3. Pass states between chunks: the state entering chunk k (a short loop over chunks).
     chunk_decay = torch.exp(acs[..., -1]).permute(0, 2, 1).reshape(b, c, g, 1, hg, 1)  # (b, c, g, 1, hg, 1)
     states = chunk_states.view(b, g, c, n, hg, p)
-    entering = [xs.new_zeros(b, g, n, hg, p)]
+    entering = [xdt.new_zeros(b, g, n, hg, p)]
     for k in range(c - 1):
         entering.append(entering[-1] * chunk_decay[:, k] + states[:, :, k])
     prev = torch.stack(entering, dim=2).view(b, g, c, n, hg * p)
