@@ -1,0 +1,61 @@
+"""`tfmamba train` end to end on a tiny manifest, folds file and feature cache written to disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmamba.cli import main
+from tfmamba.corpora.manifest import manifest_hash, write_manifest
+from tfmamba.features.writer import FeatureWriter
+from tfmamba.folds import Fold, save_folds
+
+
+def make_corpus(folder) -> tuple[str, str]:
+    rng = np.random.default_rng(0)
+    labels = ["neu", "ang"]
+    rows, frames = [], {}
+    for i in range(24):
+        label = labels[i % 2]
+        utt = f"u{i:02d}"
+        rows.append({"utt_id": utt, "path": f"/corpus/{utt}.wav", "label": label, "speaker": f"s{i % 3}",
+                     "duration": 0.3, "session": 1 + i % 3})
+        frames[utt] = (rng.normal(size=(30, 6)) + (2.0 if label == "ang" else 0.0)).astype(np.float32)
+    manifest = write_manifest(pd.DataFrame(rows), folder / "m", "toy", labels)
+    ids = sorted(frames)
+    save_folds([Fold(1, "toy", train=ids[:16], valid=ids[16:20], test=ids[20:])], folder / "m", manifest)
+    identity = {"extractor": "fbank", "revision": "test", "layer": None, "dim": 6, "frame_rate": 100.0,
+                "sample_rate": 16000}
+    with FeatureWriter(str(folder / "cache"), identity, manifest_hash(manifest)) as writer:
+        for utt in ids:
+            writer.add(utt, frames[utt])
+    return str(folder / "m"), str(folder / "cache")
+
+
+@pytest.mark.slow
+def test_train_command_writes_the_results_folder_and_resumes(tmp_path, capsys):
+    manifest, cache = make_corpus(tmp_path)
+    out = tmp_path / "run"
+    args = ["train", "--manifest", manifest, "--cache", cache, "--fold", "1", "--config", "demo", "--out", str(out),
+            "--no-progress", "--set", "d_model=16", "--set", "d_state=8", "--set", "headdim=8", "--set",
+            "num_heads=2", "--set", "ffn_dim=16", "--set", "classifier_dims=[8]", "--set", "epochs=2",
+            "--set", "batch_size=8", "--set", "ssd_backend=torch"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fold 1: best epoch" in printed and f"results in {out}" in printed and "test   WA" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["epochs_run"] == 2 and metrics["labels"] == ["neu", "ang"]
+    assert (out / "confusion.png").stat().st_size > 0 and (out / "train_config.yaml").read_text().count("d_model: 16")
+
+    assert main(args) == 0  # everything trained already: resumes at the end, same result
+    assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
+
+    assert main([*args, "--set", "lr=0.5"]) == 2
+    assert "other settings (lr)" in capsys.readouterr().err
+    assert main([*args[:6], "3", *args[7:]]) == 2
+    assert "no fold 3" in capsys.readouterr().err
+    assert main([*args, "--set", "bogus=1"]) == 2
+    assert "unknown setting(s): bogus" in capsys.readouterr().err

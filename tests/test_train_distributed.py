@@ -1,0 +1,42 @@
+"""Data-parallel training with two CPU processes (gloo): every rank sees the same gathered metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from test_train import Recorder, synthetic, tiny_config
+from tfmamba.train import train_fold
+
+
+def _worker(rank: int, folder: str, queue) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2)
+    try:
+        store, manifest, fold = synthetic()
+        recorder = Recorder()
+        result = train_fold(tiny_config(batch_size=8), fold, store, recorder, manifest=manifest,
+                            out_dir=f"{folder}/out", progress=False)
+        queue.put((rank, result.to_dict(), [(m, str(c) if c else None) for m, c in recorder.calls]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_gather_predictions_and_agree(tmp_path):
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_worker, args=(str(tmp_path), queue), nprocs=2, join=True, start_method="spawn")
+    results = dict((rank, (result, calls)) for rank, result, calls in (queue.get(), queue.get()))
+    (r0, calls0), (r1, calls1) = results[0], results[1]
+    for key in ("best_epoch", "valid", "test", "test_confusion", "history"):
+        assert r0[key] == r1[key], key
+    _, _, fold = synthetic()
+    assert sum(map(sum, r0["test_confusion"])) == len(fold.test)  # each test utterance counted once
+    assert [c for _, c in calls0[:-1]] == [str(tmp_path / "out/checkpoints/last")] * 2
+    assert [c for _, c in calls1] == [None] * 3
+    assert json.loads((tmp_path / "out/metrics.json").read_text())["test"] == r0["test"]
