@@ -130,13 +130,17 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
     raise SearchSpaceError(f"search space {str(name_or_path)!r} not found (a YAML path, or one of: {', '.join(known)})")
 
 
-def load_search_space(name_or_path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML file."""
+def load_search_space(name_or_path: str | Path, fixed: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML file; `fixed` adds to (or replaces) its fixed settings."""
     path = resolve_space_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SearchSpaceError(f"{path}: not valid YAML ({err})") from err
+    if fixed:
+        if not isinstance(data, dict):
+            raise SearchSpaceError(f"{path}: a search space must be a mapping with 'base' and 'params'")
+        data = {**data, "fixed": {**(data.get("fixed") or {}), **fixed}}
     try:
         return parse_search_space(data, path)
     except SearchSpaceError as err:
@@ -169,7 +173,8 @@ def parse_search_space(data: Any, path: Path) -> SearchSpace:
         if name in fixed:
             raise SearchSpaceError(f"parameter {name!r} is both fixed and searched")
         params[name] = _parse_param(name, spec, base_config)
-    points = [_parse_point(point, params, i, base_config) for i, point in enumerate(data.get("points_to_evaluate") or [])]
+    points = [_parse_point(point, params, i, base_config)
+              for i, point in enumerate(data.get("points_to_evaluate") or [])]
     return SearchSpace(
         name=path.stem, path=path, base=base, fixed=dict(fixed), params=params,
         points_to_evaluate=points, early_stopping=_parse_early_stopping(data.get("early_stopping", True)),

@@ -1,0 +1,152 @@
+"""After `tuner.fit()`: close the MLflow runs, pick the best trial, log its model, print the summary."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestration import mlflow_runs
+from orchestration.model_export import log_best_model
+from orchestration.trial import METRIC, TIME_ATTR, SweepContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    run_id: str | None
+    status: str  # complete | stopped early | failed
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class SweepSummary:
+    trials: list[TrialSummary]
+    best: TrialSummary | None
+    best_model_uri: str | None
+    parent_run_id: str
+    wall_seconds: float
+    fold_seconds: float
+    parallel_slots: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def overhead_ratio(self) -> float | None:
+        """Sweep wall time / (sum of fold training times / fold slots): 1.0 means no Ray overhead."""
+        return self.wall_seconds / (self.fold_seconds / self.parallel_slots) if self.fold_seconds else None
+
+
+def collect_trials(results, ctx: SweepContext) -> list[TrialSummary]:
+    """One summary per Tune result, matched to its MLflow trial run."""
+    runs = {r.data.tags.get("trial_id"): r.info.run_id for r in
+            mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id, {"sweep_id": ctx.sweep_id,
+                                                                         "run_kind": mlflow_runs.TRIAL})}
+    trials = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or result.path.rstrip("/").split("/")[-1]
+        done = int(metrics.get(TIME_ATTR, 0))
+        if result.error is not None:
+            status = "failed"
+        elif done >= len(ctx.folds):
+            status = "complete"
+        else:
+            status = "stopped early"
+        config = {k: v for k, v in (metrics.get("config") or {}).items()}
+        trials.append(TrialSummary(trial_id, runs.get(trial_id), status, config, metrics,
+                                   str(result.error) if result.error is not None else None))
+    return trials
+
+
+def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
+    """Final status of every trial run; fold runs a stopped trial left RUNNING become KILLED."""
+    uri = ctx.tracking_uri
+    for trial in trials:
+        if trial.run_id is None:
+            continue
+        if trial.status == "failed":
+            mlflow_runs.set_tags(uri, trial.run_id, {"error": trial.error or "failed"})
+        mlflow_runs.set_tags(uri, trial.run_id, {"outcome": trial.status})
+        mlflow_runs.end_run(uri, trial.run_id, "FAILED" if trial.status == "failed" else "FINISHED")
+    mlflow_runs.mark_stale_runs(uri, ctx.experiment_id, ctx.sweep_id)
+
+
+def best_fold_run(ctx: SweepContext, trial_id: str) -> str:
+    """The fold run of `trial_id` with the highest validation UA (its weights become the sweep's model)."""
+    runs = mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id,
+                                 {"sweep_id": ctx.sweep_id, "run_kind": mlflow_runs.FOLD, "trial_id": trial_id})
+    return max(runs, key=lambda r: r.data.metrics.get("valid_ua_best", -1.0)).info.run_id
+
+
+def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int) -> SweepSummary:
+    """Close runs, log the best model once, record the outcome on the sweep run."""
+    uri = ctx.tracking_uri
+    trials = collect_trials(results, ctx)
+    close_runs(trials, ctx)
+    complete = [t for t in trials if t.status == "complete" and METRIC in t.metrics]
+    best = max(complete, key=lambda t: t.metrics[METRIC]) if complete else None
+    fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
+    summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots)
+    parent_tags = mlflow_runs.client(uri).get_run(ctx.parent_run_id).data.tags
+    if best is not None and best.run_id is not None:
+        if parent_tags.get("best_trial_id") == best.trial_id and parent_tags.get("best_model_uri"):
+            summary.best_model_uri = parent_tags["best_model_uri"]
+        else:
+            summary.best_model_uri = log_best_model(uri, best.run_id, best_fold_run(ctx, best.trial_id))
+        mlflow_runs.set_tags(uri, ctx.parent_run_id, {"best_trial_id": best.trial_id, "best_trial_run_id": best.run_id,
+                                                       "best_model_uri": summary.best_model_uri})
+        mlflow_runs.log_metrics(uri, ctx.parent_run_id,
+                                {f"best_{k}": v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))})
+    extra = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds, "fold_slots": parallel_slots}
+    if summary.overhead_ratio is not None:
+        extra["ray_overhead_ratio"] = summary.overhead_ratio
+    mlflow_runs.log_metrics(uri, ctx.parent_run_id, extra)
+    mlflow_runs.end_run(uri, ctx.parent_run_id, "FINISHED" if best is not None else "FAILED")
+    return summary
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
+    return f"open {uri} in a browser (on a cluster: ray attach cluster.yaml -p 5000 first)"
+
+
+def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
+    mean, std = metrics.get(f"{split}_{key}_mean"), metrics.get(f"{split}_{key}_std")
+    return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str) -> None:
+    counts = {s: sum(t.status == s for t in summary.trials) for s in ("complete", "stopped early", "failed")}
+    lines = ["", f"=== Sweep {ctx.sweep_id} finished in {summary.wall_seconds:.0f} s: {len(summary.trials)} trials "
+             f"({', '.join(f'{n} {s}' for s, n in counts.items())}) x {len(ctx.folds)} folds ==="]
+    lines.append("Trials (validation UA, mean ± std over the folds each finished):")
+    for t in sorted(summary.trials, key=lambda t: -float(t.metrics.get(METRIC, -1))):
+        lines.append(f"  {t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
+                     f"{_pm(t.metrics, 'valid', 'ua')}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
+    best = summary.best
+    if best is None:
+        lines.append("No trial finished all its folds; see the errors above and in MLflow.")
+    else:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items())
+        lines += [f"Best trial {best.trial_id}: {params}",
+                  "  mean ± std over folds   " + "   ".join(f"{k.upper()}" for k in ("wa", "ua", "wf1")),
+                  f"  valid (optimised UA)   {_pm(best.metrics, 'valid', 'wa')}   {_pm(best.metrics, 'valid', 'ua')}"
+                  f"   {_pm(best.metrics, 'valid', 'wf1')}",
+                  f"  test (not used)        {_pm(best.metrics, 'test', 'wa')}   {_pm(best.metrics, 'test', 'ua')}"
+                  f"   {_pm(best.metrics, 'test', 'wf1')}",
+                  f"Best model (mlflow.pyfunc.load_model): {summary.best_model_uri}   "
+                  f"(also runs:/{best.run_id}/model)"]
+    if summary.overhead_ratio is not None:
+        lines.append(f"Fold training {summary.fold_seconds:.0f} s over {summary.parallel_slots} fold slot(s): "
+                     f"Ray overhead ratio {summary.overhead_ratio:.2f} "
+                     f"(wall {summary.wall_seconds:.0f} s / {summary.fold_seconds / summary.parallel_slots:.0f} s)")
+    lines += [f"MLflow: experiment {experiment!r}, sweep run {summary.parent_run_id}"
+              + (f", best trial run {best.run_id}" if best else ""),
+              f"Tune results: {ctx.train_storage.rsplit('-train', 1)[0]}   fold outputs: {ctx.out_root}",
+              f"Compare the trials: {ui_command(ctx.tracking_uri)}", ""]
+    print("\n".join(lines), flush=True)

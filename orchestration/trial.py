@@ -1,0 +1,173 @@
+"""One Tune trial = one k-fold cross-validation: a `TorchTrainer` per fold, folds in parallel.
+
+`run_trial` is the Tune function trainable (Ray Train V2 pattern: the trial is only a driver
+that launches Train runs). After each fold it reports the running mean over finished folds
+to Tune (`folds_done` is the scheduler's time axis), with a small checkpoint listing the
+finished folds, so a retried or restored trial skips them. The last report holds the mean
+and std over folds of validation and test WA/UA/WF1; only the validation mean steers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestration import mlflow_runs
+from orchestration.fold_worker import FoldTask, train_fold_worker
+from orchestration.search_space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+METRIC = "valid_ua_mean"
+MODE = "max"
+TIME_ATTR = "folds_done"
+SUMMARY_KEYS = ("wa", "ua", "wf1")
+DONE_FILE = "folds_done.json"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares (passed with `tune.with_parameters`)."""
+
+    sweep_id: str
+    space: SearchSpace
+    manifest_dir: str
+    cache: str
+    folds: tuple[int, ...]
+    out_root: str
+    train_storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    workers_per_fold: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    parallel_folds: int = 1
+    fold_retries: int = 0
+
+
+def train_run_name(sweep_id: str, trial_id: str, fold: int) -> str:
+    """The Train run's name: deterministic, so a restarted fold resumes its own run and no other."""
+    return f"{sweep_id}-{trial_id}-fold{fold}"
+
+
+def summarize(results: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """Mean and std over folds of valid/test WA, UA, WF1, plus `folds_done`."""
+    summary: dict[str, float] = {TIME_ATTR: float(len(results))}
+    for split in ("valid", "test"):
+        for key in SUMMARY_KEYS:
+            values = [r[split][key] for r in results.values() if key in r.get(split, {})]
+            if values:
+                summary[f"{split}_{key}_mean"] = float(np.mean(values))
+                summary[f"{split}_{key}_std"] = float(np.std(values))
+    summary["train_seconds_sum"] = float(sum(r.get("train_seconds", 0.0) for r in results.values()))
+    return summary
+
+
+def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int) -> dict[str, Any]:
+    """Train one fold on a `TorchTrainer`; returns its `FoldResult` dict, raises with the fold's error."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    tags = mlflow_runs.fold_tags(ctx.sweep_id, trial_id, fold)
+    run_id = mlflow_runs.get_or_create_run(ctx.tracking_uri, ctx.experiment_id, tags, f"{trial_id}-fold{fold}",
+                                           parent_run_id=_trial_run_id(ctx, trial_id))
+    mlflow_runs.log_params(ctx.tracking_uri, run_id, {**config, "fold": fold})
+    out_dir = Path(ctx.out_root) / trial_id / f"fold{fold}"
+    task = FoldTask(config=config, fold=fold, manifest_dir=ctx.manifest_dir, cache=ctx.cache, out_dir=str(out_dir),
+                    tracking_uri=ctx.tracking_uri, run_id=run_id)
+    use_gpu = ctx.gpus_per_worker > 0
+    resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_fold_worker,
+        train_loop_config=task.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=ctx.workers_per_fold, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=train_run_name(ctx.sweep_id, trial_id, fold),
+            storage_path=ctx.train_storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=ctx.fold_retries),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"error": f"{type(err).__name__}: {err}"})
+        mlflow_runs.end_run(ctx.tracking_uri, run_id, "FAILED")
+        raise RuntimeError(f"trial {trial_id}, fold {fold} failed: {err}") from err
+    outcome = result.return_value
+    mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"train_run": result.path, "out_dir": str(out_dir)})
+    mlflow_runs.end_run(ctx.tracking_uri, run_id, "FINISHED")
+    return outcome
+
+
+def _trial_run_id(ctx: SweepContext, trial_id: str) -> str:
+    return mlflow_runs.get_or_create_run(ctx.tracking_uri, ctx.experiment_id,
+                                         mlflow_runs.trial_tags(ctx.sweep_id, trial_id), trial_id,
+                                         parent_run_id=ctx.parent_run_id)
+
+
+def _load_done() -> dict[int, dict[str, Any]]:
+    """Folds finished by an earlier attempt of this trial (from its last Tune checkpoint)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as folder:
+        data = json.loads((Path(folder) / DONE_FILE).read_text(encoding="utf-8"))
+    return {int(k): v for k, v in data.items()}
+
+
+def _report(done: dict[int, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
+    """Send the running summary to Tune (with the finished folds as checkpoint) and MLflow."""
+    from ray import tune
+
+    summary = summarize(done)
+    mlflow_runs.log_metrics(ctx.tracking_uri, trial_run_id, summary, step=len(done))
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / DONE_FILE).write_text(json.dumps({str(k): v for k, v in done.items()}), encoding="utf-8")
+        tune.report(summary, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """The Tune trainable: cross-validate the sampled `config` over `ctx.folds`."""
+    from ray import tune
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trial_id = tune.get_context().get_trial_id()
+    train_config = ctx.space.trial_config(config).to_dict()
+    trial_run_id = _trial_run_id(ctx, trial_id)
+    mlflow_runs.log_params(ctx.tracking_uri, trial_run_id, {k: train_config[k] for k in config})
+    done = _load_done()
+    pending = [fold for fold in ctx.folds if fold not in done]
+    if done:
+        logger.info("trial %s: folds %s already finished, running %s", trial_id, sorted(done), pending)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel_folds, len(pending) or 1)))
+    futures: dict[Future, int] = {pool.submit(run_fold, ctx, trial_id, train_config, fold): fold for fold in pending}
+    try:
+        if not pending:
+            _report(done, trial_run_id, ctx)
+        while futures:
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in finished:
+                fold = futures.pop(future)
+                done[fold] = future.result()
+                logger.info("trial %s: fold %d done (valid UA %.3f, test UA %.3f)", trial_id, fold,
+                            done[fold]["valid"]["ua"], done[fold]["test"]["ua"])
+                _report(done, trial_run_id, ctx)
+    except BaseException as err:
+        pool.shutdown(wait=False, cancel_futures=True)
+        mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(err)})
+        mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
+        raise
+    pool.shutdown()
+    mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FINISHED")
