@@ -32,18 +32,19 @@ def machine_info() -> dict:
     }
 
 
-def write_results(name: str, title: str, results: dict, rows: list[tuple[str, str]], notes: str = "") -> tuple[Path, Path]:
-    """Write results/NAME.json (results + machine + date) and results/NAME.md (a two-column table)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, title: str, results: dict, rows: list[tuple[str, str]], notes: str = "",
+                  out: Path = RESULTS) -> tuple[Path, Path]:
+    """Write OUT/NAME.json (results + machine + date) and OUT/NAME.md (a two-column table)."""
+    out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine, **results}
-    json_path = RESULTS / f"{name}.json"
+    json_path = out / f"{name}.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# {title}", "", f"{payload['date']}; {machine['cpu']}, {machine['cores']} cores, "
              f"torch {machine['torch']} ({machine['torch_threads']} threads), device {machine['device']}.", ""]
     if notes:
         lines += [notes, ""]
     lines += ["| quantity | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    md_path = RESULTS / f"{name}.md"
+    md_path = out / f"{name}.md"
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path

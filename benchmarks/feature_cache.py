@@ -25,7 +25,7 @@ import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import RESULTS, write_results  # noqa: E402
 
 from tfmamba.audio import load_audio  # noqa: E402
 from tfmamba.features.build import build_cache  # noqa: E402
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny WavLM, 8 clips: a smoke test")
     parser.add_argument("--clips", type=int, default=None, help="number of clips (default 32, quick 8)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and markdown")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n = args.clips or (8 if args.quick else 32)
@@ -143,7 +144,7 @@ def main() -> None:
         ("max abs difference cache vs fresh (float16 rounding)", f"{max_diff:.3g}"),
     ]
     name = "feature_cache_quick" if args.quick else "feature_cache"
-    json_path, md_path = write_results(name, "Feature cache vs re-extraction", results, rows)
+    json_path, md_path = write_results(name, "Feature cache vs re-extraction", results, rows, out=args.out)
     print(md_path.read_text())
     print(f"results: {json_path}, {md_path}")
 

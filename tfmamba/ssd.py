@@ -289,9 +289,10 @@ def ssd(
 ) -> Tensor:
     """SSD scan through the chosen backend ("auto" | "torch" | "mamba_ssm"); output in x's dtype."""
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
-    if resolve_backend(backend, x.device) == "mamba_ssm":
-        return mamba_ssm_scan(x, dt, A, B, C, chunk_size, **kwargs)
-    return ssd_scan(x, dt, A, B, C, chunk_size, **kwargs).to(x.dtype)
+    with torch.profiler.record_function("ssd"):
+        if resolve_backend(backend, x.device) == "mamba_ssm":
+            return mamba_ssm_scan(x, dt, A, B, C, chunk_size, **kwargs)
+        return ssd_scan(x, dt, A, B, C, chunk_size, **kwargs).to(x.dtype)
 
 
 def mixer_like_inputs(

@@ -67,14 +67,15 @@ class FrequencyFilter(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x (batch, seqlen, channels), lengths (batch,) valid frames -> same shape, padding zeroed."""
-        dtype = x.dtype
-        xf = x.float()
-        if lengths is None:
-            return self._filter(xf).to(dtype)
-        out = torch.zeros_like(xf)
-        for n in torch.unique(lengths).tolist():
-            if n == 0:
-                continue
-            rows = (lengths == n).nonzero(as_tuple=True)[0]
-            out[rows, :n] = self._filter(xf[rows, :n])
-        return out.to(dtype)
+        with torch.profiler.record_function("frequency_filter"):
+            dtype = x.dtype
+            xf = x.float()
+            if lengths is None:
+                return self._filter(xf).to(dtype)
+            out = torch.zeros_like(xf)
+            for n in torch.unique(lengths).tolist():
+                if n == 0:
+                    continue
+                rows = (lengths == n).nonzero(as_tuple=True)[0]
+                out[rows, :n] = self._filter(xf[rows, :n])
+            return out.to(dtype)

@@ -1,0 +1,46 @@
+"""Benchmarks' smoke test: `run_all.py --quick` produces sane JSON and markdown (never asserts a time)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_sane_results(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = ["ssd-cpu-quick", "train_throughput-cpu-quick", "latency-cpu-quick", "feature_cache_quick"]
+    for name in names:
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["machine"]["torch"], name
+        assert (tmp_path / f"{name}.md").read_text().count("|") > 4, name
+
+    ssd = json.loads((tmp_path / "ssd-cpu-quick.json").read_text())
+    for row in ssd["records"]:
+        assert row["torch_chunked_ms"] > 0
+        if "max_abs_diff_chunked_vs_sequential" in row:
+            assert row["max_abs_diff_chunked_vs_sequential"] < 1e-4
+    assert 0 < ssd["ssd_share"]["ssd_share_of_forward"] < 1
+
+    throughput = json.loads((tmp_path / "train_throughput-cpu-quick.json").read_text())
+    assert {r["variant"] for r in throughput["records"]} == {"baseline", "attention", "temporal", "tf", "tf_cmdt",
+                                                             "dual_temporal"}
+    assert all(math.isfinite(r["utt_per_s"]) and r["utt_per_s"] > 0 for r in throughput["records"])
+
+    latency = json.loads((tmp_path / "latency-cpu-quick.json").read_text())
+    assert all(r["tf_mamba_ms"] > 0 and r["ratio_vs_transformer_same_params"] > 0 for r in latency["records"])
+    params = latency["params"]
+    assert abs(params["transformer_same_params"] - params["tf_mamba"]) / params["tf_mamba"] < 0.05
+    assert (tmp_path / "latency-cpu-quick.png").stat().st_size > 1000
+
+    cache = json.loads((tmp_path / "feature_cache_quick.json").read_text())
+    assert cache["ratio_with_open"] > 1 and cache["max_abs_diff_cache_vs_fresh"] < 1e-2
