@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from tfmamba.checkpoint import cpu_state_dict, has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -121,8 +122,8 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     valid_loader = eval_loader(config, data.valid, where.world, where.rank)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, len(sampler))
-    state = _resume(config, fold, reporter, out_dir, model, optimizer, scheduler, dev)
-    _check_same_start(state.epoch, dev, where)
+    state = _resume(config, fold, reporter, out_dir, model, optimizer, scheduler)
+    _check_same_start(state.epoch, where)
     net = distributed.wrap(model, dev, where)
     best_weights = state.best_weights if state.best_weights is not None else cpu_state_dict(model)
     logger.info("fold %d (%s): %d train / %d valid / %d test utterances, %s on %s, %s", fold.index, fold.name,
@@ -174,7 +175,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _resume(config: TrainConfig, fold: Fold, reporter: Reporter | None, out_dir: Path, model: TFMamba,
-            optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> _Progress:
+            optimizer: torch.optim.Optimizer, scheduler: LambdaLR) -> _Progress:
     """Load the newest checkpoint of this fold into the model, optimiser, scheduler and RNGs, if there is one."""
     folder = reporter.resume_dir() if reporter is not None else None
     if folder is not None and not has_checkpoint(folder):
@@ -186,9 +187,8 @@ def _resume(config: TrainConfig, fold: Fold, reporter: Reporter | None, out_dir:
     if saved.get("fold_digest") != fold_digest(fold):
         raise DataError(f"{folder}: the checkpoint belongs to another fold or utterance split; "
                         f"use another output folder")
-    changed = sorted(k for k, v in saved["config"].items()
-                     if k not in RESUMABLE_CHANGES and TrainConfig().replace(**saved["config"]).to_dict()[k]
-                     != config.to_dict()[k])
+    before, now = TrainConfig.from_dict(saved["config"]).to_dict(), config.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before[k] != now[k])
     if changed:
         raise ConfigError(f"{folder}: the checkpoint was trained with other settings ({', '.join(changed)}); "
                           f"use another output folder or the same settings")
@@ -201,7 +201,7 @@ def _resume(config: TrainConfig, fold: Fold, reporter: Reporter | None, out_dir:
                      stopped_early=saved["stopped_early"], seconds=saved["seconds"], best_weights=best)
 
 
-def _check_same_start(epoch: int, device: torch.device, where: distributed.Dist) -> None:
+def _check_same_start(epoch: int, where: distributed.Dist) -> None:
     """Every rank must resume from the same epoch (a rank without the checkpoint would diverge silently)."""
     starts = distributed.all_gather(epoch, where)
     if len(set(starts)) > 1:
@@ -210,7 +210,7 @@ def _check_same_start(epoch: int, device: torch.device, where: distributed.Dist)
 
 
 def _save(config: TrainConfig, fold: Fold, out_dir: Path, model: TFMamba, best_weights: dict[str, torch.Tensor],
-          optimizer: torch.optim.Optimizer, scheduler: Any, state: _Progress, where: distributed.Dist) -> Path | None:
+          optimizer: torch.optim.Optimizer, scheduler: LambdaLR, state: _Progress, where: distributed.Dist) -> Path | None:
     """Rank 0 writes the epoch's checkpoint folder and returns it; other ranks return None."""
     if not where.is_main:
         return None
