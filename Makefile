@@ -1,5 +1,5 @@
 # Two commands do all set-up from a fresh clone:
-#   make demo   creates .venv if needed, installs, runs the demo pipeline
+#   make demo   creates .venv if needed, installs, runs the demo sweep (orchestration/sweep.py)
 #   make test   creates .venv if needed, installs, runs the tests
 # GPU machines: create .venv with your CUDA torch already in it and set TORCH_SPEC= (empty)
 # so the CPU pin is not installed over it.
@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m tfmamba.demo
+	$(PY) orchestration/sweep.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
