@@ -33,7 +33,7 @@ class TFMambaPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.description = load_trained_model(context.artifacts["tfmamba_model"])
         self.labels = list(self.description["labels"])
 
-    def predict(self, context, model_input: Any, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input, params=None):
         """`model_input`: a list of (frames, dim) arrays, one (frames, dim) / (batch, frames, dim) array,
         or a DataFrame with a `features` column; returns a DataFrame with `label` and one probability per class."""
         import numpy as np

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestration import mlflow_runs
@@ -32,7 +32,7 @@ class SweepSummary:
     wall_seconds: float
     fold_seconds: float
     parallel_slots: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
 
     @property
     def overhead_ratio(self) -> float | None:
@@ -40,7 +40,7 @@ class SweepSummary:
         return self.wall_seconds / (self.fold_seconds / self.parallel_slots) if self.fold_seconds else None
 
 
-def collect_trials(results, ctx: SweepContext) -> list[TrialSummary]:
+def collect_trials(results, ctx: SweepContext, interrupted: bool = False) -> list[TrialSummary]:
     """One summary per Tune result, matched to its MLflow trial run."""
     runs = {r.data.tags.get("trial_id"): r.info.run_id for r in
             mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id, {"sweep_id": ctx.sweep_id,
@@ -54,6 +54,8 @@ def collect_trials(results, ctx: SweepContext) -> list[TrialSummary]:
             status = "failed"
         elif done >= len(ctx.folds):
             status = "complete"
+        elif interrupted:
+            status = "interrupted"
         else:
             status = "stopped early"
         config = {k: v for k, v in (metrics.get("config") or {}).items()}
@@ -66,7 +68,7 @@ def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
     """Final status of every trial run; fold runs a stopped trial left RUNNING become KILLED."""
     uri = ctx.tracking_uri
     for trial in trials:
-        if trial.run_id is None:
+        if trial.run_id is None or trial.status == "interrupted":
             continue
         if trial.status == "failed":
             mlflow_runs.set_tags(uri, trial.run_id, {"error": trial.error or "failed"})
@@ -85,12 +87,14 @@ def best_fold_run(ctx: SweepContext, trial_id: str) -> str:
 def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int) -> SweepSummary:
     """Close runs, log the best model once, record the outcome on the sweep run."""
     uri = ctx.tracking_uri
-    trials = collect_trials(results, ctx)
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    trials = collect_trials(results, ctx, interrupted)
     close_runs(trials, ctx)
     complete = [t for t in trials if t.status == "complete" and METRIC in t.metrics]
-    best = max(complete, key=lambda t: t.metrics[METRIC]) if complete else None
+    best = max(complete, key=lambda t: t.metrics[METRIC]) if complete and not interrupted else None
     fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
-    summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots)
+    summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots,
+                           interrupted)
     parent_tags = mlflow_runs.client(uri).get_run(ctx.parent_run_id).data.tags
     if best is not None and best.run_id is not None:
         if parent_tags.get("best_trial_id") == best.trial_id and parent_tags.get("best_model_uri"):
@@ -101,11 +105,12 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
                                                        "best_model_uri": summary.best_model_uri})
         mlflow_runs.log_metrics(uri, ctx.parent_run_id,
                                 {f"best_{k}": v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))})
-    extra = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds, "fold_slots": parallel_slots}
+    extra: dict[str, float] = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds, "fold_slots": parallel_slots}
     if summary.overhead_ratio is not None:
         extra["ray_overhead_ratio"] = summary.overhead_ratio
     mlflow_runs.log_metrics(uri, ctx.parent_run_id, extra)
-    mlflow_runs.end_run(uri, ctx.parent_run_id, "FINISHED" if best is not None else "FAILED")
+    status = "KILLED" if interrupted else "FINISHED" if best is not None else "FAILED"
+    mlflow_runs.end_run(uri, ctx.parent_run_id, status)
     return summary
 
 
@@ -121,15 +126,20 @@ def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
 
 
 def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str) -> None:
-    counts = {s: sum(t.status == s for t in summary.trials) for s in ("complete", "stopped early", "failed")}
-    lines = ["", f"=== Sweep {ctx.sweep_id} finished in {summary.wall_seconds:.0f} s: {len(summary.trials)} trials "
+    counts = {s: sum(t.status == s for t in summary.trials)
+              for s in ("complete", "stopped early", "failed", "interrupted")}
+    counts = {s: n for s, n in counts.items() if n or s == "complete"}
+    verb = "interrupted after" if summary.interrupted else "finished in"
+    lines = ["", f"=== Sweep {ctx.sweep_id} {verb} {summary.wall_seconds:.0f} s: {len(summary.trials)} trials "
              f"({', '.join(f'{n} {s}' for s, n in counts.items())}) x {len(ctx.folds)} folds ==="]
     lines.append("Trials (validation UA, mean ± std over the folds each finished):")
     for t in sorted(summary.trials, key=lambda t: -float(t.metrics.get(METRIC, -1))):
         lines.append(f"  {t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
                      f"{_pm(t.metrics, 'valid', 'ua')}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
     best = summary.best
-    if best is None:
+    if summary.interrupted:
+        lines.append(f"Continue it with the same command plus: --resume --name {ctx.sweep_id}")
+    elif best is None:
         lines.append("No trial finished all its folds; see the errors above and in MLflow.")
     else:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items())

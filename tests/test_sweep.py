@@ -1,0 +1,201 @@
+"""End-to-end sweeps on a tiny demo corpus: real Ray (local), real Optuna, real MLflow (SQLite and a server).
+
+Each test runs `python orchestration/sweep.py` as a user would: 2 trials x 2 folds x 1 epoch of
+a tiny model, then reads the MLflow run tree back through `MlflowClient`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = ROOT / "orchestration" / "sweep.py"
+TINY = ["epochs=1", "d_model=16", "headdim=8", "num_heads=2", "ffn_dim=32", "classifier_dims=[16]", "max_frames=80",
+        "batch_size=16"]
+BOUNDED = ("_wa", "_ua", "_wf1", "_wa_mean", "_ua_mean", "_wf1_mean", "_wa_std", "_ua_std", "_wf1_std",
+           "_wa_best", "_ua_best", "_wf1_best")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    from tfmamba.demo import ensure_demo_data
+
+    return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)
+
+
+def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    return [sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache", str(demo.cache),
+            "--folds", "1,2", "--num-samples", "2", "--storage-path", str(storage), "--name", name, *sets, *extra]
+
+
+def run_sweep(command: list[str], cwd: Path, env: dict | None = None, timeout: float = 480) -> str:
+    done = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    return output
+
+
+def run_tree(uri: str, name: str) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tfmamba-sweeps")
+    runs = client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{name}'", max_results=1000)
+    tree: dict[str, list] = {"sweep": [], "trial": [], "fold": []}
+    for run in runs:
+        tree[run.data.tags["run_kind"]].append(run)
+    return tree
+
+
+def check_tree(uri: str, name: str, storage: Path) -> dict[str, list]:
+    """1 sweep run, 2 trial runs under it, 2 fold runs under each; params and metrics as Tune saw them."""
+    tree = run_tree(uri, name)
+    assert [len(tree[k]) for k in ("sweep", "trial", "fold")] == [1, 2, 4]
+    sweep_id = tree["sweep"][0].info.run_id
+    trial_runs = {run.data.tags["trial_id"]: run for run in tree["trial"]}
+    assert all(run.data.tags["mlflow.parentRunId"] == sweep_id for run in tree["trial"])
+    for run in tree["fold"]:
+        assert run.data.tags["mlflow.parentRunId"] == trial_runs[run.data.tags["trial_id"]].info.run_id
+    assert sorted((r.data.tags["trial_id"], r.data.tags["fold"]) for r in tree["fold"]) == sorted(
+        (t, f) for t in trial_runs for f in ("1", "2"))
+    assert all(run.info.status == "FINISHED" for kind in tree.values() for run in kind)
+    tune_configs = {}
+    for params in (storage / name).glob("*/params.json"):
+        trial_id = params.parent.name.split("_")[2]
+        tune_configs[trial_id] = json.loads(params.read_text())
+    assert set(tune_configs) == set(trial_runs)
+    for trial_id, config in tune_configs.items():
+        logged = trial_runs[trial_id].data.params
+        assert set(logged) == set(config)
+        for key, value in config.items():
+            assert float(logged[key]) == pytest.approx(value, rel=1e-9)
+    for run in tree["trial"] + tree["fold"]:
+        metrics = run.data.metrics
+        assert all(math.isfinite(v) for v in metrics.values()), metrics
+        bounded = {k: v for k, v in metrics.items() if k.endswith(BOUNDED)}
+        assert bounded and all(0.0 <= v <= 1.0 for v in bounded.values()), metrics
+    assert {"valid_ua_mean", "valid_ua_std", "test_ua_mean", "test_wf1_std"} <= set(tree["trial"][0].data.metrics)
+    return tree
+
+
+def check_best_model(uri: str, tree: dict[str, list], demo) -> None:
+    import mlflow
+    import mlflow.pyfunc
+
+    from mlflow.tracking import MlflowClient
+    from tfmamba.features.store import FeatureStore
+
+    sweep_run = tree["sweep"][0]
+    model_uri = sweep_run.data.tags["best_model_uri"]
+    best_trial = sweep_run.data.tags["best_trial_run_id"]
+    fold_artifacts = [a.path for a in MlflowClient(uri).list_artifacts(tree["fold"][0].info.run_id)]
+    assert {"confusion.png", "history.csv", "model"} <= set(fold_artifacts)
+    mlflow.set_tracking_uri(uri)
+    for where in (model_uri, f"runs:/{best_trial}/model"):
+        model = mlflow.pyfunc.load_model(where)
+        store = FeatureStore.open(str(demo.cache))
+        items = [store.get(utt_id) for utt_id in store.utt_ids[:3]]
+        predicted = model.predict(items)
+        labels = set(model.metadata.metadata["label_map"].values())
+        assert len(predicted) == 3 and set(predicted["label"]) <= labels
+        assert model.metadata.metadata["feature_spec"]["extractor"] == "fbank"
+
+
+def test_sweep_sqlite_end_to_end(demo, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    output = run_sweep(sweep_command(demo, tmp_path / "ray", "e2e", "--mlflow-uri", uri), tmp_path)
+    assert "Best trial" in output and "mlflow ui --backend-store-uri" in output
+    tree = check_tree(uri, "e2e", tmp_path / "ray")
+    check_best_model(uri, tree, demo)
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(1)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_sweep_against_mlflow_server(demo, tmp_path: Path, mlflow_server: str) -> None:
+    run_sweep(sweep_command(demo, tmp_path / "ray", "served"), tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server})
+    tree = check_tree(mlflow_server, "served", tmp_path / "ray")
+    check_best_model(mlflow_server, tree, demo)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = sweep_command(demo, tmp_path / "ray", "resumed", "--mlflow-uri", uri, "--max-concurrent", "1",
+                            "--parallel-folds", "1")
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 420
+    try:
+        while True:
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.monotonic() < deadline, "the first trial did not finish in time"
+            if (tmp_path / "mlflow.db").exists():
+                tree = run_tree(uri, "resumed")
+                finished = [r for r in tree["trial"] if r.info.status == "FINISHED"]
+                if finished and any(r.data.tags["trial_id"] != finished[0].data.tags["trial_id"] for r in tree["fold"]):
+                    break
+            time.sleep(2)
+        time.sleep(5)  # let Tune save its experiment state after the first trial
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    first = finished[0]
+    first_folds = {r.info.run_id: r.info.start_time for r in run_tree(uri, "resumed")["fold"]
+                   if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
+    first_trial_train_dirs = sorted(p.name for p in (tmp_path / "ray" / "resumed-train").glob(
+        f"*{first.data.tags['trial_id']}*"))
+
+    output = run_sweep(command + ["--resume"], tmp_path)
+    assert "=== Sweep resumed finished" in output
+    tree = check_tree(uri, "resumed", tmp_path / "ray")
+    again = {r.info.run_id: r.info.start_time for r in tree["fold"]
+             if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
+    assert again == first_folds
+    assert f"trial {first.data.tags['trial_id']}: fold" not in output.split("resuming sweep")[-1]
+    assert sorted(p.name for p in (tmp_path / "ray" / "resumed-train").glob(
+        f"*{first.data.tags['trial_id']}*")) == first_trial_train_dirs
+    assert len(list((tmp_path / "ray").glob("resumed/*/params.json"))) == 2
