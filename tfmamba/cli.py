@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from tfmamba.errors import TFMambaError
 
-COMMANDS: tuple[str, ...] = ("params", "prepare", "features", "train")
+COMMANDS: tuple[str, ...] = ("params", "prepare", "features", "train", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

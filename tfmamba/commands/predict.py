@@ -1,0 +1,86 @@
+"""`tfmamba predict AUDIO... --model PATH_OR_URI`: one line per clip (label and class probabilities), CSV for many."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CSV_THRESHOLD = 10
+DEFAULT_CSV = "predictions.csv"
+
+DESCRIPTION = (
+    "Predict the emotion of audio clips with a trained model. AUDIO is any number of files or folders (searched "
+    "recursively for wav/flac/ogg/mp3/mp4/m4a/...); any sample rate, stereo is mixed to mono. A clip longer than "
+    "--window-seconds (default: the extractor's max_seconds, 30 s) is cut into windows whose class probabilities "
+    "are averaged (weighted by length), so there is one prediction per clip. Prints one line per file: the file, "
+    "the predicted emotion and the class probabilities; a file that cannot be read gets a line with the error "
+    f"and is skipped. With a folder or more than {CSV_THRESHOLD} files, the predictions also go to a CSV "
+    f"(--csv, default ./{DEFAULT_CSV}, never overwriting an existing file). Exit status 1 only when no file "
+    "could be predicted."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predict", help="predict the emotion of audio files", description=DESCRIPTION)
+    parser.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files or folders")
+    parser.add_argument("--model", required=True, metavar="PATH_OR_URI",
+                        help="a `tfmamba train` output folder, runs:/<run id>/model or models:/tfmamba-ser/<version>")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI for runs:/ and models:/ (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--csv", default=None, metavar="OUT.csv",
+                        help=f"write the predictions to this CSV (default: ./{DEFAULT_CSV} with a folder or more "
+                             f"than {CSV_THRESHOLD} files)")
+    parser.add_argument("--window-seconds", type=float, default=None,
+                        help="window length for long clips (default: the extractor's max_seconds, 30 s)")
+    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tfmamba.predict import Predictor, find_audio, write_csv
+
+    predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
+                               tracking_uri=args.tracking_uri)
+    paths = find_audio(args.audio)
+    many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
+    csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
+    bar = tqdm(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2,
+               file=sys.stderr, dynamic_ncols=True)
+    results = []
+    for prediction in predictor.iter_predictions(paths):
+        results.append(prediction)
+        bar.write(format_line(prediction), file=sys.stdout)
+        bar.update(1)
+    bar.close()
+    done = sum(p.ok for p in results)
+    if csv_path is not None:
+        write_csv(csv_path, results, predictor.labels)
+        print(f"predictions written to {csv_path}")
+    failed = len(results) - done
+    print(f"{done} of {len(results)} files predicted" + (f", {failed} skipped (errors above)" if failed else ""),
+          file=sys.stderr)
+    if not done:
+        print("tfmamba predict: error: no file could be predicted", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_line(prediction) -> str:
+    """`path  label  neu 0.12 hap 0.80 ...`, or `path  ERROR  reason`."""
+    if not prediction.ok:
+        return f"{prediction.path}\tERROR\t{prediction.error}"
+    probs = "  ".join(f"{label} {p:.3f}" for label, p in prediction.probabilities.items())
+    return f"{prediction.path}\t{prediction.label}\t{probs}"
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `stem-1.csv`, `stem-2.csv`, ... when it exists, so earlier results are never overwritten."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate

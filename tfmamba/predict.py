@@ -1,0 +1,292 @@
+"""Emotion predictions for audio files with a trained model: `Predictor.load(...)`, then `predict_files`.
+
+A model is a trainer output folder (`model.safetensors` + `model.json`), or an MLflow URI
+(`runs:/<run id>/model`, `models:/tfmamba-ser/<version>`) whose artifacts hold one, either
+directly or inside a pyfunc model's `artifacts/`. MLflow is imported only for those URIs.
+
+The feature extractor named in model.json is rebuilt and checked against the model's input size.
+Each clip is read at the extractor's rate (any format `tfmamba.audio` reads, stereo mixed down),
+cut into windows of at most `window_seconds` (the extractor's `max_seconds`), and the class
+probabilities of the windows are averaged, weighted by their frame counts: one prediction per clip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tfmamba.audio import load_audio
+from tfmamba.errors import ConfigError, DataError
+from tfmamba.features.extractor import Extractor, get_extractor
+from tfmamba.model import TFMamba
+from tfmamba.training.outputs import FORMAT_VERSION, MODEL_JSON, MODEL_WEIGHTS, load_trained_model
+
+__all__ = ["AUDIO_SUFFIXES", "Prediction", "Predictor", "find_audio", "resolve_model", "write_csv"]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp4", ".m4a", ".aac", ".webm",
+                            ".aiff", ".aif"})
+MLFLOW_SCHEMES = ("runs:/", "models:/")
+DEFAULT_WINDOW_SECONDS = 30.0
+WINDOWS_PER_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One clip's outcome: the predicted label and class probabilities, or the error that stopped it."""
+
+    path: str
+    label: str | None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    windows: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_row(self, labels: list[str]) -> dict[str, Any]:
+        """A flat CSV row: path, label, prob_<label> per class, seconds, windows, error."""
+        row: dict[str, Any] = {"path": self.path, "label": self.label or ""}
+        row |= {f"prob_{name}": (f"{self.probabilities[name]:.6f}" if self.ok else "") for name in labels}
+        return row | {"seconds": f"{self.seconds:.3f}", "windows": self.windows, "error": self.error or ""}
+
+
+def is_mlflow_uri(ref: str) -> bool:
+    return str(ref).startswith(MLFLOW_SCHEMES)
+
+
+def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = None) -> Path:
+    """The local trainer output folder of `ref`: the folder itself, or MLflow artifacts downloaded under `into`."""
+    if not is_mlflow_uri(str(ref)):
+        folder = Path(ref)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such model folder (give a trainer output folder, runs:/<id>/model "
+                            f"or models:/<name>/<version>)")
+        return folder
+    try:
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+    except ImportError as err:
+        raise ConfigError(f"{ref}: MLflow URIs need the mlflow package ({err})") from err
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ref), dst_path=str(into),
+                                                         tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as err:
+        raise DataError(f"{ref}: could not download the model from MLflow ({err})") from err
+    return _model_folder_in(local, str(ref))
+
+
+def _model_folder_in(local: Path, ref: str) -> Path:
+    """A trainer folder (model.json at the top) or a pyfunc model holding one under artifacts/."""
+    if (local / MODEL_JSON).is_file():
+        return local
+    found = sorted(p.parent for p in local.rglob(MODEL_JSON) if (p.parent / MODEL_WEIGHTS).is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(f"{ref}: the MLflow artifacts hold no tfmamba model ({MODEL_JSON} + {MODEL_WEIGHTS})")
+    raise DataError(f"{ref}: the MLflow artifacts hold {len(found)} tfmamba models; point at one of them")
+
+
+def check_description(folder: Path) -> dict[str, Any]:
+    """model.json, checked before any weights are read: format version, feature spec, sizes, labels."""
+    path = folder / MODEL_JSON
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no {MODEL_JSON} (not a trainer output folder)") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(description, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    version = description.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: model format version {version!r} (written by tfmamba "
+                        f"{description.get('tfmamba_version', '?')}); this tfmamba reads version {FORMAT_VERSION} "
+                        f"only: predict with the tfmamba that trained it, or retrain")
+    missing = [key for key in ("model", "labels", "feature") if not isinstance(description.get(key), (dict, list))]
+    if missing:
+        raise DataError(f"{path}: missing {missing}")
+    feature, model = description["feature"], description["model"]
+    if not feature.get("extractor") or not isinstance(feature.get("dim"), int):
+        raise DataError(f"{path}: the feature spec needs 'extractor' and an integer 'dim', got {feature}")
+    if model.get("input_dim") != feature["dim"]:
+        raise DataError(f"{path}: the model takes {model.get('input_dim')}-dim input but its feature spec "
+                        f"({feature['extractor']}) gives {feature['dim']}")
+    if model.get("num_classes") != len(description["labels"]):
+        raise DataError(f"{path}: {model.get('num_classes')} classes but {len(description['labels'])} labels")
+    return description
+
+
+def check_extractor(extractor: Extractor, feature: dict[str, Any], model: TFMamba, where: str) -> None:
+    """The rebuilt extractor must give what the model was trained on (same dim and frame rate)."""
+    if extractor.dim != model.config.input_dim:
+        raise DataError(f"{where}: extractor {extractor.name!r} gives {extractor.dim}-dim features but the model "
+                        f"takes {model.config.input_dim}")
+    rate = feature.get("frame_rate")
+    if rate is not None and abs(float(rate) - extractor.frame_rate) > 1e-6:
+        raise DataError(f"{where}: extractor {extractor.name!r} runs at {extractor.frame_rate} frames/s, the model "
+                        f"was trained at {rate}")
+    if feature.get("revision") not in (None, extractor.revision_or_hash):
+        logger.warning("%s: extractor %s is at revision %s, the model was trained on %s", where, extractor.name,
+                       extractor.revision_or_hash, feature.get("revision"))
+
+
+def find_audio(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given (missing ones too, to be reported), folders searched recursively for audio files."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            inside = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not inside:
+                logger.warning("%s: no audio files (%s) in this folder", item, ", ".join(sorted(AUDIO_SUFFIXES)))
+            found.extend(inside)
+        else:
+            found.append(item)
+    return found
+
+
+def _load_weights(folder: Path, device: torch.device) -> tuple[TFMamba, dict[str, Any]]:
+    """`load_trained_model`, with a damaged safetensors file reported as a DataError too."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_trained_model(folder, device=str(device))
+    except SafetensorError as err:
+        raise DataError(f"{folder / MODEL_WEIGHTS}: unreadable weights ({err})") from err
+
+
+class Predictor:
+    """A trained model with its feature extractor: audio in, emotion probabilities out."""
+
+    def __init__(self, model: TFMamba, description: dict[str, Any], extractor: Extractor,
+                 device: torch.device, window_seconds: float = DEFAULT_WINDOW_SECONDS, source: str = "") -> None:
+        if not window_seconds > 0:
+            raise ConfigError(f"window_seconds must be > 0, got {window_seconds}")
+        self.model = model
+        self.description = description
+        self.extractor = extractor
+        self.device = device
+        self.window_seconds = float(window_seconds)
+        self.source = source
+        self.labels: list[str] = list(description["labels"])
+
+    @classmethod
+    def load(cls, model_ref: str | Path, device: str | None = None, window_seconds: float | None = None,
+             tracking_uri: str | None = None) -> Predictor:
+        """Load a trainer output folder or an MLflow model URI and the extractor its model.json names.
+
+        `window_seconds` defaults to the extractor's `max_seconds` (30 s)."""
+        from tfmamba.training.distributed import pick_device
+
+        dev = pick_device(device)
+        with tempfile.TemporaryDirectory(prefix="tfmamba-model-") as tmp:
+            folder = resolve_model(model_ref, tmp, tracking_uri)
+            check_description(folder)
+            model, description = _load_weights(folder, dev)
+        feature = description["feature"]
+        window = window_seconds or DEFAULT_WINDOW_SECONDS
+        extractor = get_extractor(feature["extractor"], layer=feature.get("layer"), device=str(dev),
+                                  max_seconds=window)
+        check_extractor(extractor, feature, model, str(model_ref))
+        window = extractor.max_seconds or window
+        logger.info("model %s: %s, labels %s, features %s (%d-dim), windows of %g s, on %s", model_ref,
+                    model.config.variant, description["labels"], extractor.name, extractor.dim, window, dev)
+        return cls(model, description, extractor, dev, window, source=str(model_ref))
+
+    def predict_wave(self, wave: np.ndarray, sample_rate: int, name: str = "<wave>") -> Prediction:
+        """Predict one clip given as samples: (n,) mono or (n, channels), any rate."""
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim == 2:
+            wave = wave.mean(axis=1)
+        if wave.ndim != 1:
+            raise DataError(f"{name}: expected (samples,) or (samples, channels), got shape {wave.shape}")
+        if sample_rate != self.extractor.sample_rate:
+            import soxr
+
+            wave = soxr.resample(wave, sample_rate, self.extractor.sample_rate, quality="HQ").astype(np.float32)
+        if not np.all(np.isfinite(wave)):
+            raise DataError(f"{name}: samples contain NaN or Inf")
+        return self._predict(wave, name)
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Predict one audio file; raises DataError when it cannot be read."""
+        return self._predict(load_audio(path, sample_rate=self.extractor.sample_rate), str(path))
+
+    def iter_predictions(self, paths: Iterable[str | Path]) -> Iterator[Prediction]:
+        """One Prediction per file, in order; a file that fails gives a Prediction with `error` set."""
+        for path in paths:
+            try:
+                yield self.predict_file(path)
+            except DataError as err:
+                logger.debug("skipping %s: %s", path, err)
+                yield Prediction(path=str(path), label=None, error=str(err))
+
+    def predict_files(self, paths: Iterable[str | Path]) -> list[Prediction]:
+        return list(self.iter_predictions(paths))
+
+    def windows(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Cut a clip into windows of `window_seconds`; a tail under half a second joins the previous window."""
+        rate = self.extractor.sample_rate
+        size = int(self.window_seconds * rate)
+        starts = list(range(0, len(wave), size)) or [0]
+        if len(starts) > 1 and len(wave) - starts[-1] < max(self.extractor.min_samples, rate // 2):
+            starts.pop()
+        ends = starts[1:] + [len(wave)]
+        return [wave[s:e] for s, e in zip(starts, ends)]
+
+    def _predict(self, wave: np.ndarray, name: str) -> Prediction:
+        rate = self.extractor.sample_rate
+        if len(wave) < self.extractor.min_samples:
+            raise DataError(f"{name}: too short ({len(wave)} samples at {rate} Hz; the extractor needs at least "
+                            f"{self.extractor.min_samples})")
+        windows = self.windows(wave)
+        total = np.zeros(len(self.labels), dtype=np.float64)
+        frames_seen = 0
+        for start in range(0, len(windows), WINDOWS_PER_BATCH):
+            features = self.extractor(windows[start:start + WINDOWS_PER_BATCH])
+            probs, lengths = self._probabilities(features)
+            total += (probs * lengths[:, None]).sum(axis=0)
+            frames_seen += int(lengths.sum())
+        average = total / max(frames_seen, 1)
+        return Prediction(path=name, label=self.labels[int(average.argmax())],
+                          probabilities={label: float(p) for label, p in zip(self.labels, average)},
+                          seconds=len(wave) / rate, windows=len(windows))
+
+    @torch.no_grad()
+    def _probabilities(self, features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (windows, classes) and frame counts of a batch of feature arrays."""
+        lengths = torch.tensor([len(x) for x in features])
+        batch = torch.zeros(len(features), int(lengths.max()), self.model.config.input_dim)
+        for i, x in enumerate(features):
+            batch[i, : len(x)] = torch.from_numpy(x)
+        logits = self.model(batch.to(self.device), lengths.to(self.device)).logits.float()
+        return torch.softmax(logits, dim=-1).cpu().numpy().astype(np.float64), lengths.numpy()
+
+
+def write_csv(path: str | Path, predictions: list[Prediction], labels: list[str]) -> Path:
+    """Write predictions (failed files included, with their error) to a CSV, atomically."""
+    import csv
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    columns = ["path", "label", *(f"prob_{label}" for label in labels), "seconds", "windows", "error"]
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(p.to_row(labels) for p in predictions)
+    os.replace(tmp, path)
+    return path
