@@ -1,0 +1,312 @@
+"""`tfmamba predict` and `tfmamba.predict.Predictor`: audio formats, windows, batches with bad files,
+model folder checks, MLflow URIs, and a model trained on the demo corpus predicting its held-out clips."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from tfmamba.checkpoint import save_weights
+from tfmamba.cli import main
+from tfmamba.errors import ConfigError, DataError
+from tfmamba.features.fbank import FbankExtractor
+from tfmamba.model import ModelConfig, TFMamba
+from tfmamba.predict import Predictor, find_audio
+from tfmamba.training.outputs import FORMAT_VERSION
+
+LABELS = ["neu", "hap", "ang", "sad"]
+TINY = dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16], chunk_size=16,
+            ssd_backend="torch", dropout=0.0)
+DEMO_ROOT = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def write_model_folder(folder: Path, seed: int = 0) -> Path:
+    """An untrained fbank model in the trainer's output format (model.safetensors + model.json).
+
+    The output layer is scaled up so that its probabilities differ clearly between inputs."""
+    torch.manual_seed(seed)
+    config = ModelConfig(input_dim=80, num_classes=len(LABELS), **TINY)
+    weights = {k: v.contiguous() for k, v in TFMamba(config).state_dict().items()}
+    weights["classifier.3.weight"] = weights["classifier.3.weight"] * 5.0
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(weights, folder / "model.safetensors")
+    description = {"format_version": FORMAT_VERSION, "tfmamba_version": "test", "model": config.to_dict(),
+                   "labels": LABELS, "feature": FbankExtractor().describe(), "input_norm": {"mode": "none"}}
+    (folder / "model.json").write_text(json.dumps(description), encoding="utf-8")
+    return folder
+
+
+def tamper(folder: Path, edit) -> Path:
+    description = json.loads((folder / "model.json").read_text())
+    edit(description)
+    (folder / "model.json").write_text(json.dumps(description))
+    return folder
+
+
+def speechlike(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A pitch glide with harmonics under a slow loudness contour; the same signal at any rate."""
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    envelope = 0.3 + 0.2 * np.sin(2 * np.pi * 0.5 * t + 2 * seed)
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6)) * envelope * 0.5
+    return wave.astype(np.float32)
+
+
+def write_mp4(path: Path, channels: np.ndarray, rate: int) -> Path:
+    """AAC in an mp4 container; `channels` is (n_channels, n_samples) float32."""
+    layout = "mono" if channels.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = layout
+        for start in range(0, channels.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels[:, start:start + 1024]),
+                                               format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return write_model_folder(tmp_path_factory.mktemp("model") / "fold-1")
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> Predictor:
+    return Predictor.load(model_dir, device="cpu")
+
+
+def test_load_reads_the_extractor_from_model_json(predictor):
+    assert predictor.labels == LABELS
+    assert predictor.extractor.name == "fbank" and predictor.extractor.dim == 80
+    assert predictor.window_seconds == 30.0
+    prediction = predictor.predict_wave(speechlike(1.5), 16000)
+    assert prediction.ok and prediction.label in LABELS and prediction.windows == 1
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+
+
+def test_wav_flac_stereo_44k_and_mp4_give_the_same_prediction(predictor, tmp_path):
+    mono = speechlike(2.0, 44100)
+    soundfile.write(tmp_path / "a.wav", speechlike(2.0, 16000), 16000)
+    soundfile.write(tmp_path / "b.flac", mono, 44100)
+    soundfile.write(tmp_path / "c.wav", np.stack([mono, mono], axis=1), 44100, subtype="FLOAT")
+    write_mp4(tmp_path / "d.mp4", np.stack([mono, mono]), 44100)
+    a, b, c, d = predictor.predict_files([tmp_path / n for n in ("a.wav", "b.flac", "c.wav", "d.mp4")])
+    assert all(p.ok for p in (a, b, c, d)), [p.error for p in (a, b, c, d)]
+    assert c.seconds == pytest.approx(2.0, abs=1e-3) and d.seconds == pytest.approx(2.0, abs=0.1)
+    for other in (b, c, d):
+        assert np.allclose(list(other.probabilities.values()), list(a.probabilities.values()), atol=0.02)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(32000).astype(np.float32)
+    other_clip = predictor.predict_wave(noise, 16000)
+    assert not np.allclose(list(other_clip.probabilities.values()), list(a.probabilities.values()), atol=0.05)
+    stereo = predictor.predict_wave(np.stack([mono, mono], axis=1), 44100)
+    assert stereo.probabilities == pytest.approx(c.probabilities, abs=1e-4)
+
+
+def test_long_clips_are_windowed_and_averaged_by_length(model_dir):
+    predictor = Predictor.load(model_dir, device="cpu", window_seconds=2.0)
+    wave = speechlike(5.0, seed=3)
+    whole = predictor.predict_wave(wave, 16000)
+    assert whole.windows == 3
+    parts = [predictor.predict_wave(w, 16000) for w in (wave[:32000], wave[32000:64000], wave[64000:])]
+    frames = np.array([len(predictor.extractor([w])[0]) for w in (wave[:32000], wave[32000:64000], wave[64000:])])
+    expected = sum(f * np.array(list(p.probabilities.values())) for f, p in zip(frames, parts)) / frames.sum()
+    assert np.allclose(list(whole.probabilities.values()), expected, atol=1e-6)
+    assert predictor.predict_wave(speechlike(4.3), 16000).windows == 2  # a 0.3 s tail joins the last window
+
+
+def test_minutes_long_clip_gives_one_prediction(predictor):
+    prediction = predictor.predict_wave(speechlike(125.0, 8000, seed=1), 8000, name="long")
+    assert prediction.ok and prediction.windows == 5 and prediction.seconds == pytest.approx(125.0)
+
+
+def test_find_audio_searches_folders_and_keeps_named_files(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/x.wav", "d/sub/y.MP3", "d/sub/z.m4a", "d/notes.txt"):
+        (tmp_path / name).write_bytes(b"1")
+    found = find_audio([tmp_path / "d", tmp_path / "missing.wav"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["d/sub/y.MP3", "d/sub/z.m4a", "d/x.wav",
+                                                                    "missing.wav"]
+
+
+def test_cli_prints_one_line_per_file_and_skips_bad_ones(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    soundfile.write(tmp_path / "good.wav", speechlike(1.2), 16000)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF" + b"\x13garbage" * 50)
+    (tmp_path / "empty.flac").write_bytes(b"")
+    args = ["predict", "good.wav", "corrupt.wav", "empty.flac", "gone.mp3", "--model", str(model_dir),
+            "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 4
+    path, label, probs = lines[0].split("\t")
+    assert path == "good.wav" and label in LABELS and probs.startswith("neu 0.")
+    assert lines[1].startswith("corrupt.wav\tERROR\t") and "undecodable" in lines[1]
+    assert lines[2] == f"empty.flac\tERROR\tempty.flac: empty file (0 bytes)"
+    assert lines[3] == "gone.mp3\tERROR\tgone.mp3: missing file"
+    assert "1 of 4 files predicted, 3 skipped" in out.err
+    assert not (tmp_path / "predictions.csv").exists()
+    assert main(["predict", "corrupt.wav", "gone.mp3", "--model", str(model_dir)]) == 1
+    assert "no file could be predicted" in capsys.readouterr().err
+
+
+def test_cli_folder_writes_a_csv_without_overwriting(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clips = tmp_path / "clips" / "s1"
+    clips.mkdir(parents=True)
+    for i in range(3):
+        soundfile.write(clips / f"c{i}.wav", speechlike(1.0 + i / 2, seed=i), 16000)
+    write_mp4(clips / "c3.mp4", speechlike(1.0, 22050)[None, :], 22050)
+    (clips / "bad.ogg").write_bytes(b"OggS" * 10)
+    assert main(["predict", "clips", "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "predictions written to predictions.csv" in out
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert [Path(r["path"]).name for r in rows] == ["bad.ogg", "c0.wav", "c1.wav", "c2.wav", "c3.mp4"]
+    assert rows[0]["label"] == "" and rows[0]["error"]
+    for row in rows[1:]:
+        probs = [float(row[f"prob_{label}"]) for label in LABELS]
+        assert row["label"] == LABELS[int(np.argmax(probs))] and sum(probs) == pytest.approx(1.0, abs=1e-4)
+    assert main(["predict", "clips", "--model", str(model_dir), "--no-progress"]) == 0
+    assert (tmp_path / "predictions-1.csv").exists()
+    assert main(["predict", str(clips / "c0.wav"), "--model", str(model_dir), "--csv", "out/one.csv"]) == 0
+    assert len(list(csv.DictReader((tmp_path / "out" / "one.csv").open()))) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(format_version=FORMAT_VERSION + 1), "model format version 2 .*reads version 1"),
+        (lambda d: d.pop("format_version"), "model format version None"),
+        (lambda d: d["feature"].update(dim=1024), "takes 80-dim input but its feature spec .* gives 1024"),
+        (lambda d: d["labels"].pop(), "4 classes but 3 labels"),
+        (lambda d: d.pop("feature"), r"missing \['feature'\]"),
+        (lambda d: d["feature"].update(frame_rate=50.0), "runs at 100.0 frames/s, the model was trained at 50.0"),
+    ],
+)
+def test_tampered_model_json_is_a_clear_error(model_dir, tmp_path, edit, message):
+    folder = tamper(Path(shutil.copytree(model_dir, tmp_path / "m")), edit)
+    with pytest.raises(DataError, match=message):
+        Predictor.load(folder, device="cpu")
+
+
+def test_extractor_dim_differs_from_the_model(tmp_path):
+    """model.json consistent in itself (1024-dim) but naming fbank, which gives 80."""
+    torch.manual_seed(0)
+    config = ModelConfig(input_dim=1024, num_classes=4, **TINY)
+    folder = write_model_folder(tmp_path / "m")
+    save_weights({k: v.contiguous() for k, v in TFMamba(config).state_dict().items()}, folder / "model.safetensors")
+    tamper(folder, lambda d: (d["model"].update(input_dim=1024), d["feature"].update(dim=1024)))
+    with pytest.raises(DataError, match="extractor 'fbank' gives 80-dim features but the model takes 1024"):
+        Predictor.load(folder, device="cpu")
+
+
+def test_missing_or_broken_model_folders(model_dir, tmp_path, capsys):
+    with pytest.raises(DataError, match="no such model folder"):
+        Predictor.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no model.json"):
+        Predictor.load(tmp_path / "empty")
+    broken = Path(shutil.copytree(model_dir, tmp_path / "broken"))
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match="unreadable weights"):
+        Predictor.load(broken)
+    assert main(["predict", "x.wav", "--model", str(tmp_path / "empty")]) == 2
+    assert "tfmamba predict: error:" in capsys.readouterr().err
+
+
+def test_mlflow_uris_need_mlflow_only_when_used(model_dir, monkeypatch):
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    assert Predictor.load(model_dir, device="cpu").labels == LABELS
+    with pytest.raises(ConfigError, match="MLflow URIs need the mlflow package"):
+        Predictor.load("runs:/0123/model")
+
+
+@pytest.mark.slow
+def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.model_export import log_best_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("predict", artifact_location=(tmp_path / "artifacts").as_uri())
+    fold_run, trial_run = client.create_run(experiment), client.create_run(experiment)
+    for name in ("model.safetensors", "model.json"):
+        client.log_artifact(fold_run.info.run_id, str(model_dir / name), artifact_path="model")
+    model_uri = log_best_model(uri, trial_run.info.run_id, fold_run.info.run_id)
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(model_uri, "tfmamba-ser").version
+    wave = speechlike(1.5, seed=4)
+    reference = Predictor.load(model_dir, device="cpu").predict_wave(wave, 16000)
+    for ref in (f"runs:/{fold_run.info.run_id}/model", f"runs:/{trial_run.info.run_id}/model", model_uri,
+                f"models:/tfmamba-ser/{version}"):
+        loaded = Predictor.load(ref, device="cpu", tracking_uri=uri)
+        assert loaded.predict_wave(wave, 16000).probabilities == pytest.approx(reference.probabilities, abs=1e-6)
+    with pytest.raises(DataError, match="could not download"):
+        Predictor.load(f"runs:/{fold_run.info.run_id}/nothing-here", tracking_uri=uri)
+    served = mlflow.pyfunc.load_model(f"models:/tfmamba-ser/{version}")
+    features = Predictor.load(model_dir, device="cpu").extractor([wave])[0]
+    frame = served.predict([features])
+    assert frame.loc[0, "label"] == reference.label
+    assert [frame.loc[0, f"prob_{label}"] for label in LABELS] == pytest.approx(
+        [reference.probabilities[label] for label in LABELS], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory):
+    """A small model trained for 3 epochs on fold 1 of the demo corpus, with the fold and its manifest."""
+    from tfmamba.config import load_train_config
+    from tfmamba.corpora.manifest import read_manifest
+    from tfmamba.demo import ensure_demo_data
+    from tfmamba.features.store import FeatureStore
+    from tfmamba.folds import load_folds
+    from tfmamba.train import train_fold
+
+    torch.set_num_threads(1)
+    demo = ensure_demo_data(DEMO_ROOT, progress=False)
+    manifest = read_manifest(demo.manifest_dir)
+    fold = load_folds(manifest.path.parent, manifest)[0]
+    store = FeatureStore.open(str(demo.cache), manifest=manifest)
+    config = load_train_config("demo").replace(
+        d_model=32, d_state=8, headdim=8, num_heads=2, ffn_dim=32, classifier_dims=[32], chunk_size=32, epochs=3,
+        max_frames=100, lr=3e-3, warmup_epochs=0.5, patience=0, ssd_backend="torch", amp=False)
+    out = tmp_path_factory.mktemp("demo") / "fold-1"
+    result = train_fold(config, fold, store, manifest=manifest, out_dir=out, device="cpu", progress=False)
+    return out, fold, manifest, result
+
+
+@pytest.mark.slow
+def test_demo_model_predicts_held_out_clips_well_above_chance(demo_model, capsys):
+    from tfmamba.metrics import compute_metrics
+
+    out, fold, manifest, result = demo_model
+    table = manifest.table.set_index("utt_id").loc[fold.test]
+    predictions = Predictor.load(out, device="cpu").predict_files(table.path)
+    assert all(p.ok for p in predictions)
+    truth = [manifest.label_index(label) for label in table.label]
+    predicted = [manifest.label_index(p.label) for p in predictions]
+    metrics = compute_metrics(truth, predicted, manifest.labels)
+    assert metrics.ua > 0.4, (metrics.ua, result.test)
+    assert main(["predict", *table.path[:3], "--model", str(out), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == list(table.path[:3])
