@@ -98,6 +98,8 @@ def test_load_reads_the_extractor_from_model_json(predictor):
     assert prediction.ok and prediction.label in LABELS and prediction.windows == 1
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+    with pytest.raises(DataError, match="clip: too short .*at least 400"):
+        predictor.predict_wave(speechlike(0.005), 16000, name="clip")
 
 
 def test_wav_flac_stereo_44k_and_mp4_give_the_same_prediction(predictor, tmp_path):
