@@ -155,19 +155,26 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     futures: dict[Future, int] = {pool.submit(run_fold, ctx, trial_id, train_config, fold): fold for fold in pending}
     try:
         if not pending:
-            _report(done, trial_run_id, ctx)
+            _finish(done, trial_run_id, ctx)
         while futures:
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in finished:
                 fold = futures.pop(future)
-                done[fold] = future.result()
+                try:
+                    done[fold] = future.result()
+                except Exception as err:
+                    mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(err)})
+                    mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
+                    raise
                 logger.info("trial %s: fold %d done (valid UA %.3f, test UA %.3f)", trial_id, fold,
                             done[fold]["valid"]["ua"], done[fold]["test"]["ua"])
-                _report(done, trial_run_id, ctx)
-    except BaseException as err:
+                _finish(done, trial_run_id, ctx)
+    finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(err)})
-        mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
-        raise
-    pool.shutdown()
-    mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FINISHED")
+
+
+def _finish(done: dict[int, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
+    """Report the finished folds; the trial's run is closed before the last report (Tune may stop the trial there)."""
+    if len(done) == len(ctx.folds):
+        mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FINISHED")
+    _report(done, trial_run_id, ctx)

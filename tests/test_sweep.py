@@ -162,6 +162,15 @@ def test_sweep_against_mlflow_server(demo, tmp_path: Path, mlflow_server: str) -
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def finished_trial(experiment: Path) -> str | None:
+    """The id of a trial whose Tune results already hold all (2) folds."""
+    for results in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        if any(row.get("folds_done") == 2 for row in rows):
+            return rows[-1]["trial_id"]
+    return None
+
+
 def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = sweep_command(demo, tmp_path / "ray", "resumed", "--mlflow-uri", uri, "--max-concurrent", "1",
@@ -170,19 +179,17 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
                               start_new_session=True)
     deadline = time.monotonic() + 420
     try:
-        while True:
+        while (first_id := finished_trial(tmp_path / "ray" / "resumed")) is None or not [
+                p for p in (tmp_path / "ray" / "resumed-train").glob("*-fold1") if first_id not in p.name]:
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             assert time.monotonic() < deadline, "the first trial did not finish in time"
-            if (tmp_path / "mlflow.db").exists():
-                tree = run_tree(uri, "resumed")
-                finished = [r for r in tree["trial"] if r.info.status == "FINISHED"]
-                if finished and any(r.data.tags["trial_id"] != finished[0].data.tags["trial_id"] for r in tree["fold"]):
-                    break
             time.sleep(2)
-        time.sleep(5)  # let Tune save its experiment state after the first trial
+        time.sleep(5)  # the second trial's first fold is under way
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
+    finished = [r for r in run_tree(uri, "resumed")["trial"] if r.data.tags["trial_id"] == first_id]
+    assert finished and finished[0].info.status == "FINISHED"
     first = finished[0]
     first_folds = {r.info.run_id: r.info.start_time for r in run_tree(uri, "resumed")["fold"]
                    if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
