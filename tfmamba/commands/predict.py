@@ -17,7 +17,7 @@ DESCRIPTION = (
     "the predicted emotion and the class probabilities; a file that cannot be read gets a line with the error "
     f"and is skipped. With a folder or more than {CSV_THRESHOLD} files, the predictions also go to a CSV "
     f"(--csv, default ./{DEFAULT_CSV}, never overwriting an existing file). Exit status 1 only when no file "
-    "could be predicted."
+    "could be predicted, 2 when the model or a setting is wrong."
 )
 
 
