@@ -159,11 +159,11 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             if reporter is not None:
                 reporter.report(dict(row), checkpoint)
     except TrainingError as err:
-        bar.close()
         message = f"fold {fold.index} ({fold.name}), {err}"
         _fail(fold, labels, out_dir, state, message, epoch, reporter, where)
         raise TrainingError(message) from err
-    bar.close()
+    finally:
+        bar.close()
     return _finish(config, fold, store, data.test, labels, model, norm, best_weights, state, out_dir, dev, where,
                    reporter, seconds_before + time.monotonic() - started)
 
