@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from orchestration import mlflow_runs
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
+# predict takes several input shapes (see its docstring), so it has no type hints for MLflow to validate against.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 class TFMambaPyfunc(mlflow.pyfunc.PythonModel):

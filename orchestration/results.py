@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestration import mlflow_runs
-from orchestration.model_export import log_best_model
 from orchestration.trial import METRIC, TIME_ATTR, SweepContext
 
 logger = logging.getLogger(__name__)
@@ -86,6 +85,8 @@ def best_fold_run(ctx: SweepContext, trial_id: str) -> str:
 
 def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int) -> SweepSummary:
     """Close runs, log the best model once, record the outcome on the sweep run."""
+    from orchestration.model_export import log_best_model
+
     uri = ctx.tracking_uri
     interrupted = results.num_terminated + results.num_errors < len(results)
     trials = collect_trials(results, ctx, interrupted)
@@ -125,7 +126,7 @@ def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
     return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
-def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str) -> None:
+def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tune_path: str) -> None:
     counts = {s: sum(t.status == s for t in summary.trials)
               for s in ("complete", "stopped early", "failed", "interrupted")}
     counts = {s: n for s, n in counts.items() if n or s == "complete"}
@@ -157,6 +158,6 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str) -> 
                      f"(wall {summary.wall_seconds:.0f} s / {summary.fold_seconds / summary.parallel_slots:.0f} s)")
     lines += [f"MLflow: experiment {experiment!r}, sweep run {summary.parent_run_id}"
               + (f", best trial run {best.run_id}" if best else ""),
-              f"Tune results: {ctx.train_storage.rsplit('-train', 1)[0]}   fold outputs: {ctx.out_root}",
+              f"Tune results: {tune_path}   Train runs: {ctx.train_storage}   fold outputs: {ctx.out_root}",
               f"Compare the trials: {ui_command(ctx.tracking_uri)}", ""]
     print("\n".join(lines), flush=True)

@@ -42,7 +42,7 @@ DEMO_FOLDS = "1,2,3"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""With no --manifest/--cache the built-in demo corpus is prepared under ./data/demo (once).
 MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI (the cluster config sets it to the head's MLflow
@@ -157,11 +157,13 @@ def open_parent_run(args: argparse.Namespace, name: str, space: SearchSpace, dat
             "search_space": space.name, "storage_path": f"{storage}/{name}", "metric": f"{METRIC} ({MODE})"}
     tags |= {f"cache.{key}": value for key, value in data.cache_metadata.items()}
     mlflow_runs.set_tags(uri, run_id, tags)
+    client = mlflow_runs.client(uri)
+    if client.get_run(run_id).data.params:
+        return run_id  # resumed: the options that shape the sweep were logged by its first start
     mlflow_runs.log_params(uri, run_id, {"num_samples": args.num_samples, "folds": ",".join(map(str, data.folds)),
                                          "workers_per_fold": args.workers_per_fold, "seed": args.seed,
                                          "gpus_per_worker": args.gpus_per_worker, "base_config": space.base,
                                          **{f"fixed.{k}": v for k, v in space.fixed.items()}})
-    client = mlflow_runs.client(uri)
     client.log_artifact(run_id, str(space.path), artifact_path="search_space")
     client.log_text(run_id, space.base_config().to_yaml(), "search_space/base_config.yaml")
     return run_id
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     tuner = build_tuner(args, name, storage, space, ctx, layout.max_concurrent, layout.trial_resources)
     results = tuner.fit()
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots)
-    print_summary(summary, ctx, args.experiment)
+    print_summary(summary, ctx, args.experiment, f"{storage}/{name}")
     if summary.interrupted:
         return 130
     return 0 if summary.best is not None else 1

@@ -206,3 +206,17 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "ray" / "resumed-train").glob(
         f"*{first.data.tags['trial_id']}*")) == first_trial_train_dirs
     assert len(list((tmp_path / "ray").glob("resumed/*/params.json"))) == 2
+
+
+def test_failed_fold_fails_the_trial_with_its_error(demo, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = sweep_command(demo, tmp_path / "ray", "broken", "--mlflow-uri", uri, "--num-samples", "1",
+                            "--folds", "1", "--set", "lr=1e30", "--set", "grad_clip=null")
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert "1 failed" in output and "the training loss is not finite" in output
+    tree = run_tree(uri, "broken")
+    assert [run.info.status for run in tree["trial"] + tree["fold"]] == ["FAILED", "FAILED"]
+    for run in tree["trial"] + tree["fold"]:
+        assert "the training loss is not finite" in run.data.tags["error"]

@@ -1,0 +1,67 @@
+"""The sweep command's argument handling and resource planning (no Ray cluster started)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestration.resources import fold_slots
+from orchestration.sweep import parse_args, parse_folds
+from orchestration.trial import summarize, train_run_name
+
+SWEEP = Path(__file__).resolve().parent.parent / "orchestration" / "sweep.py"
+
+
+def test_help_runs_as_a_plain_script_and_names_the_env_var() -> None:
+    done = subprocess.run([sys.executable, str(SWEEP), "--help"], capture_output=True, text=True, timeout=120,
+                          cwd="/")
+    assert done.returncode == 0, done.stderr
+    for option in ("--space", "--manifest", "--cache", "--num-samples", "--max-concurrent", "--folds",
+                   "--workers-per-fold", "--gpus-per-worker", "--storage-path", "--mlflow-uri", "--experiment",
+                   "--resume", "--address", "MLFLOW_TRACKING_URI"):
+        assert option in done.stdout
+
+
+def test_bad_space_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("base: demo\nparams:\n  lr: {distribution: loguniform, low: 0.1, high: 0.01}\n")
+    done = subprocess.run([sys.executable, str(SWEEP), "--space", str(space)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "parameter 'lr': low (0.1) must be below high (0.01)" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_folds_option() -> None:
+    assert parse_folds(None, demo=False) is None
+    assert parse_folds(None, demo=True) == [1, 2, 3]
+    assert parse_folds("all", demo=True) is None
+    assert parse_folds("2,4", demo=False) == [2, 4]
+    with pytest.raises(SystemExit, match="fold numbers"):
+        parse_folds("one", demo=False)
+
+
+def test_argument_checks() -> None:
+    args = parse_args([])
+    assert (args.num_samples, args.workers_per_fold, args.gpus_per_worker, args.resume) == (4, 1, 0.0, False)
+    with pytest.raises(SystemExit):
+        parse_args(["--num-samples", "0"])
+
+
+def test_fold_slots_count_whole_folds() -> None:
+    assert fold_slots({"CPU": 2.0}, workers=1, cpus=1.0, gpus=0.0) == 2
+    assert fold_slots({"CPU": 16.0, "GPU": 8.0}, workers=2, cpus=1.0, gpus=1.0) == 4
+    assert fold_slots({"CPU": 16.0}, workers=1, cpus=1.0, gpus=1.0) == 0
+
+
+def test_summary_is_mean_and_std_over_folds() -> None:
+    results = {1: {"valid": {"ua": 0.5, "wa": 0.4, "wf1": 0.3}, "test": {"ua": 0.6}, "train_seconds": 2.0},
+               2: {"valid": {"ua": 0.7, "wa": 0.6, "wf1": 0.5}, "test": {"ua": 0.8}, "train_seconds": 3.0}}
+    summary = summarize(results)
+    assert summary["valid_ua_mean"] == pytest.approx(0.6) and summary["valid_ua_std"] == pytest.approx(0.1)
+    assert summary["test_ua_mean"] == pytest.approx(0.7) and summary["folds_done"] == 2
+    assert summary["train_seconds_sum"] == 5.0
+    assert train_run_name("s", "abc", 3) == "s-abc-fold3"
