@@ -64,6 +64,8 @@ class RayReporter:
     def _log(self, metrics: dict[str, float]) -> None:
         step = int(metrics.get("epoch", 0))
         values = {k: v for k, v in metrics.items() if k not in ("epoch", "done")}
+        if metrics.get("done"):  # the final report repeats the last epoch's row; only its test metrics are new
+            values = {k: v for k, v in values.items() if k.startswith("test_")}
         try:
             mlflow_runs.log_metrics(self.task.tracking_uri, self.task.run_id, values, step=step)
         except Exception as err:  # tracking trouble must not stop training; the final log retries

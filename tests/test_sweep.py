@@ -105,6 +105,8 @@ def check_best_model(uri: str, tree: dict[str, list], demo) -> None:
     best_trial = sweep_run.data.tags["best_trial_run_id"]
     fold_artifacts = [a.path for a in MlflowClient(uri).list_artifacts(tree["fold"][0].info.run_id)]
     assert {"confusion.png", "history.csv", "model"} <= set(fold_artifacts)
+    curve = MlflowClient(uri).get_metric_history(tree["fold"][0].info.run_id, "valid_ua")
+    assert [m.step for m in curve] == [1]  # one point per epoch (the tiny sweep trains 1 epoch)
     mlflow.set_tracking_uri(uri)
     for where in (model_uri, f"runs:/{best_trial}/model"):
         model = mlflow.pyfunc.load_model(where)
