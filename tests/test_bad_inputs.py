@@ -90,3 +90,13 @@ def test_train_command_refuses_a_config_file_with_a_typo(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "cmdt_temprature" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_damaged_weights_file_is_a_data_error(tmp_path):
+    from tfmamba.checkpoint import load_weights
+    from tfmamba.errors import DataError
+
+    damaged = tmp_path / "model.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="unreadable weights"):
+        load_weights(damaged)

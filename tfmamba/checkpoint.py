@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -76,7 +77,7 @@ def save_weights(weights: dict[str, Tensor], path: str | Path, metadata: dict[st
 def load_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as err:  # safetensors raises several types on a bad file
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # safetensors raises several types
         raise DataError(f"{path}: unreadable weights ({err})") from err
 
 
