@@ -106,7 +106,8 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
                                                        "best_model_uri": summary.best_model_uri})
         mlflow_runs.log_metrics(uri, ctx.parent_run_id,
                                 {f"best_{k}": v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))})
-    extra: dict[str, float] = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds, "fold_slots": parallel_slots}
+    extra: dict[str, float] = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds,
+                               "fold_slots": parallel_slots}
     if summary.overhead_ratio is not None:
         extra["ray_overhead_ratio"] = summary.overhead_ratio
     mlflow_runs.log_metrics(uri, ctx.parent_run_id, extra)
