@@ -1,7 +1,8 @@
 """The best trial's model as an MLflow pyfunc model, loadable by URI with its label map and feature spec.
 
-    model = mlflow.pyfunc.load_model("models:/<model id>")      # or runs:/<trial run id>/model
-    model.predict([features])   # a list of (frames, dim) arrays of the cache's features -> DataFrame
+    model = mlflow.pyfunc.load_model("models:/tfmamba-ser/<version>")   # or runs:/<trial run id>/model
+    model.predict(["clip.wav", "clip.mp4"])  # audio paths (or a DataFrame with a `path` column) -> DataFrame
+    model.predict([features])                # or (frames, dim) arrays of the cache's features
 
 The model wraps a tfmamba output folder (`model.safetensors` + `model.json`); `label_map.json`
 and `feature_spec.json` are logged beside it and copied into the model's metadata.
@@ -23,27 +24,47 @@ from orchestration import mlflow_runs
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
+REGISTERED_NAME = "tfmamba-ser"
 # predict takes several input shapes (see its docstring), so it has no type hints for MLflow to validate against.
 warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 class TFMambaPyfunc(mlflow.pyfunc.PythonModel):
-    """Emotion scores for utterance features (what the cache holds: extractor, layer, dim in feature_spec)."""
+    """Emotion scores for audio files (through `tfmamba.predict.Predictor`) or for cached utterance features."""
 
     def load_context(self, context) -> None:
         from tfmamba.train import load_trained_model
 
-        self.model, self.description = load_trained_model(context.artifacts["tfmamba_model"])
+        self.folder = context.artifacts["tfmamba_model"]
+        self.model, self.description = load_trained_model(self.folder)
         self.labels = list(self.description["labels"])
+        self._predictor = None  # the feature extractor is loaded on the first audio input only
 
     def predict(self, context, model_input, params=None):
-        """`model_input`: a list of (frames, dim) arrays, one (frames, dim) / (batch, frames, dim) array,
-        or a DataFrame with a `features` column; returns a DataFrame with `label` and one probability per class."""
+        """`model_input`: audio paths (a list of str, or a DataFrame with a `path` column) or features (a list
+        of (frames, dim) arrays, one (frames, dim) / (batch, frames, dim) array, or a DataFrame with a
+        `features` column). Returns a DataFrame with `label` and one `prob_<label>` column per class; for
+        audio also `path` and `error` (a file that cannot be read gets its error, not an exception)."""
+        import pandas as pd
+
+        paths = _as_paths(model_input)
+        if paths is not None:
+            if self._predictor is None:
+                from tfmamba.predict import Predictor
+
+                self._predictor = Predictor.load(self.folder)
+            rows = [p.to_row(self.labels) for p in self._predictor.predict_files(paths)]
+            frame = pd.DataFrame(rows)
+            for label in self.labels:
+                frame[f"prob_{label}"] = pd.to_numeric(frame[f"prob_{label}"])
+            return frame[["path", "label", *[f"prob_{label}" for label in self.labels], "error"]]
+        return self._predict_features(_as_items(model_input))
+
+    def _predict_features(self, items: list):
         import numpy as np
         import pandas as pd
         import torch
 
-        items = _as_items(model_input)
         lengths = torch.tensor([len(x) for x in items])
         batch = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])
         for i, x in enumerate(items):
@@ -53,6 +74,19 @@ class TFMambaPyfunc(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(probs, columns=[f"prob_{label}" for label in self.labels])
         frame.insert(0, "label", [self.labels[i] for i in probs.argmax(axis=1)])
         return frame
+
+
+def _as_paths(model_input: Any) -> list[str] | None:
+    """Audio paths if the input is paths (str, list of str, DataFrame with `path`), else None."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        return [str(p) for p in model_input["path"]] if "path" in model_input.columns else None
+    if isinstance(model_input, (str, Path)):
+        return [str(model_input)]
+    if isinstance(model_input, (list, tuple)) and model_input and all(isinstance(x, (str, Path)) for x in model_input):
+        return [str(x) for x in model_input]
+    return None
 
 
 def _as_items(model_input: Any) -> list:
@@ -69,8 +103,9 @@ def _as_items(model_input: Any) -> list:
     return items
 
 
-def log_best_model(uri: str, run_id: str, fold_run_id: str) -> str:
-    """Download the best fold's weights from its run and log them as the pyfunc model of `run_id`; returns its URI."""
+def log_best_model(uri: str, run_id: str, fold_run_id: str, registered_name: str | None = REGISTERED_NAME) -> str:
+    """Download the best fold's weights from its run and log them as the pyfunc model of `run_id`, registered
+    as a new version of `registered_name` (`models:/tfmamba-ser/<version>`); returns the logged model's URI."""
     mlflow_client = mlflow_runs.client(uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(mlflow_client.download_artifacts(fold_run_id, "model", tmp))
@@ -88,8 +123,10 @@ def log_best_model(uri: str, run_id: str, fold_run_id: str) -> str:
                 metadata={"label_map": label_map, "feature_spec": description["feature"],
                           "source_fold_run": fold_run_id},
                 pip_requirements=["torch", "safetensors", "numpy", "pandas", "tfmamba-sweeps"],
+                registered_model_name=registered_name,
             )
             mlflow.log_dict(label_map, "label_map.json")
             mlflow.log_dict(description["feature"], "feature_spec.json")
-    logger.info("logged the best model as %s", info.model_uri)
+    logger.info("logged the best model as %s%s", info.model_uri,
+                f" (registered as models:/{registered_name}/{info.registered_model_version})" if registered_name else "")
     return info.model_uri

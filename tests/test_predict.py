@@ -257,7 +257,8 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
         client.log_artifact(fold_run.info.run_id, str(model_dir / name), artifact_path="model")
     model_uri = log_best_model(uri, trial_run.info.run_id, fold_run.info.run_id)
     mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(model_uri, "tfmamba-ser").version
+    (registered,) = client.search_model_versions("name='tfmamba-ser'")
+    version = registered.version
     wave = speechlike(1.5, seed=4)
     reference = Predictor.load(model_dir, device="cpu").predict_wave(wave, 16000)
     for ref in (f"runs:/{fold_run.info.run_id}/model", f"runs:/{trial_run.info.run_id}/model", model_uri,
@@ -272,6 +273,14 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
     assert frame.loc[0, "label"] == reference.label
     assert [frame.loc[0, f"prob_{label}"] for label in LABELS] == pytest.approx(
         [reference.probabilities[label] for label in LABELS], abs=1e-5)
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, wave, 16000)
+    by_path = served.predict([str(clip), str(tmp_path / "missing.wav")])
+    from_file = Predictor.load(model_dir, device="cpu").predict_file(clip)
+    assert by_path.loc[0, "label"] == from_file.label and by_path.loc[0, "error"] == ""
+    assert [by_path.loc[0, f"prob_{label}"] for label in LABELS] == pytest.approx(
+        [from_file.probabilities[label] for label in LABELS], abs=1e-5)
+    assert "missing file" in by_path.loc[1, "error"]
 
 
 @pytest.fixture(scope="module")
