@@ -34,7 +34,7 @@ from orchestration.report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, bui
 from orchestration.resources import plan
 from orchestration.results import close_runs, collect_trials
 from orchestration.search_space import SearchSpaceError
-from orchestration.sweep import DEFAULT_STORAGE, _parse_overrides, git_commit, parse_folds, start_ray, storage_root
+from orchestration.sweep import DEFAULT_STORAGE, parse_overrides, git_commit, parse_folds, start_ray, storage_root
 from orchestration.trial import METRIC, MODE, SweepContext, run_trial
 
 logger = logging.getLogger("orchestration.ablation")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     try:
-        grid = load_grid(args.grid, args.demo, _parse_overrides(args.overrides))
+        grid = load_grid(args.grid, args.demo, parse_overrides(args.overrides))
     except SearchSpaceError as err:
         raise SystemExit(f"grid: {err}") from None
     data = resolve_data(args.manifest, args.cache, parse_folds(args.folds, demo=args.manifest is None))

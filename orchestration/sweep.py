@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     try:
-        space = load_search_space(args.space, _parse_overrides(args.overrides))
+        space = load_search_space(args.space, parse_overrides(args.overrides))
     except SearchSpaceError as err:
         raise SystemExit(f"search space: {err}") from None
     logger.info("%s", space.summary())
@@ -245,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary.best is not None else 1
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    from tfmamba.config import parse_overrides
+def parse_overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` items as a dict, or exit with the bad item named."""
+    from tfmamba.config import parse_overrides as parse_config_overrides
     from tfmamba.errors import ConfigError
 
     try:
-        return parse_overrides(items)
+        return parse_config_overrides(items)
     except ConfigError as err:
         raise SystemExit(f"--set: {err}") from None
 
