@@ -34,7 +34,15 @@ from orchestration.report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, bui
 from orchestration.resources import plan
 from orchestration.results import close_runs, collect_trials
 from orchestration.search_space import SearchSpaceError
-from orchestration.sweep import DEFAULT_STORAGE, parse_overrides, git_commit, parse_folds, start_ray, storage_root
+from orchestration.sweep import (
+    add_output_options,
+    add_resource_options,
+    git_commit,
+    parse_folds,
+    parse_overrides,
+    start_ray,
+    storage_root,
+)
 from orchestration.trial import METRIC, MODE, SweepContext, run_trial
 
 logger = logging.getLogger("orchestration.ablation")
@@ -60,24 +68,10 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
                       help="grid file: a name in search_spaces/ or a YAML path (default: table3)")
     grid.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="fix a training setting for every row, e.g. --set epochs=10 (repeatable)")
-    resources = parser.add_argument_group("resources")
-    resources.add_argument("--workers-per-fold", type=int, default=1, help="Ray Train workers per fold (default: 1)")
-    resources.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default: 1)")
-    resources.add_argument("--gpus-per-worker", type=float, default=0.0,
-                           help="GPUs per worker (default: 0 = CPU; 1 on a GPU cluster)")
+    resources = add_resource_options(parser, unit="row")
     resources.add_argument("--max-concurrent", type=int, default=None, help="rows at once (default: what fits)")
-    resources.add_argument("--parallel-folds", type=int, default=None,
-                           help="folds of one row at once (default: what fits)")
-    resources.add_argument("--address", default=None,
-                           help="Ray cluster to join ('auto' under `ray submit`); default: start a local Ray")
-    where = parser.add_argument_group("where results go")
-    where.add_argument("--storage-path", default=DEFAULT_STORAGE,
-                       help=f"Tune/Train results, local folder or s3://... (default: ./{DEFAULT_STORAGE})")
-    where.add_argument("--name", default=None, help="run name (default: <table>-<corpus>-<date>-<time>)")
-    where.add_argument("--mlflow-uri", default=None,
-                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    where.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                       help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    where = add_output_options(parser, run="run", name_default="<table>-<corpus>-<date>-<time>",
+                               experiment=DEFAULT_EXPERIMENT)
     where.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the table and plot (default: ./{DEFAULT_OUT})")
     args = parser.parse_args(argv)
     if not args.demo and args.manifest is None:

@@ -40,6 +40,33 @@ DEFAULT_EXPERIMENT = "tfmamba-sweeps"
 DEMO_FOLDS = "1,2,3"
 
 
+def add_resource_options(parser: argparse.ArgumentParser, unit: str) -> argparse._ArgumentGroup:
+    """The Ray resources options a sweep and the ablation share; `unit` is what runs folds (trial, row)."""
+    resources = parser.add_argument_group("resources")
+    resources.add_argument("--workers-per-fold", type=int, default=1, help="Ray Train workers per fold (default: 1)")
+    resources.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default: 1)")
+    resources.add_argument("--gpus-per-worker", type=float, default=0.0,
+                           help="GPUs per worker (default: 0 = CPU; 1 on a GPU cluster)")
+    resources.add_argument("--parallel-folds", type=int, default=None,
+                           help=f"folds of one {unit} at once (default: what is left of the cluster per {unit})")
+    resources.add_argument("--address", default=None,
+                           help="Ray cluster to join ('auto' under `ray submit`); default: start a local Ray")
+    return resources
+
+
+def add_output_options(parser: argparse.ArgumentParser, run: str, name_default: str,
+                       experiment: str) -> argparse._ArgumentGroup:
+    """Where Tune state and MLflow runs go: shared by the sweep and the ablation."""
+    where = parser.add_argument_group("where results go")
+    where.add_argument("--storage-path", default=DEFAULT_STORAGE,
+                       help=f"Tune/Train results, local folder or s3://... (default: ./{DEFAULT_STORAGE})")
+    where.add_argument("--name", default=None, help=f"{run} name (default: {name_default})")
+    where.add_argument("--mlflow-uri", default=None,
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    where.add_argument("--experiment", default=experiment, help=f"MLflow experiment (default: {experiment})")
+    return where
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -67,26 +94,12 @@ under --storage-path is taken otherwise). Finished trials are not rerun.""",
     search.add_argument("--max-concurrent", type=int, default=None,
                         help="trials at once (default: as many as the cluster fits, at most --num-samples)")
     search.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
-    resources = parser.add_argument_group("resources")
-    resources.add_argument("--workers-per-fold", type=int, default=1, help="Ray Train workers per fold (default: 1)")
-    resources.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default: 1)")
-    resources.add_argument("--gpus-per-worker", type=float, default=0.0,
-                           help="GPUs per worker (default: 0 = CPU; 1 on a GPU cluster)")
-    resources.add_argument("--parallel-folds", type=int, default=None,
-                           help="folds of one trial at once (default: what is left of the cluster per trial)")
+    resources = add_resource_options(parser, unit="trial")
     resources.add_argument("--fold-retries", type=int, default=0, help="Ray Train retries of a failed fold (default: 0)")
     resources.add_argument("--trial-retries", type=int, default=0,
                            help="Tune retries of a failed trial; finished folds are kept (default: 0)")
-    resources.add_argument("--address", default=None,
-                           help="Ray cluster to join ('auto' under `ray submit`); default: start a local Ray")
-    where = parser.add_argument_group("where results go")
-    where.add_argument("--storage-path", default=DEFAULT_STORAGE,
-                       help=f"Tune/Train results, local folder or s3://... (default: ./{DEFAULT_STORAGE})")
-    where.add_argument("--name", default=None, help="sweep name (default: <space>-<date>-<time>)")
-    where.add_argument("--mlflow-uri", default=None,
-                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    where.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                       help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    where = add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>",
+                               experiment=DEFAULT_EXPERIMENT)
     where.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
     args = parser.parse_args(argv)
     for name in ("num_samples", "workers_per_fold"):
