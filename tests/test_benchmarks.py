@@ -18,7 +18,8 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    names = ["ssd-cpu-quick", "train_throughput-cpu-quick", "latency-cpu-quick", "feature_cache_quick"]
+    names = ["ssd-cpu-quick", "train_throughput-cpu-quick", "latency-cpu-quick", "feature_cache_quick",
+             "sweep_overhead-quick"]
     for name in names:
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["machine"]["torch"], name
@@ -44,3 +45,9 @@ def test_run_all_quick_writes_sane_results(tmp_path):
 
     cache = json.loads((tmp_path / "feature_cache_quick.json").read_text())
     assert cache["ratio_with_open"] > 1 and cache["max_abs_diff_cache_vs_fresh"] < 1e-2
+
+    overhead = json.loads((tmp_path / "sweep_overhead-quick.json").read_text())
+    assert overhead["fold_runs"] == 1 and overhead["sizes"]["fold_slots"] >= 1
+    fold = overhead["folds"][0]
+    assert 0 < fold["train_seconds"] < fold["run_seconds"] <= overhead["sweep_wall_seconds"]
+    assert overhead["ray_overhead_ratio"] > 1 and overhead["trainer_startup_median_seconds"] > 0
