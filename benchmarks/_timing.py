@@ -1,10 +1,10 @@
-"""Timing helpers shared by the benchmarks: warm-up, CUDA synchronisation, medians of repeats."""
+"""Timing helpers shared by the benchmarks: warm-up, CUDA synchronisation, medians or interleaved minima of repeats."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -33,3 +33,28 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def interleaved_seconds(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 1,
+                        repeats: int = 5, repeats_of: Mapping[str, int] | None = None) -> dict[str, float]:
+    """Best (minimum) wall time of each fn over `repeats` rounds in which the fns take turns.
+
+    On a shared machine, timing one candidate after another lets a burst of other work land on one
+    of them only; taking turns exposes all to the same load, and the minimum is the run least
+    disturbed by it. `repeats_of` gives slow candidates fewer rounds (they drop out early).
+    """
+    counts = {name: (repeats_of or {}).get(name, repeats) for name in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(max(counts.values(), default=0)):
+        for name, fn in fns.items():
+            if round_index >= counts[name]:
+                continue
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}

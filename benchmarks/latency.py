@@ -2,7 +2,8 @@
 
 Compares the full TF-Mamba (`tf`, 20.6 M parameters) with (a) a Transformer encoder stack of about
 the same size, (b) one 1.81x its size (ShiftFormer-sized, the paper's comparison) and (c) the
-`attention` variant, at batch 1 and 32 over 250-4000 frames (warm-up, then medians). Writes
+`attention` variant, at batch 1 and 32 over 250-4000 frames (warm-up, then the best of repeats in
+which the models take turns, so background load hits them alike). Writes
 benchmarks/results/latency-<device>.{json,md,png} plus a profile of where TF-Mamba's time goes
 (projections, SSD, frequency filter).
 
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info  # noqa: E402
-from _timing import markdown_table, median_seconds  # noqa: E402
+from _timing import interleaved_seconds, markdown_table  # noqa: E402
 
 from tfmamba.model import EmotionClassifier, build_model, count_parameters, lengths_to_mask, masked_mean  # noqa: E402
 
@@ -112,10 +113,10 @@ def main() -> int:
             feats = torch.randn(batch, length, d_model, device=device)
             lens = torch.full((batch,), length, device=device)
             row = {"batch": batch, "frames": length}
+            calls = {name: (lambda m=model: m(feats, lens)) for name, model in models.items()}
             with torch.no_grad():
-                for name, model in models.items():
-                    reps = repeats if batch == 1 else max(1, repeats // 2)
-                    row[f"{name}_ms"] = 1e3 * median_seconds(lambda: model(feats, lens), device, warmup=1, repeats=reps)
+                best = interleaved_seconds(calls, device, warmup=1, repeats=repeats if batch == 1 else max(1, repeats // 2))
+            row |= {f"{name}_ms": 1e3 * seconds for name, seconds in best.items()}
             for ref in ("transformer_same_params", "transformer_1.81x", "attention_variant"):
                 row[f"ratio_vs_{ref}"] = row["tf_mamba_ms"] / row[f"{ref}_ms"]
             records.append(row)
@@ -156,7 +157,8 @@ def main() -> int:
     m = payload["machine"]
     names = list(models)
     lines = [f"# Inference latency ({device.type}), the paper's Fig. 3", "",
-             f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}.", "",
+             f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}; "
+             f"best of {repeats} interleaved runs (batch 1), {max(1, repeats // 2)} (larger batches).", "",
              "Parameters: " + ", ".join(f"{n} {params[n] / 1e6:.2f} M" for n in names) + ".", ""]
     lines += markdown_table(["batch", "frames"] + [f"{n} ms" for n in names] + ["TF-Mamba / same-size", "TF-Mamba / 1.81x"],
                             [[r["batch"], r["frames"]] + [f"{r[f'{n}_ms']:.1f}" for n in names]
