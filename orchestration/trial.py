@@ -5,6 +5,11 @@ that launches Train runs). After each fold it reports the running mean over fini
 to Tune (`folds_done` is the scheduler's time axis), with a small checkpoint listing the
 finished folds, so a retried or restored trial skips them. The last report holds the mean
 and std over folds of validation and test WA/UA/WF1; only the validation mean steers.
+
+Two options serve the ablation grids: `SweepContext.seeds` repeats every fold once per seed
+(a separate fold run each, tagged `seed`; MELD's one official split over several seeds gives
+mean ± std over seeds), and `row_caches` gives a grid row (the config's `row`) its own feature
+cache, so each row of Table II trains on another pre-trained model's features.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,8 @@ MODE = "max"
 TIME_ATTR = "folds_done"
 SUMMARY_KEYS = ("wa", "ua", "wf1")
 DONE_FILE = "folds_done.json"
+ROW_KEY = "row"
+Unit = tuple[int, int | None]  # (fold, seed); seed None = the config's own seed, one run per fold
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,33 @@ class SweepContext:
     gpus_per_worker: float = 0.0
     parallel_folds: int = 1
     fold_retries: int = 0
+    seeds: tuple[int, ...] = ()
+    row_caches: dict[str, str] = field(default_factory=dict)
+
+    def units(self) -> list[Unit]:
+        """The fold runs of one trial: each fold once, or once per seed."""
+        return [(fold, seed) for fold in self.folds for seed in (self.seeds or (None,))]
 
 
-def train_run_name(sweep_id: str, trial_id: str, fold: int) -> str:
+def train_run_name(sweep_id: str, trial_id: str, fold: int, seed: int | None = None) -> str:
     """The Train run's name: deterministic, so a restarted fold resumes its own run and no other."""
-    return f"{sweep_id}-{trial_id}-fold{fold}"
+    return f"{sweep_id}-{trial_id}-fold{fold}" + ("" if seed is None else f"-seed{seed}")
 
 
-def summarize(results: dict[int, dict[str, Any]]) -> dict[str, float]:
-    """Mean and std over folds of valid/test WA, UA, WF1, plus `folds_done`."""
-    summary: dict[str, float] = {TIME_ATTR: float(len(results))}
+def unit_key(unit: Unit) -> str:
+    fold, seed = unit
+    return str(fold) if seed is None else f"{fold}:{seed}"
+
+
+def parse_unit(key: str) -> Unit:
+    fold, _, seed = key.partition(":")
+    return int(fold), int(seed) if seed else None
+
+
+def summarize(results: dict[Any, dict[str, Any]], seeds: int = 1) -> dict[str, float]:
+    """Mean and std over fold runs (folds x seeds) of valid/test WA, UA, WF1; `folds_done` = fold runs / seeds."""
+    summary: dict[str, float] = {TIME_ATTR: len(results) / max(seeds, 1), "runs_done": float(len(results)),
+                                 "seeds": float(max(seeds, 1))}
     for split in ("valid", "test"):
         for key in SUMMARY_KEYS:
             values = [r[split][key] for r in results.values() if key in r.get(split, {})]
@@ -71,16 +95,20 @@ def summarize(results: dict[int, dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
-def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int) -> dict[str, Any]:
-    """Train one fold on a `TorchTrainer`; returns its `FoldResult` dict, raises with the fold's error."""
+def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int,
+             seed: int | None = None) -> dict[str, Any]:
+    """Train one fold (with `seed`, if given) on a `TorchTrainer`; returns its `FoldResult` dict, raises with the
+    fold's error."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    tags = mlflow_runs.fold_tags(ctx.sweep_id, trial_id, fold)
-    run_id = mlflow_runs.get_or_create_run(ctx.tracking_uri, ctx.experiment_id, tags, f"{trial_id}-fold{fold}",
+    suffix = "" if seed is None else f"-seed{seed}"
+    tags = mlflow_runs.fold_tags(ctx.sweep_id, trial_id, fold) | ({} if seed is None else {"seed": str(seed)})
+    config = config if seed is None else {**config, "seed": seed}
+    run_id = mlflow_runs.get_or_create_run(ctx.tracking_uri, ctx.experiment_id, tags, f"{trial_id}-fold{fold}{suffix}",
                                            parent_run_id=_trial_run_id(ctx, trial_id))
     mlflow_runs.log_params(ctx.tracking_uri, run_id, {**config, "fold": fold})
-    out_dir = Path(ctx.out_root) / trial_id / f"fold{fold}"
+    out_dir = Path(ctx.out_root) / trial_id / f"fold{fold}{suffix}"
     task = FoldTask(config=config, fold=fold, manifest_dir=ctx.manifest_dir, cache=ctx.cache, out_dir=str(out_dir),
                     tracking_uri=ctx.tracking_uri, run_id=run_id)
     use_gpu = ctx.gpus_per_worker > 0
@@ -91,7 +119,7 @@ def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.workers_per_fold, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=train_run_name(ctx.sweep_id, trial_id, fold),
+            name=train_run_name(ctx.sweep_id, trial_id, fold, seed),
             storage_path=ctx.train_storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=ctx.fold_retries),
@@ -115,8 +143,8 @@ def _trial_run_id(ctx: SweepContext, trial_id: str) -> str:
                                          parent_run_id=ctx.parent_run_id)
 
 
-def _load_done() -> dict[int, dict[str, Any]]:
-    """Folds finished by an earlier attempt of this trial (from its last Tune checkpoint)."""
+def _load_done() -> dict[Unit, dict[str, Any]]:
+    """Fold runs finished by an earlier attempt of this trial (from its last Tune checkpoint)."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
@@ -124,17 +152,17 @@ def _load_done() -> dict[int, dict[str, Any]]:
         return {}
     with checkpoint.as_directory() as folder:
         data = json.loads((Path(folder) / DONE_FILE).read_text(encoding="utf-8"))
-    return {int(k): v for k, v in data.items()}
+    return {parse_unit(k): v for k, v in data.items()}
 
 
-def _report(done: dict[int, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
+def _report(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
     """Send the running summary to Tune (with the finished folds as checkpoint) and MLflow."""
     from ray import tune
 
-    summary = summarize(done)
+    summary = summarize(done, len(ctx.seeds))
     mlflow_runs.log_metrics(ctx.tracking_uri, trial_run_id, summary, step=len(done))
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / DONE_FILE).write_text(json.dumps({str(k): v for k, v in done.items()}), encoding="utf-8")
+        (Path(folder) / DONE_FILE).write_text(json.dumps({unit_key(k): v for k, v in done.items()}), encoding="utf-8")
         tune.report(summary, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -144,37 +172,43 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trial_id = tune.get_context().get_trial_id()
+    row = config.get(ROW_KEY)
+    ctx = replace(ctx, cache=ctx.row_caches.get(row, ctx.cache)) if row is not None else ctx
     train_config = ctx.space.trial_config(config).to_dict()
     trial_run_id = _trial_run_id(ctx, trial_id)
-    mlflow_runs.log_params(ctx.tracking_uri, trial_run_id, {k: train_config[k] for k in config})
+    mlflow_runs.log_params(ctx.tracking_uri, trial_run_id, {k: train_config.get(k, v) for k, v in config.items()})
+    if row is not None or ctx.seeds:  # tags, not params: a resumed grid may read a row's cache from a new place
+        mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"cache": ctx.cache, "seeds": ",".join(map(str, ctx.seeds))})
     done = _load_done()
-    pending = [fold for fold in ctx.folds if fold not in done]
+    pending = [unit for unit in ctx.units() if unit not in done]
     if done:
-        logger.info("trial %s: folds %s already finished, running %s", trial_id, sorted(done), pending)
+        logger.info("trial %s: fold runs %s already finished, running %s", trial_id,
+                    [unit_key(u) for u in done], [unit_key(u) for u in pending])
     pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel_folds, len(pending) or 1)))
-    futures: dict[Future, int] = {pool.submit(run_fold, ctx, trial_id, train_config, fold): fold for fold in pending}
+    futures: dict[Future, Unit] = {pool.submit(run_fold, ctx, trial_id, train_config, *unit): unit
+                                   for unit in pending}
     try:
         if not pending:
             _finish(done, trial_run_id, ctx)
         while futures:
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in finished:
-                fold = futures.pop(future)
+                unit = futures.pop(future)
                 try:
-                    done[fold] = future.result()
+                    done[unit] = future.result()
                 except Exception as err:
                     mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(err)})
                     mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
                     raise
-                logger.info("trial %s: fold %d done (valid UA %.3f, test UA %.3f)", trial_id, fold,
-                            done[fold]["valid"]["ua"], done[fold]["test"]["ua"])
+                logger.info("trial %s: fold %s done (valid UA %.3f, test UA %.3f)", trial_id, unit_key(unit),
+                            done[unit]["valid"]["ua"], done[unit]["test"]["ua"])
                 _finish(done, trial_run_id, ctx)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _finish(done: dict[int, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
+def _finish(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
     """Report the finished folds; the trial's run is closed before the last report (Tune may stop the trial there)."""
-    if len(done) == len(ctx.folds):
+    if len(done) == len(ctx.units()):
         mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FINISHED")
     _report(done, trial_run_id, ctx)
