@@ -1,4 +1,10 @@
-"""The sweep's data: a prepared manifest (with folds.json) and its feature cache, or the demo corpus."""
+"""The sweep's data: a prepared manifest (with folds.json) and its feature cache, or the demo corpus.
+
+An ablation row may train on its own cache (Table II: one per pre-trained model); `check_cache`
+checks each against the manifest, and `ensure_demo_caches` makes the ones the demo can make
+offline: fbank, and tiny random WavLM / HuBERT / wav2vec2 encoders saved to disk (random
+weights: they stand in for the pre-trained models to exercise the pipeline, not to rank them).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,10 @@ from tfmamba.features.store import read_metadata, resolve
 from tfmamba.folds import load_folds
 
 logger = logging.getLogger(__name__)
+
+CACHE_KEYS = ("extractor", "revision", "layer", "dim", "frame_rate", "n_utts", "manifest_hash")
+TINY_PREFIX = "tiny:"
+TINY_FAMILIES = ("wavlm", "hubert", "wav2vec2")
 
 
 @dataclass(frozen=True)
@@ -26,8 +36,11 @@ class SweepData:
 
 
 def resolve_data(manifest: str | None, cache: str | None, folds: list[int] | None,
-                 demo_root: str | Path = "data/demo") -> SweepData:
-    """Check the manifest, its folds and the cache (or prepare the demo data when neither is given)."""
+                 demo_root: str | Path = "data/demo", cache_required: bool = True) -> SweepData:
+    """Check the manifest, its folds and the cache (or prepare the demo data when neither is given);
+    without `cache_required` a manifest may come alone (every ablation row names its own cache)."""
+    if manifest is not None and cache is None and not cache_required:
+        return _resolve(manifest, None, folds)
     if (manifest is None) != (cache is None):
         raise SystemExit("give both --manifest and --cache, or neither (for the built-in demo corpus)")
     if manifest is None:
@@ -36,6 +49,10 @@ def resolve_data(manifest: str | None, cache: str | None, folds: list[int] | Non
         logger.info("no --manifest/--cache: using the demo corpus under %s (prepared once)", Path(demo_root).resolve())
         demo = ensure_demo_data(demo_root)
         manifest, cache = str(demo.manifest_dir), str(demo.cache)
+    return _resolve(manifest, cache, folds)
+
+
+def _resolve(manifest: str, cache: str | None, folds: list[int] | None) -> SweepData:
     manifest_dir = Path(manifest).resolve()
     manifest_dir = manifest_dir.parent if manifest_dir.suffix == ".parquet" else manifest_dir
     meta = read_manifest_metadata(manifest_dir)
@@ -45,12 +62,63 @@ def resolve_data(manifest: str | None, cache: str | None, folds: list[int] | Non
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         raise SystemExit(f"--folds {unknown}: no such fold (the manifest has folds {sorted(names)})")
+    cache_uri, cache_meta = ("", {}) if cache is None else check_cache(cache, manifest_dir)
+    return SweepData(str(manifest_dir), cache_uri, meta["corpus"], chosen, {i: names[i] for i in chosen}, cache_meta)
+
+
+def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> tuple[str, dict[str, object]]:
+    """The cache's absolute location and identity (extractor, dim, ...); exits if missing or of another manifest."""
     cache_uri = cache if "://" in cache else str(Path(cache).resolve())
     cache_meta = read_metadata(*resolve(cache_uri))
     if cache_meta is None:
-        raise SystemExit(f"--cache {cache}: no feature cache there (run `tfmamba features ...` first)")
-    if cache_meta.get("manifest_hash") not in (None, meta["manifest_hash"]):
-        raise SystemExit(f"--cache {cache}: made for another manifest than {manifest_dir} (rebuild the cache)")
-    keys = ("extractor", "revision", "layer", "dim", "frame_rate", "n_utts", "manifest_hash")
-    return SweepData(str(manifest_dir), cache_uri, meta["corpus"], chosen, {i: names[i] for i in chosen},
-                     {k: cache_meta.get(k) for k in keys})
+        raise SystemExit(f"{what} {cache}: no feature cache there (run `tfmamba features ...` first)")
+    if cache_meta.get("manifest_hash") not in (None, read_manifest_metadata(manifest_dir)["manifest_hash"]):
+        raise SystemExit(f"{what} {cache}: made for another manifest than {manifest_dir} (rebuild the cache)")
+    return cache_uri, {k: cache_meta.get(k) for k in CACHE_KEYS}
+
+
+def cache_exists(cache: str) -> bool:
+    return read_metadata(*resolve(cache if "://" in cache else str(Path(cache).resolve()))) is not None
+
+
+def ensure_demo_caches(manifest_dir: str | Path, caches: dict[str, str], extractors: dict[str, str | None],
+                       models_root: str | Path) -> None:
+    """Make the missing `caches` whose extractor the demo has offline (`fbank`, `fbank-cmvn`, `tiny:<family>`)."""
+    from tfmamba.corpora.manifest import manifest_hash, read_manifest
+    from tfmamba.features.build import build_cache
+    from tfmamba.features.extractor import FBANK_NAMES, get_extractor
+
+    manifest = read_manifest(manifest_dir)
+    for row, cache in caches.items():
+        name = extractors.get(row)
+        if cache_exists(cache) or name is None or not (name in FBANK_NAMES or name.startswith(TINY_PREFIX)):
+            continue
+        if name.startswith(TINY_PREFIX):
+            name = save_tiny_encoder(name[len(TINY_PREFIX):], Path(models_root) / name[len(TINY_PREFIX):])
+        logger.info("row %s: making the demo cache %s with %s", row, cache, name)
+        report = build_cache(manifest.table, manifest_hash(manifest), get_extractor(name), cache, progress=False)
+        logger.info("%s", report.summary())
+
+
+def save_tiny_encoder(family: str, folder: Path) -> str:
+    """A small randomly initialised transformers speech encoder of `family`, saved to `folder` (once)."""
+    import torch
+    from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model,
+                              WavLMConfig, WavLMModel)
+
+    classes = {"wavlm": (WavLMModel, WavLMConfig, {"feat_extract_norm": "layer", "do_stable_layer_norm": True}),
+               "hubert": (HubertModel, HubertConfig, {"feat_extract_norm": "group"}),
+               "wav2vec2": (Wav2Vec2Model, Wav2Vec2Config, {"feat_extract_norm": "group"})}
+    if family not in classes:
+        raise SystemExit(f"extractor {TINY_PREFIX}{family}: the demo has tiny {', '.join(TINY_FAMILIES)} encoders")
+    if (folder / "config.json").exists():
+        return str(folder)
+    model_cls, config_cls, norm = classes[family]
+    torch.manual_seed(0)
+    config = config_cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7,
+                        conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2), **norm)
+    model_cls(config).eval().save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=family == "wavlm").save_pretrained(folder)
+    return str(folder)

@@ -1,7 +1,7 @@
-"""Ablation grids (the paper's Table III): rows of fixed settings, read from `search_spaces/<table>.yaml`.
+"""Ablation grids (the paper's Tables II and III): rows of fixed settings, read from `search_spaces/<table>.yaml`.
 
 A grid file names its table, the base training config (`base`, or `demo_base` for the demo
-corpus), settings fixed for every row and the rows, each `name: {variant: ..., setting: value}`:
+corpus), settings fixed for every row and the rows, each `name: {setting: value, ...}`:
 
     table: table3
     base: paper
@@ -10,59 +10,95 @@ corpus), settings fixed for every row and the rows, each `name: {variant: ..., s
       baseline: {variant: baseline, cmdt_weight: 0.0}
       tf_cmdt:  {variant: tf_cmdt,  cmdt_weight: 0.1}
 
-Each row's variant is unique (it names the row in Tune and MLflow). The grid becomes a
-`SearchSpace` whose params are the row settings, so the sweep's trial machinery runs it
-unchanged, and a Tune `param_space` that grid-searches the variant and derives the rest.
+A row may also name its own feature cache (`cache`, a path relative to the caches root, or
+absolute, or a URI), the `extractor` that makes it (`tfmamba features --extractor ...`; with
+--demo `fbank` or `tiny:wavlm|hubert|wav2vec2`, made offline) and the paper's row it is
+compared with (`paper_row`, default: its name). `demo_rows` replace `rows` with --demo.
+The grid becomes a `SearchSpace` whose params are the row settings, so the sweep's trial
+machinery runs it unchanged, and a Tune `param_space` that grid-searches the row names
+(`row`) and derives each row's settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from orchestration.search_space import EarlyStopping, ParamSpec, SearchSpace, SearchSpaceError, resolve_space_path
+from orchestration.trial import ROW_KEY
 from tfmamba.config import TrainConfig, load_train_config
 from tfmamba.errors import ConfigError
 
-GRID_KEYS = ("description", "table", "base", "demo_base", "fixed", "demo_fixed", "rows")
+GRID_KEYS = ("description", "table", "base", "demo_base", "fixed", "demo_fixed", "rows", "demo_rows")
+ROW_KEYS = ("cache", "extractor", "paper_row")  # about a row's data and its paper row, not training settings
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """What a row says besides its training settings."""
+
+    cache: str | None = None
+    extractor: str | None = None
+    paper_row: str | None = None
 
 
 @dataclass(frozen=True)
 class Grid:
-    """A validated ablation grid: its table name and `{row: {setting: value}}` (each with a variant)."""
+    """A validated ablation grid: its table name, `{row: {setting: value}}` and each row's `RowInfo`."""
 
     table: str
     path: Path
     rows: dict[str, dict[str, Any]]
     space: SearchSpace
-
-    def row_of(self, variant: str) -> str:
-        """The row trained with `variant`."""
-        return next(name for name, row in self.rows.items() if row["variant"] == variant)
+    info: dict[str, RowInfo]
 
     def param_space(self) -> dict[str, Any]:
-        """Tune's param_space: a grid over the rows' variants; the other settings follow the variant."""
+        """Tune's param_space: a grid over the row names (`row`); each row's settings follow its name."""
         from ray import tune
 
-        space: dict[str, Any] = {"variant": tune.grid_search([row["variant"] for row in self.rows.values()])}
+        space: dict[str, Any] = {ROW_KEY: tune.grid_search(list(self.rows))}
         for key in self.space.params:
-            if key != "variant":
-                space[key] = tune.sample_from(RowSetting(key, {r["variant"]: r[key] for r in self.rows.values()}))
+            space[key] = tune.sample_from(RowSetting(key, {name: row[key] for name, row in self.rows.items()}))
         return space
+
+    def select(self, names: list[str]) -> Grid:
+        """The grid with only the rows `names` (in the file's order)."""
+        unknown = sorted(set(names) - set(self.rows))
+        if unknown:
+            raise SearchSpaceError(f"no row(s) {unknown} in {self.path.name}; its rows: {list(self.rows)}")
+        keep = [name for name in self.rows if name in names]
+        return replace(self, rows={n: self.rows[n] for n in keep}, info={n: self.info[n] for n in keep})
+
+    def row_caches(self, root: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+        """`{row: cache}` for the rows that name a cache: relative ones under `root`, then `overrides` on top."""
+        overrides = overrides or {}
+        unknown = sorted(set(overrides) - set(self.rows))
+        if unknown:
+            raise SearchSpaceError(f"cache given for unknown row(s) {unknown}; rows: {list(self.rows)}")
+        caches = {name: _under(root, info.cache) for name, info in self.info.items() if info.cache}
+        return caches | {name: _under(root, cache) for name, cache in overrides.items()}
+
+
+def _under(root: str, cache: str) -> str:
+    if "://" in cache or Path(cache).is_absolute():
+        return cache
+    if "://" in root:
+        return f"{root.rstrip('/')}/{cache}"
+    return str((Path(root) / cache).resolve())
 
 
 class RowSetting:
-    """`tune.sample_from` callable: the setting `key` of the row whose variant Tune picked."""
+    """`tune.sample_from` callable: the setting `key` of the row Tune picked."""
 
-    def __init__(self, key: str, by_variant: dict[str, Any]) -> None:
+    def __init__(self, key: str, by_row: dict[str, Any]) -> None:
         self.key = key
-        self.by_variant = by_variant
+        self.by_row = by_row
 
     def __call__(self, spec: Any) -> Any:
-        return self.by_variant[spec["config"]["variant"]]
+        return self.by_row[spec["config"][ROW_KEY]]
 
 
 def load_grid(name_or_path: str | Path, demo: bool, overrides: dict[str, Any] | None = None) -> Grid:
@@ -80,22 +116,22 @@ def load_grid(name_or_path: str | Path, demo: bool, overrides: dict[str, Any] | 
 
 def _parse(data: Any, path: Path, demo: bool, overrides: dict[str, Any]) -> Grid:
     if not isinstance(data, dict) or not isinstance(data.get("rows"), dict) or not data["rows"]:
-        raise SearchSpaceError("a grid is a mapping with 'rows' (name: {variant: ..., ...})")
+        raise SearchSpaceError("a grid is a mapping with 'rows' (name: {setting: value, ...})")
     unknown = sorted(set(data) - set(GRID_KEYS))
     if unknown:
         raise SearchSpaceError(f"unknown key(s) {unknown}; allowed: {list(GRID_KEYS)}")
     base = str(data.get("demo_base" if demo else "base", "demo" if demo else "paper"))
     fixed = {**(data.get("fixed") or {}), **((data.get("demo_fixed") or {}) if demo else {}), **overrides}
-    rows = {str(name): dict(row or {}) for name, row in data["rows"].items()}
+    raw_rows = data.get("demo_rows") if demo and data.get("demo_rows") else data["rows"]
+    if not isinstance(raw_rows, dict) or not all(isinstance(row or {}, dict) for row in raw_rows.values()):
+        raise SearchSpaceError("rows must map each row name to {setting: value, ...}")
+    rows = {str(name): {k: v for k, v in (row or {}).items() if k not in ROW_KEYS} for name, row in raw_rows.items()}
+    info = {str(name): RowInfo(**{k: None if v is None else str(v) for k, v in (row or {}).items() if k in ROW_KEYS})
+            for name, row in raw_rows.items()}
     known = {f.name for f in fields(TrainConfig)}
     keys = set().union(*rows.values())
-    if "variant" not in keys or any("variant" not in row for row in rows.values()):
-        raise SearchSpaceError("every row needs a 'variant'")
     if sorted(keys - known):
-        raise SearchSpaceError(f"unknown setting(s) {sorted(keys - known)} in rows")
-    variants = [row["variant"] for row in rows.values()]
-    if len(set(variants)) != len(variants):
-        raise SearchSpaceError(f"each row needs its own variant, got {variants}")
+        raise SearchSpaceError(f"unknown setting(s) {sorted(keys - known)} in rows (row keys: {list(ROW_KEYS)})")
     base_config = load_train_config(base, fixed)
     params = {}
     for key in sorted(keys):
@@ -107,4 +143,4 @@ def _parse(data: Any, path: Path, demo: bool, overrides: dict[str, Any]) -> Grid
     fixed = {k: v for k, v in fixed.items() if k not in params}
     space = SearchSpace(name=path.stem, path=path, base=base, fixed=fixed, params=params,
                         early_stopping=EarlyStopping(enabled=False), description=str(data.get("description", "")))
-    return Grid(str(data.get("table", path.stem)), path, rows, space)
+    return Grid(str(data.get("table", path.stem)), path, rows, space, info)

@@ -1,10 +1,12 @@
-"""Rebuild an ablation's table and plot (Table III) from MLflow alone, beside the paper's numbers.
+"""Rebuild an ablation's table and plot (Table III or II) from MLflow alone, beside the paper's numbers.
 
     python orchestration/report.py --experiment tfmamba-table3              # the newest table3 run
+    python orchestration/report.py --experiment tfmamba-table3 --table 2    # the newest table2 run
     python orchestration/report.py --experiment tfmamba-table3 --run-id ID  # a given parent run
 
-Reads the parent run (tags `table`, `corpus`), its row runs (one child per row: params
-`variant`, metrics `test_<m>_mean/_std` over folds and `n_params`) and writes
+Reads the parent run (tags `table`, `corpus`), its row runs (one child per row: tags `row`,
+`paper_row`, `features`, metrics `test_<m>_mean/_std` over folds and seeds, `folds_done`,
+`seeds` and `n_params`) and writes
 `reports/<table>-<corpus>.md`, `.csv` and `.png`. No training, no Ray: a cluster's results
 can be reported on a laptop with the cluster's MLflow URI.
 """
@@ -35,7 +37,7 @@ TABLE_TAG = "table"
 
 @dataclass
 class RowResult:
-    """One row: our mean/std over folds (as fractions) and the paper's numbers (in %)."""
+    """One row: our mean/std over folds and seeds (as fractions) and the paper's numbers (in %)."""
 
     row: str
     label: str
@@ -44,6 +46,8 @@ class RowResult:
     folds: int
     ours: dict[str, tuple[float, float]] = field(default_factory=dict)
     paper: dict[str, float] = field(default_factory=dict)
+    seeds: int = 1
+    features: str = ""
 
 
 def metrics_for(corpus: str) -> tuple[str, ...]:
@@ -55,9 +59,15 @@ def paper_corpus(corpus: str) -> str:
     return "meld" if corpus.lower() == "meld" else "iemocap"
 
 
+def table_name(table: str) -> str:
+    """`2`, `3` or a table's name (`table2`)."""
+    return f"table{table}" if str(table).isdigit() else str(table)
+
+
 def find_parent_run(uri: str, experiment: str, table: str = "table3", run_id: str | None = None):
     """The given parent run, or the newest run of `table` in `experiment`."""
     client = mlflow_runs.client(uri)
+    table = table_name(table)
     if run_id:
         return client.get_run(run_id)
     found = client.get_experiment_by_name(experiment)
@@ -82,15 +92,19 @@ def collect_rows(uri: str, parent) -> list[RowResult]:
     keys = metrics_for(corpus)
     rows = []
     for run in children:
-        name = run.data.tags.get("row") or run.data.params.get("variant", run.info.run_name)
-        metrics = run.data.metrics
-        paper = paper_table.get(name, {})
+        tags, metrics = run.data.tags, run.data.metrics
+        name = tags.get("row") or run.data.params.get("row") or run.data.params.get("variant", run.info.run_name)
+        paper_row = tags.get("paper_row", name)
+        paper = paper_table.get(paper_row, {})
+        label = paper.get("label", name) if paper_row == name else (
+            f"{name} (paper: {paper['label']})" if "label" in paper else name)
         rows.append(RowResult(
-            row=name, label=paper.get("label", name), n_params=metrics.get("n_params"),
+            row=name, label=label, n_params=metrics.get("n_params"),
             paper_params_m=paper.get("params_m"), folds=int(metrics.get("folds_done", 0)),
             ours={k: (metrics[f"test_{k}_mean"], metrics.get(f"test_{k}_std", 0.0)) for k in keys
                   if f"test_{k}_mean" in metrics},
-            paper={k: paper[f"{paper_corpus(corpus)}_{k}"] for k in keys if f"{paper_corpus(corpus)}_{k}" in paper}))
+            paper={k: paper[f"{paper_corpus(corpus)}_{k}"] for k in keys if f"{paper_corpus(corpus)}_{k}" in paper},
+            seeds=int(metrics.get("seeds", 1)), features=tags.get("features", "")))
     rows.sort(key=lambda r: order.index(r.row) if r.row in order else len(order))
     return rows
 
@@ -109,17 +123,28 @@ def _params(n: float | None, paper_m: float | None) -> tuple[str, str]:
     return _count(n), _count(None if paper_m is None else paper_m * 1e6)
 
 
+def _columns(rows: list[RowResult]) -> tuple[bool, bool, bool]:
+    """Which optional columns the rows need: features (rows on different caches), seeds, the paper's params."""
+    return (len({r.features for r in rows}) > 1, any(r.seeds > 1 for r in rows),
+            any(r.paper_params_m is not None for r in rows))
+
+
 def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str:
-    """The table: params and each metric (%, mean ± std over folds) ours vs paper, and ours - paper."""
+    """The table: params and each metric (%, mean ± std over folds and seeds) ours vs paper, and ours - paper."""
     keys = metrics_for(corpus)
-    head = ["Row", "Folds", "Params (ours)", "Params (paper)"]
+    features, seeds, paper_params = _columns(rows)
+    head = ["Row", *(["Features"] if features else []), "Folds", *(["Seeds"] if seeds else []), "Params (ours)",
+            *(["Params (paper)"] if paper_params else [])]
     for key in keys:
         head += [f"{key.upper()} ours", f"{key.upper()} paper", f"Δ{key.upper()}"]
+    over = "folds × seeds" if seeds else "folds"
     lines = [f"# {table}: {corpus} (ours) vs the paper ({paper_corpus(corpus).upper()})", "",
-             f"MLflow parent run `{run_id}`. Test metrics in %, mean ± std over folds; Δ = ours − paper.", "",
+             f"MLflow parent run `{run_id}`. Test metrics in %, mean ± std over {over}; Δ = ours − paper.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.label, str(r.folds), *_params(r.n_params, r.paper_params_m)]
+        ours_params, theirs = _params(r.n_params, r.paper_params_m)
+        cells = [r.label, *([r.features] if features else []), str(r.folds), *([str(r.seeds)] if seeds else []),
+                 ours_params, *([theirs] if paper_params else [])]
         for key in keys:
             mean, std = r.ours.get(key, (None, None))
             ours = "n/a" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
@@ -132,7 +157,7 @@ def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str
 
 def write_csv(rows: list[RowResult], corpus: str, path: Path) -> None:
     keys = metrics_for(corpus)
-    header = ["row", "label", "folds", "params_ours", "params_paper"]
+    header = ["row", "label", "folds", "params_ours", "params_paper", "seeds", "features"]
     for key in keys:
         header += [f"{key}_mean", f"{key}_std", f"{key}_paper", f"{key}_diff"]
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -140,7 +165,7 @@ def write_csv(rows: list[RowResult], corpus: str, path: Path) -> None:
         writer.writerow(header)
         for r in rows:
             line = [r.row, r.label, r.folds, "" if r.n_params is None else int(r.n_params),
-                    "" if r.paper_params_m is None else int(r.paper_params_m * 1e6)]
+                    "" if r.paper_params_m is None else int(r.paper_params_m * 1e6), r.seeds, r.features]
             for key in keys:
                 mean, std = r.ours.get(key, (None, None))
                 paper = r.paper.get(key)
@@ -198,7 +223,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                         help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     parser.add_argument("--run-id", default=None, help="the parent run (default: the newest --table run)")
-    parser.add_argument("--table", default="table3", help="which table's runs to look for (default: table3)")
+    parser.add_argument("--table", default="table3",
+                        help="which table's runs to look for: 3, 2 or a name (default: table3)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the files (default: ./{DEFAULT_OUT})")

@@ -1,9 +1,11 @@
-"""Table III: the grid file, and end to end on a tiny demo corpus: the six-row Tune grid (1 fold x 1 epoch, tiny
-model) on a local Ray, MLflow in a temp SQLite store, then the report rebuilt from MLflow alone."""
+"""Tables III and II: the grid files, and end to end on a tiny demo corpus: the six-row Tune grid (1 fold x 1 epoch,
+tiny model) on a local Ray, MLflow in a temp SQLite store, then the report rebuilt from MLflow alone; Table II's
+demo rows on their own caches over two seeds, one row failing on a broken cache and resumed."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,6 @@ ROWS = ("Baseline", "+ Self-Attention Encoder", "+ Temporal-Domain Mamba", "+ Fr
         "+ CMDT Loss (Full model)", "Dual Temporal-Domain Mamba")
 
 
-
 def test_table3_grid_rows_and_settings() -> None:
     from orchestration.grid import load_grid
     from tfmamba.model import VARIANTS
@@ -32,8 +33,9 @@ def test_table3_grid_rows_and_settings() -> None:
                        "dual_temporal": 0.0}
     assert grid.space.trial_config(grid.rows["tf"]).variant == "tf"
     space = grid.param_space()
-    assert space["variant"] == {"grid_search": list(VARIANTS)}
-    assert space["cmdt_weight"].func({"config": {"variant": "tf_cmdt"}}) == 0.1
+    assert space["row"] == {"grid_search": list(VARIANTS)}
+    assert space["cmdt_weight"].func({"config": {"row": "tf_cmdt"}}) == 0.1
+    assert space["variant"].func({"config": {"row": "dual_temporal"}}) == "dual_temporal"
     assert load_grid("table3", demo=False).space.base == "paper"
 
 
@@ -42,14 +44,56 @@ def test_grid_errors_name_the_problem(tmp_path: Path) -> None:
     from orchestration.search_space import SearchSpaceError
 
     bad = tmp_path / "bad.yaml"
-    for text, message in [("rows: {a: {cmdt_weight: 0.1}}", "every row needs a 'variant'"),
+    for text, message in [("rows: {a: 3}", "rows must map"),
                           ("rows: {a: {variant: tf, lr_typo: 1}}", "unknown setting"),
-                          ("rows: {a: {variant: tf}, b: {variant: tf}}", "its own variant"),
                           ("rows: {a: {variant: nope}}", "variant"),
                           ("rows: {a: {variant: tf}}\nextra: 1", "unknown key")]:
         bad.write_text(text, encoding="utf-8")
         with pytest.raises(SearchSpaceError, match=message):
             load_grid(bad, demo=True)
+
+
+def test_table2_grid_rows_caches_and_paper_numbers(tmp_path: Path) -> None:
+    from orchestration.grid import load_grid
+    from orchestration.search_space import SearchSpaceError
+    from tfmamba.paper import paper_numbers
+
+    paper = paper_numbers()["table2"]
+    assert list(paper) == ["wav2vec2-base", "wav2vec2-large", "hubert-base", "hubert-large", "wavlm-base",
+                           "wavlm-large", "whisper-base", "whisper-large"]
+    assert (paper["wavlm-large"]["iemocap_ua"], paper["whisper-base"]["iemocap_wa"], paper["hubert-large"]["meld_wf1"]
+            ) == (75.7, 62.8, 42.9)
+    grid = load_grid("table2", demo=False)
+    assert list(grid.rows) == list(paper) and grid.space.params == {}
+    assert all(grid.space.trial_config(row).variant == "tf_cmdt" and grid.space.trial_config(row).cmdt_weight == 0.1
+               for row in grid.rows.values())
+    caches = grid.row_caches(str(tmp_path), {"whisper-large": "s3://bucket/whisper"})
+    assert caches["wavlm-large"] == str(tmp_path / "wavlm-large") and caches["whisper-large"] == "s3://bucket/whisper"
+    assert grid.info["hubert-large"].extractor == "facebook/hubert-large-ll60k"
+    assert list(grid.select(["wavlm-large", "hubert-base"]).rows) == ["hubert-base", "wavlm-large"]
+    with pytest.raises(SearchSpaceError, match="no row"):
+        grid.select(["wavlm-xl"])
+    demo_grid = load_grid("table2", demo=True)
+    assert list(demo_grid.rows) == ["fbank", "tiny-wav2vec2", "tiny-hubert", "tiny-wavlm"]
+    assert {n: i.paper_row for n, i in demo_grid.info.items()} == {
+        "fbank": None, "tiny-wav2vec2": "wav2vec2-base", "tiny-hubert": "hubert-base", "tiny-wavlm": "wavlm-base"}
+    assert demo_grid.param_space() == {"row": {"grid_search": list(demo_grid.rows)}}
+
+
+def test_seeds_repeat_each_fold_and_aggregate() -> None:
+    from orchestration.ablation import parse_seeds
+    from orchestration.trial import SweepContext, parse_unit, summarize, train_run_name, unit_key
+
+    assert parse_seeds("3") == (0, 1, 2) and parse_seeds("4,7") == (4, 7) and parse_seeds(None) == ()
+    ctx = SweepContext("s", None, "m", "c", (1,), "o", "t", "u", "e", "p", seeds=(0, 1))
+    assert ctx.units() == [(1, 0), (1, 1)] and SweepContext("s", None, "m", "c", (1, 2), "o", "t", "u", "e",
+                                                            "p").units() == [(1, None), (2, None)]
+    assert [parse_unit(unit_key(u)) for u in [(1, 0), (3, None)]] == [(1, 0), (3, None)]
+    assert train_run_name("s", "t", 1, 2) == "s-t-fold1-seed2" and train_run_name("s", "t", 1) == "s-t-fold1"
+    runs = {(1, 0): {"test": {"wf1": 0.40}}, (1, 1): {"test": {"wf1": 0.46}}}
+    summary = summarize(runs, seeds=2)
+    assert summary["folds_done"] == 1 and summary["runs_done"] == 2 and summary["seeds"] == 2
+    assert summary["test_wf1_mean"] == pytest.approx(0.43) and summary["test_wf1_std"] == pytest.approx(0.03)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +118,13 @@ def table_rows(markdown: str) -> list[list[str]]:
 def test_meld_table_reports_wf1_beside_the_paper() -> None:
     from orchestration.report import RowResult, markdown
 
-    rows = [RowResult("tf_cmdt", "+ CMDT Loss (Full model)", 20_500_000, 20.79, 3, ours={"wf1": (0.471, 0.004)},
-                      paper={"wf1": 48.5})]
-    header, row = table_rows(markdown(rows, "table3", "meld", "abc"))
-    assert header == ["Row", "Folds", "Params (ours)", "Params (paper)", "WF1 ours", "WF1 paper", "ΔWF1"]
-    assert row == ["+ CMDT Loss (Full model)", "3", "20.50M", "20.79M", "47.1 ± 0.4", "48.5", "-1.4"]
+    rows = [RowResult("tf_cmdt", "+ CMDT Loss (Full model)", 20_500_000, 20.79, 1, ours={"wf1": (0.471, 0.004)},
+                      paper={"wf1": 48.5}, seeds=5)]
+    text = markdown(rows, "table3", "meld", "abc")
+    header, row = table_rows(text)
+    assert header == ["Row", "Folds", "Seeds", "Params (ours)", "Params (paper)", "WF1 ours", "WF1 paper", "ΔWF1"]
+    assert row == ["+ CMDT Loss (Full model)", "1", "5", "20.50M", "20.79M", "47.1 ± 0.4", "48.5", "-1.4"]
+    assert "mean ± std over folds × seeds" in text
 
 
 @pytest.mark.slow
@@ -124,3 +170,59 @@ def test_table3_demo_grid_and_report(demo, tmp_path: Path) -> None:
             tmp_path)
     assert (rebuilt / "table3-demo.md").read_text(encoding="utf-8") == markdown
     assert (rebuilt / "table3-demo.png").exists()
+
+
+@pytest.mark.slow
+def test_table2_demo_rows_own_caches_seeds_and_resume(demo, tmp_path: Path) -> None:
+    """Two Table II demo rows (fbank, a tiny random WavLM) x 1 fold x 2 seeds; the WavLM row first reads a broken
+    cache (--row-cache) and fails, then --resume reruns only that row on its real cache: no MLflow run twice."""
+    from mlflow.tracking import MlflowClient
+
+    broken = tmp_path / "broken-cache"
+    broken.mkdir()
+    shutil.copy(demo.cache / "features.json", broken / "features.json")  # a cache whose shards are gone
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    command = [sys.executable, str(ABLATION), "--demo", "--table", "2", "--manifest", str(demo.manifest_dir),
+               "--cache", str(demo.cache), "--rows", "fbank,tiny-wavlm", "--folds", "1", "--seeds", "2",
+               "--storage-path", str(tmp_path / "ray"), "--name", "t2", "--mlflow-uri", uri,
+               "--experiment", "t2-test", *sets]
+    first = subprocess.run([*command, "--row-cache", f"tiny-wavlm={broken}"], cwd=tmp_path, env=dict(os.environ),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, (first.stdout + first.stderr)[-6000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("t2-test")
+
+    def runs(kind: str) -> list:
+        return client.search_runs([experiment.experiment_id], f"tags.run_kind = '{kind}'", max_results=100)
+
+    fbank_folds = {r.info.run_id: r.info.end_time for r in runs("fold") if r.info.status == "FINISHED"}
+    assert len(fbank_folds) == 2 and [r.info.status for r in runs("trial")].count("FAILED") == 1
+
+    output = run_cli([*command, "--resume"], tmp_path, timeout=600)
+    report = tmp_path / "reports" / "table2-demo.md"
+    assert f"md: {report}" in output
+    parents, trials, folds = runs("sweep"), runs("trial"), runs("fold")
+    assert len(parents) == 1 and parents[0].info.run_name == "table2" and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in trials) == ["fbank", "tiny-wavlm"]
+    assert len(folds) == 4 and all(r.info.status == "FINISHED" for r in [*trials, *folds])
+    by_row = {r.info.run_id: r.info.run_name for r in trials}
+    assert sorted((by_row[r.data.tags["mlflow.parentRunId"]], r.data.tags["seed"], r.data.params["seed"])
+                  for r in folds) == [("fbank", "0", "0"), ("fbank", "1", "1"),
+                                      ("tiny-wavlm", "0", "0"), ("tiny-wavlm", "1", "1")]
+    assert {r.info.run_id: r.info.end_time for r in folds if r.info.run_id in fbank_folds} == fbank_folds
+    dims = {r.info.run_name: r.data.tags["features"] for r in trials}
+    assert dims == {"fbank": "fbank (80)", "tiny-wavlm": "tiny:wavlm (32)"}
+
+    markdown = report.read_text(encoding="utf-8")
+    assert "mean ± std over folds × seeds" in markdown
+    header, *rows = table_rows(markdown)
+    assert header == ["Row", "Features", "Folds", "Seeds", "Params (ours)", "WA ours", "WA paper", "ΔWA", "UA ours",
+                      "UA paper", "ΔUA"]
+    assert [row[0] for row in rows] == ["fbank", "tiny-wavlm (paper: WavLM-base)"]
+    assert [(row[2], row[3], row[header.index("UA paper")]) for row in rows] == [("1", "2", "n/a"),
+                                                                                  ("1", "2", "70.3")]
+    rebuilt = tmp_path / "rebuilt"
+    run_cli([sys.executable, str(REPORT), "--experiment", "t2-test", "--table", "2", "--mlflow-uri", uri,
+             "--out", str(rebuilt)], tmp_path)
+    assert (rebuilt / "table2-demo.md").read_text(encoding="utf-8") == markdown
