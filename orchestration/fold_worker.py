@@ -73,7 +73,11 @@ class RayReporter:
 
 
 def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """The `train_loop_per_worker` of the fold's TorchTrainer."""
+    """The `train_loop_per_worker` of the fold's TorchTrainer; its `FoldResult` dict also names the node
+    (Ray node id, IP, hostname) this worker ran on, and rank 0 tags the fold's MLflow run with them."""
+    import socket
+
+    import ray
     import ray.train
 
     from tfmamba.config import TrainConfig
@@ -90,8 +94,11 @@ def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     store = FeatureStore.open(task.cache)
     result = train_fold(TrainConfig.from_dict(task.config), fold, store, RayReporter(task, rank), manifest=manifest,
                         out_dir=task.out_dir, progress=False)
-    outcome = result.to_dict()
+    outcome = result.to_dict() | {"node_id": ray.get_runtime_context().get_node_id(),
+                                  "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
     if rank == 0:
+        mlflow_runs.set_tags(task.tracking_uri, task.run_id,
+                             {key: outcome[key] for key in ("node_id", "node_ip", "hostname")})
         mlflow_runs.log_metrics(task.tracking_uri, task.run_id, mlflow_runs.fold_summary_metrics(outcome),
                                 step=result.epochs_run)
         mlflow_runs.log_fold_outputs(task.tracking_uri, task.run_id, task.out_dir)

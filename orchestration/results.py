@@ -1,15 +1,23 @@
-"""After `tuner.fit()`: close the MLflow runs, pick the best trial, log its model, print the summary."""
+"""After `tuner.fit()`: close the MLflow runs, pick the best trial, log its model, print the summary and
+write it to `<fold outputs>/summary.json` (also an artifact of the sweep's MLflow run), with the Ray node
+each fold ran on."""
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orchestration import mlflow_runs
 from orchestration.trial import METRIC, TIME_ATTR, SweepContext
 
 logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+NODE_TAGS = ("node_id", "node_ip", "hostname")  # set on each fold run by its worker (fold_worker.py)
 
 
 @dataclass
@@ -20,6 +28,7 @@ class TrialSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]
     error: str | None = None
+    folds: list[dict[str, Any]] = field(default_factory=list)  # fold, seed, run_id, status and NODE_TAGS
 
 
 @dataclass
@@ -32,6 +41,7 @@ class SweepSummary:
     fold_seconds: float
     parallel_slots: int
     interrupted: bool = False
+    summary_path: str | None = None
 
     @property
     def overhead_ratio(self) -> float | None:
@@ -63,6 +73,37 @@ def collect_trials(results, ctx: SweepContext, interrupted: bool = False) -> lis
     return trials
 
 
+def fold_placements(ctx: SweepContext) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's fold runs (by trial id) with the Ray node their rank-0 worker ran on, from MLflow tags."""
+    placements: dict[str, list[dict[str, Any]]] = {}
+    for run in mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id,
+                                     {"sweep_id": ctx.sweep_id, "run_kind": mlflow_runs.FOLD}):
+        tags = run.data.tags
+        placements.setdefault(tags.get("trial_id", ""), []).append(
+            {"fold": int(tags.get("fold", 0)), "seed": tags.get("seed"), "run_id": run.info.run_id,
+             "status": run.info.status, **{key: tags.get(key) for key in NODE_TAGS}})
+    for folds in placements.values():
+        folds.sort(key=lambda f: (f["fold"], f["seed"] or ""))
+    return placements
+
+
+def nodes_used(trials: list[TrialSummary]) -> Counter:
+    """How many fold runs ran on each Ray node id."""
+    return Counter(f["node_id"] for t in trials for f in t.folds if f.get("node_id"))
+
+
+def write_summary(summary: SweepSummary, ctx: SweepContext) -> Path:
+    """`summary.json` in the sweep's fold output folder: trials, their metrics and where each fold ran."""
+    path = Path(ctx.out_root) / SUMMARY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"sweep_id": ctx.sweep_id, "sweep_run_id": summary.parent_run_id, "wall_seconds": summary.wall_seconds,
+            "interrupted": summary.interrupted, "best_trial_id": summary.best.trial_id if summary.best else None,
+            "best_model_uri": summary.best_model_uri, "nodes": dict(nodes_used(summary.trials)),
+            "trials": [asdict(t) for t in summary.trials]}
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    return path
+
+
 def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
     """Final status of every trial run; fold runs a stopped trial left RUNNING become KILLED."""
     uri = ctx.tracking_uri
@@ -91,6 +132,9 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     interrupted = results.num_terminated + results.num_errors < len(results)
     trials = collect_trials(results, ctx, interrupted)
     close_runs(trials, ctx)
+    placements = fold_placements(ctx)
+    for trial in trials:
+        trial.folds = placements.get(trial.trial_id, [])
     complete = [t for t in trials if t.status == "complete" and METRIC in t.metrics]
     best = max(complete, key=lambda t: t.metrics[METRIC]) if complete and not interrupted else None
     fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
@@ -111,6 +155,12 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     if summary.overhead_ratio is not None:
         extra["ray_overhead_ratio"] = summary.overhead_ratio
     mlflow_runs.log_metrics(uri, ctx.parent_run_id, extra)
+    path = write_summary(summary, ctx)
+    summary.summary_path = str(path)
+    try:
+        mlflow_runs.client(uri).log_artifact(ctx.parent_run_id, str(path))
+    except Exception as err:  # the file is written; an artifact store hiccup must not fail a finished sweep
+        logger.warning("could not log %s to MLflow: %s", path, err)
     status = "KILLED" if interrupted else "FINISHED" if best is not None else "FAILED"
     mlflow_runs.end_run(uri, ctx.parent_run_id, status)
     return summary
@@ -157,6 +207,12 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
         lines.append(f"Fold training {summary.fold_seconds:.0f} s over {summary.parallel_slots} fold slot(s): "
                      f"Ray overhead ratio {summary.overhead_ratio:.2f} "
                      f"(wall {summary.wall_seconds:.0f} s / {summary.fold_seconds / summary.parallel_slots:.0f} s)")
+    nodes = nodes_used(summary.trials)
+    if nodes:
+        lines.append(f"Folds ran on {len(nodes)} Ray node(s): "
+                     + ", ".join(f"{node[:12]} ({n} fold run{'s' if n > 1 else ''})" for node, n in nodes.items()))
+    if summary.summary_path:
+        lines.append(f"Summary (trials, metrics, the node of each fold): {summary.summary_path}")
     lines += [f"MLflow: experiment {experiment!r}, sweep run {summary.parent_run_id}"
               + (f", best trial run {best.run_id}" if best else ""),
               f"Tune results: {tune_path}   Train runs: {ctx.train_storage}   fold outputs: {ctx.out_root}",
