@@ -103,6 +103,18 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)
 
 
+def test_table2_missing_cache_stops_before_training_with_the_command(demo, tmp_path: Path) -> None:
+    from orchestration.ablation import main
+
+    with pytest.raises(SystemExit, match=r"(?s)no feature cache for row\(s\) \['hubert-large'\].*"
+                                         r"tfmamba features --manifest .* --extractor facebook/hubert-large-ll60k "
+                                         rf"--out {tmp_path}/hubert-large"):
+        main(["--table", "2", "--manifest", str(demo.manifest_dir), "--caches-root", str(tmp_path),
+              "--rows", "wavlm-large,hubert-large", "--row-cache", f"wavlm-large={demo.cache}"])
+    with pytest.raises(SystemExit, match="unknown row"):
+        main(["--table", "2", "--manifest", str(demo.manifest_dir), "--row-cache", "wavlm-xl=/x"])
+
+
 def run_cli(command: list[str], cwd: Path, timeout: float = 420) -> str:
     done = subprocess.run(command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
     output = done.stdout + done.stderr
