@@ -176,7 +176,7 @@ def write_csv(rows: list[RowResult], corpus: str, path: Path) -> None:
 
 
 def plot(rows: list[RowResult], table: str, corpus: str, path: Path) -> None:
-    """Grouped bars per metric: ours (error bar = std over folds) beside the paper's."""
+    """Grouped bars per metric: ours (error bar = std over folds and seeds) beside the paper's."""
     import matplotlib
 
     matplotlib.use("Agg")
