@@ -10,6 +10,7 @@ reads from `Result.return_value`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,23 @@ class FoldTask:
 
 
 class RayReporter:
-    """`tfmamba.train.Reporter` on top of `ray.train.report` / `ray.train.get_checkpoint`."""
+    """`tfmamba.train.Reporter` on top of `ray.train.report` / `ray.train.get_checkpoint`.
+
+    Rank 0's epoch curves go to MLflow with one attempt per epoch, so a down tracking server never
+    slows training: rows that fail wait in `pending` (with their time) and go out, oldest first, with
+    the next epoch's row; the final report (test metrics, or `failed`) flushes them with the bounded
+    retries of `mlflow_runs`. The epochs logged late are the gap: a warning, and the fold run's tags
+    `mlflow_gap_epochs` / `mlflow_gap_seconds`.
+    """
+
+    GAP_TAG = "mlflow_gap_epochs"
 
     def __init__(self, task: FoldTask, rank: int) -> None:
         self.task = task
         self.rank = rank
+        self.pending: list[tuple[int, int, dict[str, float]]] = []  # (step, time in ms, values)
+        self.gap_epochs: list[int] = []
+        self.gap_started: float | None = None
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train
@@ -51,25 +64,82 @@ class RayReporter:
             self._log(metrics)
 
     def resume_dir(self) -> Path | None:
+        """Ray's latest checkpoint of this fold (None: `train_fold` falls back to the output folder's own);
+        rank 0 first logs the epochs of the checkpoint it will resume from that MLflow lacks."""
         import ray.train
 
+        from tfmamba.checkpoint import has_checkpoint
+        from tfmamba.train import CHECKPOINT_DIR
+
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        target = Path(self.task.out_dir) / f".resume-rank{self.rank}"
-        folder = Path(checkpoint.to_directory(str(target)))
-        logger.info("fold %d: resuming from Ray checkpoint %s", self.task.fold, checkpoint.path)
+        folder = None
+        if checkpoint is not None:
+            target = Path(self.task.out_dir) / f".resume-rank{self.rank}"
+            folder = Path(checkpoint.to_directory(str(target)))
+            logger.info("fold %d: resuming from Ray checkpoint %s", self.task.fold, checkpoint.path)
+        local = Path(self.task.out_dir) / CHECKPOINT_DIR
+        if self.rank == 0 and (folder is not None or has_checkpoint(local)):
+            self._log_missing_epochs(folder or local)
         return folder
+
+    def _log_missing_epochs(self, folder: Path) -> None:
+        """Log the checkpoint's epochs MLflow lacks: a worker killed after its report to Ray and before its
+        MLflow call would otherwise leave a hole in the curves."""
+        import json
+
+        from tfmamba.checkpoint import PROGRESS
+
+        history = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))["history"]
+        try:
+            logged = mlflow_runs.logged_steps(self.task.tracking_uri, self.task.run_id, "valid_ua", retry_seconds=0)
+        except Exception as err:
+            logger.warning("fold %d: cannot check which epochs MLflow has (%s)", self.task.fold, err)
+            return
+        missing = [row for row in history if int(row["epoch"]) not in logged]
+        if missing:
+            logger.info("fold %d: logging epochs %s of the checkpoint that MLflow lacks", self.task.fold,
+                        [int(row["epoch"]) for row in missing])
+            now = int(time.time() * 1000)
+            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"}) for row in missing]
+            self.flush()
 
     def _log(self, metrics: dict[str, float]) -> None:
         step = int(metrics.get("epoch", 0))
         values = {k: v for k, v in metrics.items() if k not in ("epoch", "done")}
         if metrics.get("done"):  # the final report repeats the last epoch's row; only its test metrics are new
             values = {k: v for k, v in values.items() if k.startswith("test_")}
+        self.pending.append((step, int(time.time() * 1000), values))
+        self.flush(final=bool(metrics.get("done") or metrics.get("failed")))
+
+    def flush(self, final: bool = False) -> bool:
+        """Log the pending rows (one attempt each, or retried when `final`); False if some are still pending."""
+        uri, run_id = self.task.tracking_uri, self.task.run_id
         try:
-            mlflow_runs.log_metrics(self.task.tracking_uri, self.task.run_id, values, step=step)
-        except Exception as err:  # tracking trouble must not stop training; the final log retries
-            logger.warning("fold %d: could not log epoch %d to MLflow: %s", self.task.fold, step, err)
+            while self.pending:
+                step, stamp, values = self.pending[0]
+                mlflow_runs.log_metrics(uri, run_id, values, step=step, timestamp_ms=stamp,
+                                        retry_seconds=None if final else 0)
+                self.pending.pop(0)
+        except Exception as err:  # tracking trouble must not stop training
+            step = self.pending[-1][0]
+            if step not in self.gap_epochs:
+                self.gap_epochs.append(step)
+            self.gap_started = self.gap_started or time.monotonic()
+            logger.warning("fold %d: MLflow unreachable (%s); epoch %d's metrics are buffered (%d row(s) pending)%s",
+                           self.task.fold, str(err).splitlines()[0][:200], step, len(self.pending),
+                           "; giving up on them" if final else "")
+            return False
+        if self.gap_started is not None:
+            seconds = time.monotonic() - self.gap_started
+            self.gap_started = None
+            logger.warning("fold %d: MLflow is back after %.0f s; epochs %s were logged late", self.task.fold, seconds,
+                           ",".join(map(str, self.gap_epochs)))
+            try:
+                mlflow_runs.set_tags(uri, run_id, {self.GAP_TAG: ",".join(map(str, self.gap_epochs)),
+                                                   "mlflow_gap_seconds": f"{seconds:.1f}"}, retry_seconds=0)
+            except Exception as err:
+                logger.warning("fold %d: could not tag the MLflow gap: %s", self.task.fold, err)
+        return True
 
 
 def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:

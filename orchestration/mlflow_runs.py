@@ -6,17 +6,25 @@ creating it, so a retried trial or a resumed sweep writes into the run it had be
 `mark_stale_runs` closes runs a killed process left RUNNING. Everything goes through an
 explicit `MlflowClient` with run ids (the fluent API keeps its active run per thread, and
 Tune runs trainables in their own threads).
+
+A tracking server that is down for a while must not fail a trial: every function here retries
+connection-type failures with exponential backoff for up to `default_retry_seconds()` (120 s,
+$TFMAMBA_MLFLOW_RETRY_SECONDS) and then raises; `http_env()` bounds MLflow's own HTTP retries so
+one attempt against a down server costs seconds, not minutes. Errors MLflow reports about the
+request itself (a bad parameter, a missing run) are raised at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +35,62 @@ SWEEP, TRIAL, FOLD = "sweep", "trial", "fold"
 # Files of a fold's output folder that go to its MLflow run (model files under model/).
 FOLD_FILES = ("confusion.png", "history.csv", "metrics.json", "train_config.yaml")
 MODEL_FILES = ("model.safetensors", "model.json")
+ENV_RETRY_SECONDS = "TFMAMBA_MLFLOW_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 120.0
+MAX_BACKOFF_SECONDS = 15.0
+# MLflow's own HTTP retries default to 7 with backoff factor 2 and a 120 s timeout: minutes per call on a down server.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+
+_T = TypeVar("_T")
+_retrying = threading.local()
+
+
+def http_env() -> dict[str, str]:
+    """MLflow HTTP client settings for the driver and the Ray workers: no hidden retries, a 10 s timeout
+    (values already in the environment win)."""
+    return {key: os.environ.get(key, value) for key, value in HTTP_ENV.items()}
+
+
+def default_retry_seconds() -> float:
+    """How long a call keeps retrying a down tracking server ($TFMAMBA_MLFLOW_RETRY_SECONDS, default 120)."""
+    return float(os.environ.get(ENV_RETRY_SECONDS, DEFAULT_RETRY_SECONDS))
+
+
+def is_transient(err: BaseException) -> bool:
+    """A failure that may pass when the server is back: no connection, a timeout, a 5xx, a locked store."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code in TRANSIENT_CODES
+    return isinstance(err, (OSError, TimeoutError))
+
+
+def retried(func: Callable[..., _T]) -> Callable[..., _T]:
+    """Retry `func` on transient failures with exponential backoff for `retry_seconds` (keyword, default
+    `default_retry_seconds()`; 0 = one attempt). Calls nested in a retried call are tried once: the outer one retries."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, retry_seconds: float | None = None, **kwargs: Any) -> _T:
+        if getattr(_retrying, "active", False):
+            return func(*args, **kwargs)
+        budget = default_retry_seconds() if retry_seconds is None else retry_seconds
+        started, delay, attempt = time.monotonic(), 1.0, 1
+        while True:
+            _retrying.active = True
+            try:
+                return func(*args, **kwargs)
+            except Exception as err:
+                if not is_transient(err) or time.monotonic() - started + delay > budget:
+                    raise
+                logger.warning("MLflow %s failed (attempt %d: %s); retrying in %.0f s", func.__name__, attempt,
+                               str(err).splitlines()[0][:300], delay)
+            finally:
+                _retrying.active = False
+            time.sleep(delay)
+            delay, attempt = min(2 * delay, MAX_BACKOFF_SECONDS), attempt + 1
+
+    return wrapper
 
 
 def resolve_tracking_uri(cli_uri: str | None, cwd: Path | None = None) -> str:
@@ -53,6 +117,7 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+@retried
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment `name`, created if missing (on the driver, before any trial starts)."""
     mlflow_client = client(uri)
@@ -68,12 +133,14 @@ def _filter(tags: Mapping[str, str]) -> str:
     return " AND ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
 
 
+@retried
 def find_runs(uri: str, experiment_id: str, tags: Mapping[str, str], status: str | None = None) -> list:
     """Active (not deleted) runs with all of `tags`, optionally only those with `status`."""
     query = _filter(tags) + (f" AND attributes.status = '{status}'" if status else "")
     return client(uri).search_runs([experiment_id], query, max_results=10000)
 
 
+@retried
 def get_or_create_run(uri: str, experiment_id: str, tags: Mapping[str, str], name: str,
                       parent_run_id: str | None = None) -> str:
     """The run with exactly these identifying `tags` (set back to RUNNING), or a new one."""
@@ -104,6 +171,7 @@ def fold_tags(sweep_id: str, trial_id: str, fold: int) -> dict[str, str]:
     return {"sweep_id": sweep_id, "run_kind": FOLD, "trial_id": trial_id, "fold": str(fold)}
 
 
+@retried
 def mark_stale_runs(uri: str, experiment_id: str, sweep_id: str, keep: Iterable[str] = ()) -> int:
     """Set the sweep's trial and fold runs still RUNNING (their process is gone) to KILLED."""
     keep = set(keep)
@@ -117,17 +185,26 @@ def mark_stale_runs(uri: str, experiment_id: str, sweep_id: str, keep: Iterable[
     return len(stale)
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
-    """Log the finite numeric values of `metrics` in one batch."""
+@retried
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, Any], step: int = 0, timestamp_ms: int | None = None
+                ) -> None:
+    """Log the finite numeric values of `metrics` in one batch (at `timestamp_ms`, default now)."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in metrics.items()
              if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
     if batch:
         client(uri).log_batch(run_id, metrics=batch)
 
 
+@retried
+def logged_steps(uri: str, run_id: str, key: str) -> set[int]:
+    """The steps at which metric `key` of the run has values."""
+    return {metric.step for metric in client(uri).get_metric_history(run_id, key)}
+
+
+@retried
 def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
     """Log params (the same values again on a retry are accepted by MLflow)."""
     from mlflow.entities import Param
@@ -135,16 +212,19 @@ def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
     client(uri).log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
 
 
+@retried
 def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
     from mlflow.entities import RunTag
 
     client(uri).log_batch(run_id, tags=[RunTag(key, str(value)[:5000]) for key, value in tags.items()])
 
 
+@retried
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
+@retried
 def log_fold_outputs(uri: str, run_id: str, out_dir: str | Path) -> None:
     """Log a fold's curves, confusion matrix, metrics and best weights (under `model/`) to its run."""
     out_dir = Path(out_dir)
