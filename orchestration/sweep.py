@@ -26,6 +26,8 @@ import time
 
 from orchestration import mlflow_runs
 from orchestration.data import SweepData, resolve_data
+from orchestration.fold_worker import RayReporter
+from orchestration.preflight import DEFAULT_MIN_FREE_GB, PreflightError, check_outputs, mlflow_locations
 from orchestration.resources import DRIVER_RESOURCE, plan
 from orchestration.results import finish_sweep, print_summary
 from orchestration.search_space import SearchSpace, SearchSpaceError, load_search_space
@@ -38,6 +40,9 @@ DEFAULT_STORAGE = "ray_results"
 DEFAULT_EXPERIMENT = "tfmamba-sweeps"
 # The demo sweep cross-validates 3 of the demo corpus's 5 folds by default, to finish in minutes on 2 cores.
 DEMO_FOLDS = "1,2,3"
+# A killed or crashed Train worker (not a preemption: Ray retries those without limit) restarts its fold once
+# from the last epoch checkpoint; a deterministic error such as a NaN loss then fails after one more try.
+DEFAULT_FOLD_RETRIES = 1
 
 
 def add_resource_options(parser: argparse.ArgumentParser, unit: str) -> argparse._ArgumentGroup:
@@ -95,16 +100,24 @@ under --storage-path is taken otherwise). Finished trials are not rerun.""",
                         help="trials at once (default: as many as the cluster fits, at most --num-samples)")
     search.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
     resources = add_resource_options(parser, unit="trial")
-    resources.add_argument("--fold-retries", type=int, default=0, help="Ray Train retries of a failed fold (default: 0)")
+    resources.add_argument("--fold-retries", type=int, default=DEFAULT_FOLD_RETRIES,
+                           help="restarts of a fold whose Train worker died or failed, from its last epoch checkpoint "
+                                f"(default: {DEFAULT_FOLD_RETRIES}; node preemptions are retried without limit)")
     resources.add_argument("--trial-retries", type=int, default=0,
                            help="Tune retries of a failed trial; finished folds are kept (default: 0)")
     where = add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>",
                                experiment=DEFAULT_EXPERIMENT)
     where.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    where.add_argument("--min-free-gb", type=float, default=DEFAULT_MIN_FREE_GB,
+                       help="refuse to start unless every local results folder has this much free space "
+                            f"(default: {DEFAULT_MIN_FREE_GB:g})")
     args = parser.parse_args(argv)
     for name in ("num_samples", "workers_per_fold"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("fold_retries", "trial_retries"):
+        if getattr(args, name) < -1:
+            parser.error(f"--{name.replace('_', '-')} must be -1 (no limit), 0 or more")
     return args
 
 
@@ -139,7 +152,9 @@ def sweep_name(args: argparse.Namespace, space: SearchSpace, storage: str) -> st
 def start_ray(address: str | None, tracking_uri: str) -> None:
     import ray
 
-    runtime_env = {"env_vars": {mlflow_runs.ENV_URI: tracking_uri, "PYTHONUNBUFFERED": "1"}}
+    env = {mlflow_runs.ENV_URI: tracking_uri, "PYTHONUNBUFFERED": "1", **mlflow_runs.http_env(),
+           mlflow_runs.ENV_RETRY_SECONDS: str(mlflow_runs.default_retry_seconds())}
+    runtime_env = {"env_vars": env}
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     else:
@@ -215,8 +230,39 @@ def build_tuner(args: argparse.Namespace, name: str, storage: str, space: Search
     )
 
 
+def output_root(storage: str, name: str) -> str:
+    """Where the folds' output folders go: beside the Tune results, or under /tmp for remote storage."""
+    return f"{storage}/{name}-outputs" if "://" not in storage else f"/tmp/tfmamba-sweeps/{name}-outputs"
+
+
+def preflight(args: argparse.Namespace, storage: str, out_root: str, uri: str) -> None:
+    """Exit with every unwritable or full results location named, before anything starts."""
+    where = {"Tune/Train storage": storage, "fold outputs": out_root} | mlflow_locations(uri, args.experiment)
+    try:
+        check_outputs(where, args.min_free_gb)
+    except PreflightError as err:
+        raise SystemExit(f"sweep: {err}") from None
+
+
+def report_mlflow_gaps(ctx: SweepContext) -> None:
+    """One line per fold whose epoch metrics reached MLflow late (the server was unreachable for a while)."""
+    try:
+        folds = mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id,
+                                      {"sweep_id": ctx.sweep_id, "run_kind": mlflow_runs.FOLD}, retry_seconds=0)
+    except Exception as err:
+        print(f"MLflow: could not check for logging gaps ({str(err).splitlines()[0]})", flush=True)
+        return
+    for run in folds:
+        tags = run.data.tags
+        if tags.get(RayReporter.GAP_TAG):
+            print(f"MLflow was unreachable for {tags.get('mlflow_gap_seconds', '?')} s during trial {tags['trial_id']} "
+                  f"fold {tags['fold']}: epochs {tags[RayReporter.GAP_TAG]} were buffered and logged late", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key, value in mlflow_runs.http_env().items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     started = time.monotonic()
@@ -225,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     except SearchSpaceError as err:
         raise SystemExit(f"search space: {err}") from None
     logger.info("%s", space.summary())
-    data = resolve_data(args.manifest, args.cache, parse_folds(args.folds, demo=args.manifest is None))
     storage = storage_root(args.storage_path)
     name = sweep_name(args, space, storage)
     uri = mlflow_runs.resolve_tracking_uri(args.mlflow_uri)
+    out_root = output_root(storage, name)
+    preflight(args, storage, out_root, uri)
+    data = resolve_data(args.manifest, args.cache, parse_folds(args.folds, demo=args.manifest is None))
     experiment_id = mlflow_runs.ensure_experiment(uri, args.experiment,
                                                   mlflow_runs.default_artifact_location(uri, args.experiment))
     parent_run_id = open_parent_run(args, name, space, data, uri, experiment_id, storage)
@@ -237,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     start_ray(args.address, uri)
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
                   len(data.folds), args.max_concurrent, args.parallel_folds)
-    out_root = f"{storage}/{name}-outputs" if "://" not in storage else f"/tmp/tfmamba-sweeps/{name}-outputs"
     ctx = SweepContext(sweep_id=name, space=space, manifest_dir=data.manifest_dir, cache=data.cache, folds=data.folds,
                        out_root=out_root, train_storage=f"{storage}/{name}-train", tracking_uri=uri,
                        experiment_id=experiment_id, parent_run_id=parent_run_id,
@@ -253,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     results = tuner.fit()
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots)
     print_summary(summary, ctx, args.experiment, f"{storage}/{name}")
+    report_mlflow_gaps(ctx)
     if summary.interrupted:
         return 130
     return 0 if summary.best is not None else 1

@@ -1,0 +1,108 @@
+"""Before a sweep starts anything: can it write where its results go, and is there room?
+
+`check_outputs` probes every folder a sweep writes to (the Tune/Train storage path, the fold
+output folder, and for a local MLflow store the SQLite file's folder and the artifact folder):
+a local folder must be a folder (or creatable under one), take a small probe file, and have at
+least the free-space floor left; a remote storage path (s3://, gs://, ...) must take a probe
+object through `pyarrow.fs`, which is then deleted. All problems are reported at once, before
+Ray starts or an MLflow run is created. The probe is a real write because permission bits say
+little when the sweep runs as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from orchestration import mlflow_runs
+
+DEFAULT_MIN_FREE_GB = 1.0
+GIB = 1024**3
+PROBE_PREFIX = ".tfmamba-preflight-"
+
+
+class PreflightError(RuntimeError):
+    """A results location that cannot be written or has too little room; the message lists them all."""
+
+
+def local_path(location: str) -> Path | None:
+    """The local path of a plain path or a file:// URI; None for a remote URI."""
+    if location.startswith("file://"):
+        return Path(unquote(urlparse(location).path))
+    if "://" in location:
+        return None
+    return Path(location)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_local(path: Path, min_free_bytes: int) -> str | None:
+    """Why `path` (a folder, existing or to be created) is unusable, or None if it is fine."""
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        return f"{base} is a file, not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=base)
+        try:
+            os.write(handle, b"probe")
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as err:
+        return f"cannot write in {base} ({err.strerror or err})"
+    free = shutil.disk_usage(base).free
+    if free < min_free_bytes:
+        return f"only {free / GIB:.2f} GiB free on {base}, below the floor of {min_free_bytes / GIB:.2f} GiB"
+    return None
+
+
+def check_remote(uri: str) -> str | None:
+    """Why the remote folder `uri` cannot take a probe object, or None; free space is not checked there."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        probe = f"{path.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex}"
+        with filesystem.open_output_stream(probe) as stream:
+            stream.write(b"probe")
+        filesystem.delete_file(probe)
+    except (OSError, ValueError) as err:
+        return f"cannot write a probe object ({str(err).splitlines()[0]})"
+    return None
+
+
+def mlflow_locations(tracking_uri: str, experiment: str) -> dict[str, str]:
+    """The local folders a `sqlite:` MLflow store writes to (the database's folder, the default artifact folder)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return {}
+    database = Path(tracking_uri[len("sqlite:///"):])
+    where = {"MLflow store": str(database.parent)}
+    artifacts = mlflow_runs.default_artifact_location(tracking_uri, experiment)
+    if artifacts:
+        where["MLflow artifacts"] = artifacts
+    return where
+
+
+def check_outputs(locations: dict[str, str], min_free_gb: float = DEFAULT_MIN_FREE_GB) -> None:
+    """Probe every `{what: location}`; raise PreflightError naming each one that fails."""
+    floor = int(min_free_gb * GIB)
+    problems = []
+    for what, location in locations.items():
+        path = local_path(location)
+        problem = check_local(path, floor) if path is not None else check_remote(location)
+        if problem:
+            problems.append(f"  - {what} {location}: {problem}")
+    if problems:
+        raise PreflightError("cannot write the results, nothing was started:\n" + "\n".join(problems)
+                             + "\nFix the paths (--storage-path, --mlflow-uri or $MLFLOW_TRACKING_URI, the working "
+                               f"folder), free some space, or change the floor with --min-free-gb "
+                               f"(now {min_free_gb:g} GiB).")
