@@ -37,13 +37,15 @@ touch "$HEAD_HOME/.ssh/authorized_keys"
 grep -qxF "$(cat "$KEY.pub")" "$HEAD_HOME/.ssh/authorized_keys" || cat "$KEY.pub" >>"$HEAD_HOME/.ssh/authorized_keys"
 chown "$HEAD_USER:$HEAD_USER" "$HEAD_HOME/.ssh/authorized_keys"
 chmod 600 "$HEAD_HOME/.ssh/authorized_keys"
+[ -x "$VENV/bin/python" ] || { echo "local-sshd.sh: no Python environment at $VENV (make install first)" >&2; exit 1; }
+VENV=$(cd "$VENV" && pwd)
 ln -sfn "$VENV" "$HEAD_HOME/tfmamba-venv"
 # The head runs this checkout's venv and its base Python (e.g. under /root/.pyenv): let the account
 # traverse (x only, by ACL) each folder on those paths that it cannot, and nothing more.
 for target in "$ROOT" "$(readlink -f "$VENV/bin/python")"; do
     dir=$(dirname "$target")
     [ -d "$target" ] && dir=$target
-    while [ "$dir" != / ]; do
+    while [ "$dir" != / ] && [ "$dir" != . ]; do
         runuser -u "$HEAD_USER" -- test -x "$dir" || setfacl -m "u:$HEAD_USER:x" "$dir"
         dir=$(dirname "$dir")
     done
