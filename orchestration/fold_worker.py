@@ -100,7 +100,8 @@ class RayReporter:
             logger.info("fold %d: logging epochs %s of the checkpoint that MLflow lacks", self.task.fold,
                         [int(row["epoch"]) for row in missing])
             now = int(time.time() * 1000)
-            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"}) for row in missing]
+            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"})
+                             for row in missing]
             self.flush()
 
     def _log(self, metrics: dict[str, float]) -> None:

@@ -40,7 +40,8 @@ DEFAULT_RETRY_SECONDS = 120.0
 MAX_BACKOFF_SECONDS = 15.0
 # MLflow's own HTTP retries default to 7 with backoff factor 2 and a 120 s timeout: minutes per call on a down server.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                             "DEADLINE_EXCEEDED"})
 
 _T = TypeVar("_T")
 _retrying = threading.local()
@@ -68,7 +69,8 @@ def is_transient(err: BaseException) -> bool:
 
 def retried(func: Callable[..., _T]) -> Callable[..., _T]:
     """Retry `func` on transient failures with exponential backoff for `retry_seconds` (keyword, default
-    `default_retry_seconds()`; 0 = one attempt). Calls nested in a retried call are tried once: the outer one retries."""
+    `default_retry_seconds()`; 0 = one attempt). Calls nested in a retried call are tried once: the outer
+    one retries."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, retry_seconds: float | None = None, **kwargs: Any) -> _T:

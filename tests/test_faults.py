@@ -1,0 +1,431 @@
+"""Sweep faults on a local Ray with real MLflow: a killed Train worker, a tracking server that goes away,
+results that cannot be written; and the best model of such a sweep predicting held-out clips.
+
+The end-to-end tests run `python orchestration/sweep.py` (1 trial x 1 fold x 5 epochs of a tiny model
+on a 24-clips-per-speaker demo corpus), break something while the fold trains, and read the outcome
+back from the sweep's output, its files and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestration import mlflow_runs
+from orchestration.fold_worker import FoldTask, RayReporter
+from orchestration.preflight import PreflightError, check_local, check_outputs, check_remote
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = ROOT / "orchestration" / "sweep.py"
+MLFLOW = Path(sys.executable).parent / "mlflow"
+EPOCHS = 5
+# The cheapest setting measured to beat chance on every demo fold (test UA 0.47-0.59 over folds 1-5 at 4
+# epochs, 24 clips per speaker); 1 epoch at lr 1e-3 with warmup stays at 0.25, a constant prediction.
+SETTINGS = [f"epochs={EPOCHS}", "warmup_epochs=0", "lr=0.02", "d_model=16", "headdim=8", "num_heads=2", "ffn_dim=32",
+            "classifier_dims=[16]", "max_frames=80", "batch_size=16"]
+CHANCE_MARGIN = 0.35  # 4 classes: chance UA is 0.25, and a model that predicts one class gets exactly that
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 that can be stopped and started again on the same port and store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--artifacts-destination", str(self.folder / "server-artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while not self.healthy():
+            assert self.process.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: it goes away at once, as in a crash; SQLite keeps what was committed)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    running = MlflowServer(tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    from tfmamba.demo import ensure_demo_data
+
+    return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=24, progress=False)
+
+
+def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
+    sets = [arg for item in SETTINGS for arg in ("--set", item)]
+    return [sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache", str(demo.cache),
+            "--folds", "1", "--num-samples", "1", "--storage-path", str(storage), "--name", name,
+            "--min-free-gb", "0.1", *sets, *extra]
+
+
+def run_tree(uri: str, name: str) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tfmamba-sweeps")
+    runs = client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{name}'", max_results=1000)
+    tree: dict[str, list] = {"sweep": [], "trial": [], "fold": []}
+    for run in runs:
+        tree[run.data.tags["run_kind"]].append(run)
+    return tree
+
+
+def check_one_run_each(uri: str, name: str) -> dict[str, list]:
+    """One sweep, trial and fold run, all FINISHED, and one curve point per epoch."""
+    from mlflow.tracking import MlflowClient
+
+    tree = run_tree(uri, name)
+    assert [len(tree[k]) for k in ("sweep", "trial", "fold")] == [1, 1, 1]
+    assert [run.info.status for kind in tree.values() for run in kind] == ["FINISHED"] * 3
+    curve = MlflowClient(uri).get_metric_history(tree["fold"][0].info.run_id, "valid_ua")
+    assert sorted(m.step for m in curve) == list(range(1, EPOCHS + 1))
+    return tree
+
+
+def wait_for(condition, driver: subprocess.Popen, what: str, timeout: float = 300, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert driver.poll() is None, f"the sweep ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+    return found
+
+
+def checkpointed_epoch(storage: Path, name: str) -> int:
+    """The newest epoch whose checkpoint the Train controller has registered (what `get_checkpoint()` gives a
+    restarted worker), 0 if none. A checkpoint folder alone is not enough: the controller may not have
+    collected the report yet."""
+    epochs = []
+    for path in (storage / f"{name}-train").glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(path.read_text())["latest_checkpoint_result"]
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+        if latest:
+            epochs.append(int(latest["metrics"]["epoch"]))
+    return max(epochs, default=0)
+
+
+def saved_epoch(storage: Path, name: str) -> int:
+    """The newest epoch the fold wrote to its own output folder (reported right after), 0 if none."""
+    epochs = []
+    for path in (storage / f"{name}-outputs").glob("*/fold1/checkpoints/last/progress.json"):
+        try:
+            epochs.append(json.loads(path.read_text())["epoch"])
+        except (OSError, ValueError):  # being replaced
+            pass
+    return max(epochs, default=0)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: Ray's workers are children of the raylet the driver started)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def train_worker_pids(driver_pid: int) -> list[int]:
+    pids = []
+    for pid in descendants(driver_pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "RayTrainWorker" in command:
+            pids.append(pid)
+    return pids
+
+
+def finish(driver: subprocess.Popen, log: Path, timeout: float = 480) -> str:
+    """Wait for the sweep, keep its output in `log`, and return it (it must have succeeded)."""
+    try:
+        output, _ = driver.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        output, _ = driver.communicate()
+        log.write_text(output, encoding="utf-8")
+        raise AssertionError("the sweep did not finish:\n" + output[-6000:]) from None
+    log.write_text(output, encoding="utf-8")
+    assert driver.returncode == 0, output[-6000:]
+    return output
+
+
+# ---- 1. a Train worker killed mid-fold ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_worker_sweep(demo, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A sweep whose Train worker is SIGKILLed after its epoch-1 checkpoint; the default --fold-retries restarts it."""
+    folder = tmp_path_factory.mktemp("killed")
+    uri, storage = f"sqlite:///{folder / 'mlflow.db'}", folder / "ray"
+    started = time.monotonic()
+    driver = subprocess.Popen(sweep_command(demo, storage, "killed", "--mlflow-uri", uri), cwd=folder, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: checkpointed_epoch(storage, "killed") >= 1, driver, "the epoch-1 checkpoint")
+        workers = wait_for(lambda: train_worker_pids(driver.pid), driver, "the Train worker's pid", timeout=10)
+        killed_at, registered = saved_epoch(storage, "killed"), checkpointed_epoch(storage, "killed")
+        os.kill(workers[0], signal.SIGKILL)
+        output = finish(driver, folder / "sweep.log")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    return {"uri": uri, "storage": storage, "output": output, "killed_pid": workers[0], "killed_at": killed_at,
+            "registered": registered, "seconds": time.monotonic() - started}
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_its_fold_from_the_last_checkpoint(killed_worker_sweep, demo, tmp_path) -> None:
+    import torch
+
+    from tfmamba.config import TrainConfig
+    from tfmamba.corpora.manifest import read_manifest
+    from tfmamba.features.store import FeatureStore
+    from tfmamba.folds import load_folds
+    from tfmamba.train import train_fold
+
+    sweep, output = killed_worker_sweep, killed_worker_sweep["output"]
+    assert sweep["killed_at"] < EPOCHS, "the worker was killed after its fold had finished"
+    assert "[FailurePolicy] RETRY" in output and "ActorDiedError" in output  # Ray saw the worker die, restarted it
+    resumed = [int(line.rsplit("(epoch ", 1)[1].split(")")[0]) for line in output.splitlines()
+               if "resuming fold 1 from" in line]
+    assert len(resumed) == 1 and sweep["registered"] <= resumed[0] < EPOCHS, output[-6000:]
+    assert "fold 1: resuming from Ray checkpoint" in output  # get_checkpoint(), not only the local folder
+    tree = check_one_run_each(sweep["uri"], "killed")
+    out_dir = Path(tree["fold"][0].data.tags["out_dir"])
+    interrupted = json.loads((out_dir / "metrics.json").read_text())
+    assert interrupted["status"] == "ok" and interrupted["epochs_run"] == EPOCHS
+
+    manifest = read_manifest(demo.manifest_dir)
+    fold = next(f for f in load_folds(demo.manifest_dir, manifest) if f.index == 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the 1-CPU Ray worker
+    try:
+        whole = train_fold(TrainConfig.from_yaml(out_dir / "train_config.yaml"), fold,
+                           FeatureStore.open(str(demo.cache)), manifest=manifest, out_dir=tmp_path / "whole",
+                           progress=False).to_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert interrupted["best_epoch"] == whole["best_epoch"]
+    assert interrupted["test_confusion"] == whole["test_confusion"]
+    for split in ("valid", "test"):
+        assert interrupted[split] == pytest.approx(whole[split], rel=1e-5, abs=1e-6)
+    for row, again in zip(interrupted["history"], whole["history"], strict=True):
+        assert row == pytest.approx(again, rel=1e-5, abs=1e-6)
+    print(f"killed worker at epoch {sweep['killed_at']}, resumed after epoch {resumed[0]}; "
+          f"sweep {sweep['seconds']:.0f} s; test UA {interrupted['test']['ua']:.4f} vs {whole['test']['ua']:.4f} uninterrupted")
+
+
+# ---- 4. the best model of that sweep, loaded from MLflow, beats chance on its fold's held-out clips ----
+
+
+@pytest.mark.slow
+def test_best_model_predicts_held_out_clips_above_chance(killed_worker_sweep, demo) -> None:
+    import mlflow
+    import mlflow.pyfunc
+
+    from tfmamba.corpora.manifest import read_manifest
+    from tfmamba.folds import load_folds
+    from tfmamba.metrics import compute_metrics
+
+    tree = run_tree(killed_worker_sweep["uri"], "killed")
+    mlflow.set_tracking_uri(killed_worker_sweep["uri"])
+    model = mlflow.pyfunc.load_model(tree["sweep"][0].data.tags["best_model_uri"])
+    manifest = read_manifest(demo.manifest_dir)
+    fold = next(f for f in load_folds(demo.manifest_dir, manifest) if f.index == 1)
+    clips = manifest.table.set_index("utt_id").loc[fold.test]
+    predicted = model.predict(clips["path"].tolist())
+    assert list(predicted["error"]) == [""] * len(clips)
+    labels = manifest.labels
+    truth = [labels.index(label) for label in clips["label"]]
+    ua = compute_metrics(truth, [labels.index(label) for label in predicted["label"]], labels).ua
+    constant = compute_metrics(truth, [truth[0]] * len(truth), labels).ua
+    print(f"best model: UA {ua:.3f} on fold 1's {len(truth)} held-out clips (one class always: {constant:.3f})")
+    assert constant == pytest.approx(0.25)
+    assert ua > CHANCE_MARGIN
+
+
+# ---- 2. the MLflow server unreachable for a while ---------------------------------------------------
+
+
+def test_retries_give_up_within_their_budget_on_a_down_server(monkeypatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    for key, value in mlflow_runs.http_env().items():
+        monkeypatch.setenv(key, value)
+    down = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(MlflowException):
+        mlflow_runs.set_tags(down, "0" * 32, {"a": 1}, retry_seconds=0)
+    once = time.monotonic() - started
+    started = time.monotonic()
+    with pytest.raises(MlflowException):
+        mlflow_runs.set_tags(down, "0" * 32, {"a": 1}, retry_seconds=4)
+    retried = time.monotonic() - started
+    assert once < 3 and 3 <= retried < 10, (once, retried)  # attempts after 1 s and 1 + 2 s, then the budget ends
+
+
+def test_errors_about_the_request_are_not_retried(tmp_path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_runs.ensure_experiment(uri, "x")
+    started = time.monotonic()
+    with pytest.raises(MlflowException):
+        mlflow_runs.end_run(uri, "0" * 32, retry_seconds=30)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow
+def test_reporter_buffers_epochs_while_the_server_is_down(server: MlflowServer, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    for key, value in mlflow_runs.http_env().items():
+        monkeypatch.setenv(key, value)
+    server.start()
+    experiment = mlflow_runs.ensure_experiment(server.uri, "buffer")
+    run_id = mlflow_runs.get_or_create_run(server.uri, experiment, {"run_kind": "fold"}, "fold1")
+    reporter = RayReporter(FoldTask(config={}, fold=1, manifest_dir="", cache="", out_dir="", tracking_uri=server.uri,
+                                    run_id=run_id), rank=0)
+    reporter._log({"epoch": 1, "valid_ua": 0.1})
+    server.stop()
+    started = time.monotonic()
+    reporter._log({"epoch": 2, "valid_ua": 0.2})
+    reporter._log({"epoch": 3, "valid_ua": 0.3})
+    assert time.monotonic() - started < 10  # one quick attempt per epoch: training is not held up
+    assert [step for step, _, _ in reporter.pending] == [2, 3]
+    server.start()
+    reporter._log({"epoch": 4, "valid_ua": 0.4})
+    assert reporter.pending == []
+    client = MlflowClient(server.uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "valid_ua")] == [
+        (1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    assert client.get_run(run_id).data.tags[RayReporter.GAP_TAG] == "2,3"
+
+    server.stop()  # down at the end of the fold: the final report waits (bounded) until the server is back
+    reporter._log({"epoch": 5, "valid_ua": 0.5})
+    back = threading.Timer(2.0, server.start)
+    back.start()
+    reporter._log({"epoch": 5, "done": 1.0, "test_ua": 0.45})
+    back.join()
+    assert reporter.pending == []
+    assert [m.step for m in client.get_metric_history(run_id, "valid_ua")] == [1, 2, 3, 4, 5]
+    assert client.get_metric_history(run_id, "test_ua")[0].value == 0.45
+    assert client.get_run(run_id).data.tags[RayReporter.GAP_TAG] == "2,3,5"
+
+
+@pytest.mark.slow
+def test_sweep_survives_the_mlflow_server_going_away(demo, tmp_path: Path, server: MlflowServer) -> None:
+    server.start()
+    storage = tmp_path / "ray"
+    started = time.monotonic()
+    driver = subprocess.Popen(sweep_command(demo, storage, "gap"), cwd=tmp_path, text=True,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": server.uri}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: checkpointed_epoch(storage, "gap") >= 1, driver, "the epoch-1 checkpoint")
+        server.stop()
+        stopped_at = saved_epoch(storage, "gap")
+        wait_for(lambda: saved_epoch(storage, "gap") >= stopped_at + 2, driver, "two epochs without MLflow")
+        down_for = time.monotonic()
+        server.start()
+        down_for = time.monotonic() - down_for
+        output = finish(driver, tmp_path / "sweep.log")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert "MLflow unreachable" in output and "were logged late" in output
+    assert "MLflow was unreachable for " in output and "were buffered and logged late" in output
+    tree = check_one_run_each(server.uri, "gap")
+    gap = tree["fold"][0].data.tags[RayReporter.GAP_TAG]
+    assert str(stopped_at + 1) in gap.split(",")
+    assert tree["fold"][0].data.metrics["test_ua"] >= 0
+    print(f"server stopped after epoch {stopped_at}, restarted {down_for:.0f} s later; gap epochs {gap}; "
+          f"sweep {time.monotonic() - started:.0f} s")
+
+
+# ---- 3. results that cannot be written -----------------------------------------------------------------
+
+
+def test_preflight_names_each_bad_location(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert check_local(tmp_path / "new" / "deeper", 0) is None
+    assert not list(tmp_path.glob(".tfmamba-preflight-*"))
+    assert "is a file, not a folder" in check_local(blocker / "ray", 0)
+    assert "GiB free" in check_local(tmp_path, 10**18)
+    assert check_remote(f"file://{tmp_path}") is None
+    assert check_remote(f"file://{blocker}/ray") is not None
+    with pytest.raises(PreflightError) as caught:
+        check_outputs({"storage": str(blocker / "ray"), "outputs": str(tmp_path / "ok"),
+                       "artifacts": f"file://{blocker}/art"}, min_free_gb=0)
+    message = str(caught.value)
+    assert "storage" in message and "artifacts" in message and "outputs" not in message
+    assert "--min-free-gb" in message
+
+
+@pytest.mark.parametrize("case", ["storage under a file", "free space below the floor", "sqlite store under a file"])
+def test_sweep_refuses_to_start_when_results_cannot_be_written(tmp_path: Path, case: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    options = {"storage under a file": ["--storage-path", str(blocker / "ray")],
+               "free space below the floor": ["--min-free-gb", "1e9"],
+               "sqlite store under a file": ["--mlflow-uri", f"sqlite:///{blocker}/mlflow.db"]}[case]
+    command = [sys.executable, str(SWEEP), "--manifest", str(tmp_path / "no-manifest"), "--cache",
+               str(tmp_path / "no-cache"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *options]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "cannot write the results, nothing was started" in done.stderr, done.stderr[-3000:]
+    assert ("is a file, not a folder" if "under a file" in case else "GiB free") in done.stderr
+    assert "Ray" not in done.stdout + done.stderr  # Ray was never started
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
