@@ -64,6 +64,8 @@ def is_transient(err: BaseException) -> bool:
 
     if isinstance(err, MlflowException):
         return err.error_code in TRANSIENT_CODES
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False  # a local file problem (an artifact, a store path) does not pass by waiting
     return isinstance(err, (OSError, TimeoutError))
 
 

@@ -317,6 +317,7 @@ def test_retries_give_up_within_their_budget_on_a_down_server(monkeypatch) -> No
 
 def test_errors_about_the_request_are_not_retried(tmp_path) -> None:
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow_runs.ensure_experiment(uri, "x")
@@ -324,6 +325,9 @@ def test_errors_about_the_request_are_not_retried(tmp_path) -> None:
     with pytest.raises(MlflowException):
         mlflow_runs.end_run(uri, "0" * 32, retry_seconds=30)
     assert time.monotonic() - started < 5
+    assert mlflow_runs.is_transient(ConnectionRefusedError()) and mlflow_runs.is_transient(MlflowException("down"))
+    assert not mlflow_runs.is_transient(FileNotFoundError("artifact"))
+    assert not mlflow_runs.is_transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
 
 
 @pytest.mark.slow
