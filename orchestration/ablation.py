@@ -41,9 +41,13 @@ from orchestration.search_space import SearchSpaceError
 from orchestration.sweep import (
     add_output_options,
     add_resource_options,
+    check_retries,
     git_commit,
+    output_root,
     parse_folds,
     parse_overrides,
+    preflight,
+    restore_tuner,
     start_ray,
     storage_root,
     sweep_name,
@@ -90,10 +94,9 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
                       help="fix a training setting for every row, e.g. --set epochs=10 (repeatable)")
     resources = add_resource_options(parser, unit="row")
     resources.add_argument("--max-concurrent", type=int, default=None, help="rows at once (default: what fits)")
-    where = add_output_options(parser, run="run", name_default="<table>-<corpus>-<date>-<time>",
+    where = add_output_options(parser, run="grid", name_default="<table>-<corpus>-<date>-<time>",
                                experiment=DEFAULT_EXPERIMENT)
     where.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the table and plot (default: ./{DEFAULT_OUT})")
-    where.add_argument("--resume", action="store_true", help="continue an interrupted grid (Tuner.restore)")
     args = parser.parse_args(argv)
     if not args.demo and args.manifest is None:
         parser.error("give --manifest and --cache, or --demo")
@@ -102,6 +105,7 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
     args.grid = args.grid or f"table{args.table or 3}"
     if args.workers_per_fold < 1:
         parser.error("--workers-per-fold must be at least 1")
+    check_retries(parser, args, "fold_retries")
     return args
 
 
@@ -190,10 +194,7 @@ def run_grid(grid: Grid, ctx: SweepContext, storage: str, name: str, max_concurr
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
     path = f"{storage}/{name}"
     if resume:
-        if not tune.Tuner.can_restore(path):
-            raise SystemExit(f"--resume: no restorable grid at {path}")
-        logger.info("resuming %s from %s", name, path)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+        return restore_tuner(path, trainable, "grid").fit()
     tuner = tune.Tuner(trainable, param_space=grid.param_space(),
                        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=1,
                                                    max_concurrent_trials=max_concurrent),
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume and "://" not in storage and Path(storage, name).exists():
         raise SystemExit(f"{storage}/{name} already exists: add --resume to continue it, or pick another --name")
     uri = mlflow_runs.resolve_tracking_uri(args.mlflow_uri)
+    out_root = output_root(storage, name)
+    preflight(args, storage, out_root, uri)
     experiment_id = mlflow_runs.ensure_experiment(uri, args.experiment,
                                                   mlflow_runs.default_artifact_location(uri, args.experiment))
     parent_run_id = open_parent_run(grid, name, data, uri, experiment_id, args, seeds)
@@ -248,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     start_ray(args.address, uri)
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, len(grid.rows),
                   len(data.folds) * max(1, len(seeds)), args.max_concurrent, args.parallel_folds)
-    out_root = f"{storage}/{name}-outputs" if "://" not in storage else f"/tmp/tfmamba-ablations/{name}-outputs"
     ctx = SweepContext(sweep_id=name, space=grid.space, manifest_dir=data.manifest_dir, cache=data.cache,
                        folds=data.folds, out_root=out_root, train_storage=f"{storage}/{name}-train", tracking_uri=uri,
                        experiment_id=experiment_id, parent_run_id=parent_run_id,
                        workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
-                       gpus_per_worker=args.gpus_per_worker, parallel_folds=layout.parallel_folds, seeds=seeds,
+                       gpus_per_worker=args.gpus_per_worker, parallel_folds=layout.parallel_folds,
+                       fold_retries=args.fold_retries, seeds=seeds,
                        row_caches={row: cache for row, (cache, _) in caches.items()})
     repeats = f" x {len(seeds)} seeds" if seeds else ""
     print(f"\n{grid.table} {name}: {len(grid.rows)} rows x {len(data.folds)} folds{repeats} of {data.corpus}, "

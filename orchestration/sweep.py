@@ -56,6 +56,9 @@ def add_resource_options(parser: argparse.ArgumentParser, unit: str) -> argparse
                            help=f"folds of one {unit} at once (default: what is left of the cluster per {unit})")
     resources.add_argument("--address", default=None,
                            help="Ray cluster to join ('auto' under `ray submit`); default: start a local Ray")
+    resources.add_argument("--fold-retries", type=int, default=DEFAULT_FOLD_RETRIES,
+                           help="restarts of a fold whose Train worker died or failed, from its last epoch checkpoint "
+                                f"(default: {DEFAULT_FOLD_RETRIES}; node preemptions are retried without limit)")
     return resources
 
 
@@ -69,7 +72,18 @@ def add_output_options(parser: argparse.ArgumentParser, run: str, name_default: 
     where.add_argument("--mlflow-uri", default=None,
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     where.add_argument("--experiment", default=experiment, help=f"MLflow experiment (default: {experiment})")
+    where.add_argument("--resume", action="store_true", help=f"continue an interrupted {run} (Tuner.restore)")
+    where.add_argument("--min-free-gb", type=float, default=DEFAULT_MIN_FREE_GB,
+                       help="refuse to start unless every local results folder has this much free space "
+                            f"(default: {DEFAULT_MIN_FREE_GB:g})")
     return where
+
+
+def check_retries(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Retry counts are -1 (no limit), 0 or more."""
+    for name in names:
+        if getattr(args, name) < -1:
+            parser.error(f"--{name.replace('_', '-')} must be -1 (no limit), 0 or more")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,24 +114,14 @@ under --storage-path is taken otherwise). Finished trials are not rerun.""",
                         help="trials at once (default: as many as the cluster fits, at most --num-samples)")
     search.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
     resources = add_resource_options(parser, unit="trial")
-    resources.add_argument("--fold-retries", type=int, default=DEFAULT_FOLD_RETRIES,
-                           help="restarts of a fold whose Train worker died or failed, from its last epoch checkpoint "
-                                f"(default: {DEFAULT_FOLD_RETRIES}; node preemptions are retried without limit)")
     resources.add_argument("--trial-retries", type=int, default=0,
                            help="Tune retries of a failed trial; finished folds are kept (default: 0)")
-    where = add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>",
-                               experiment=DEFAULT_EXPERIMENT)
-    where.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
-    where.add_argument("--min-free-gb", type=float, default=DEFAULT_MIN_FREE_GB,
-                       help="refuse to start unless every local results folder has this much free space "
-                            f"(default: {DEFAULT_MIN_FREE_GB:g})")
+    add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>", experiment=DEFAULT_EXPERIMENT)
     args = parser.parse_args(argv)
     for name in ("num_samples", "workers_per_fold"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("fold_retries", "trial_retries"):
-        if getattr(args, name) < -1:
-            parser.error(f"--{name.replace('_', '-')} must be -1 (no limit), 0 or more")
+    check_retries(parser, args, "fold_retries", "trial_retries")
     return args
 
 
@@ -207,10 +211,7 @@ def build_tuner(args: argparse.Namespace, name: str, storage: str, space: Search
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
     path = f"{storage}/{name}"
     if args.resume:
-        if not tune.Tuner.can_restore(path):
-            raise SystemExit(f"--resume: no restorable sweep at {path}")
-        logger.info("resuming sweep %s from %s", name, path)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return restore_tuner(path, trainable, "sweep")
     if "://" not in storage and Path(path).exists():
         raise SystemExit(f"{path} already exists: add --resume to continue that sweep, or pick another --name")
     n_folds = len(ctx.folds)
@@ -230,6 +231,16 @@ def build_tuner(args: argparse.Namespace, name: str, storage: str, space: Search
     )
 
 
+def restore_tuner(path: str, trainable, what: str):
+    """The Tuner saved at `path`, to go on with its unfinished and errored trials (finished ones stay)."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        raise SystemExit(f"--resume: no restorable {what} at {path}")
+    logger.info("resuming %s from %s", what, path)
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+
 def output_root(storage: str, name: str) -> str:
     """Where the folds' output folders go: beside the Tune results, or under /tmp for remote storage."""
     return f"{storage}/{name}-outputs" if "://" not in storage else f"/tmp/tfmamba-sweeps/{name}-outputs"
@@ -241,7 +252,7 @@ def preflight(args: argparse.Namespace, storage: str, out_root: str, uri: str) -
     try:
         check_outputs(where, args.min_free_gb)
     except PreflightError as err:
-        raise SystemExit(f"sweep: {err}") from None
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
 
 
 def report_mlflow_gaps(ctx: SweepContext) -> None:

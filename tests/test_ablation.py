@@ -115,6 +115,19 @@ def test_table2_missing_cache_stops_before_training_with_the_command(demo, tmp_p
         main(["--table", "2", "--manifest", str(demo.manifest_dir), "--row-cache", "wavlm-xl=/x"])
 
 
+def test_grid_refuses_to_start_when_results_cannot_be_written(demo, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestration.ablation import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"(?s)cannot write the results, nothing was started.*is a file, not a folder"):
+        main(["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--rows", "baseline",
+              "--storage-path", str(blocker / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
 def run_cli(command: list[str], cwd: Path, timeout: float = 420) -> str:
     done = subprocess.run(command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
     output = done.stdout + done.stderr
