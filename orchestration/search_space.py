@@ -119,12 +119,16 @@ class SearchSpace:
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
-    """A path, or the name of a file in `search_spaces/` (with or without `.yaml`)."""
+    """A YAML file's path, or the name of a file in `search_spaces/` (with or without `.yaml`).
+
+    Only files count: a folder that happens to share a shipped space's name (a `demo/` data folder in
+    the working directory) does not hide that space.
+    """
     path = Path(name_or_path)
-    if path.exists():
+    if path.is_file():
         return path.resolve()
     for candidate in (SPACES_DIR / f"{name_or_path}.yaml", SPACES_DIR / str(name_or_path)):
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.exists() else []
     raise SearchSpaceError(f"search space {str(name_or_path)!r} not found (a YAML path, or one of: {', '.join(known)})")

@@ -82,3 +82,11 @@ def test_bad_spaces_are_rejected_with_the_reason(tmp_path: Path, changes: dict, 
 def test_missing_space_lists_the_shipped_ones() -> None:
     with pytest.raises(SearchSpaceError, match="one of: .*default"):
         load_search_space("no-such-space")
+
+
+def test_a_folder_named_like_a_space_does_not_hide_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "demo").mkdir()  # e.g. a demo data folder in the working directory
+    monkeypatch.chdir(tmp_path)
+    assert load_search_space("demo").path.name == "demo.yaml"
+    with pytest.raises(SearchSpaceError, match="not found"):
+        load_search_space(str(tmp_path))
