@@ -168,12 +168,14 @@ def _log_problems(problems: list[Problem]) -> None:
 
 
 def format_summary(result: PrepareResult) -> str:
-    """Human-readable counts per label and split/session, skips with reasons, output paths."""
+    """Human-readable class order, counts per label and split/session, skips with reasons, output paths."""
     table = result.manifest.table
     lines = [
         f"corpus {result.manifest.corpus}: {len(table)} utterances, "
         f"{table['duration'].sum() / 3600:.2f} h"
-        + (" (reused outputs of a previous run with the same options)" if result.reused else "")
+        + (" (reused outputs of a previous run with the same options)" if result.reused else ""),
+        "classes, in the model's output order: "
+        + ", ".join(f"{index} {label}" for index, label in enumerate(result.manifest.labels)),
     ]
     group = "split" if "split" in table.columns else "session"
     counts = table.groupby([group, "label"]).size().unstack(fill_value=0)
