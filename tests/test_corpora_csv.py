@@ -8,7 +8,7 @@ import soundfile
 
 from tfmamba.cli import main
 from tfmamba.corpora.csvfile import build_from_csv, read_label_csv
-from tfmamba.corpora.manifest import read_manifest, read_problems
+from tfmamba.corpora.manifest import Problem, read_manifest, read_problems
 from tfmamba.errors import DataError
 from tfmamba.folds import load_folds
 
@@ -43,8 +43,8 @@ def test_build_from_csv(corpus):
 
 
 def test_labels_option_sets_order_and_rejects_unknown(corpus):
-    table, labels = read_label_csv(corpus, ["happy", "calm", "angry"])
-    assert labels == ["happy", "calm", "angry"] and len(table) == 14
+    checked = read_label_csv(corpus, ["happy", "calm", "angry"])
+    assert checked.labels == ["happy", "calm", "angry"] and len(checked.table) == 14
     with pytest.raises(DataError, match=r"labels.csv: unknown label 'angry' for 'audio/s1_1.wav' \(line 3\)"):
         read_label_csv(corpus, ["happy", "calm"])
 
@@ -83,3 +83,135 @@ def test_prepare_csv_all_files_bad_is_empty_manifest_error(tmp_path, capsys):
     assert main(["prepare", "csv", "--csv", str(csv), "--out", str(tmp_path / "out")]) == 2
     assert "empty manifest, no usable utterances (2 problems listed in" in capsys.readouterr().err
     assert len(read_problems(tmp_path / "out")) == 2
+
+
+SPREADSHEET_ROWS = [
+    ("angry", "1"), ("happy", "1"), ("neutral", "1"), ("sad", "1"),
+    ("angry", "2"), ("happy", "2"), ("Neutral", "2"), ("sad", "2"),
+    ("frustrated", "3"), ("", "3"), ("neutral", "3"), ("frustrated", "3"),
+]
+
+
+def write_corpus(folder, rows, header="label,session"):
+    """A label CSV `path,<header>` with one short wav per row (clipNN.wav, line NN + 2)."""
+    audio = folder / "audio"
+    audio.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = [f"path,{header}"]
+    for i, cells in enumerate(rows):
+        soundfile.write(audio / f"clip{i:02d}.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
+        lines.append(",".join([f"audio/clip{i:02d}.wav", *cells]))
+    csv = folder / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv
+
+
+def prepare(csv, out, *options):
+    return main(["prepare", "csv", "--csv", str(csv), "--out", str(out), *options])
+
+
+def test_case_variants_stop_before_anything_is_written(tmp_path, capsys):
+    csv = write_corpus(tmp_path / "corpus", SPREADSHEET_ROWS)
+    assert prepare(csv, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "values that differ only in case or surrounding spaces; nothing was written" in err
+    assert "label 'neutral' (2 rows, lines 4, 12), 'Neutral' (1 row, line 8)" in err
+    assert "--label-map Neutral=neutral (repeatable), or --labels angry frustrated happy neutral sad" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_surrounding_spaces_are_a_variant_too(tmp_path):
+    rows = [("neutral", "1"), ("neutral ", "1"), ("sad", "2"), ("sad", "2")]
+    csv = write_corpus(tmp_path / "corpus", rows)
+    with pytest.raises(DataError, match=r"label 'neutral' \(1 row, line 2\), 'neutral ' \(1 row, line 3\)") as err:
+        read_label_csv(csv)
+    assert "--label-map 'neutral =neutral'" in str(err.value)
+    assert read_label_csv(csv, label_map={"neutral ": "neutral"}).labels == ["neutral", "sad"]
+
+
+def test_label_map_merges_variants_and_skips_an_empty_label_as_no_label(tmp_path, capsys):
+    csv = write_corpus(tmp_path / "corpus", SPREADSHEET_ROWS)
+    out = tmp_path / "out"
+    assert prepare(csv, out, "--label-map", "Neutral=neutral") == 0
+    summary = capsys.readouterr().out
+    assert "classes, in the model's output order: 0 angry, 1 frustrated, 2 happy, 3 neutral, 4 sad" in summary
+    manifest = read_manifest(out)
+    assert manifest.labels == ["angry", "frustrated", "happy", "neutral", "sad"]
+    assert (manifest.table.label == "neutral").sum() == 3 and len(manifest) == 11
+    assert read_problems(out) == [Problem("clip09", str(csv.parent / "audio" / "clip09.wav"), "no label")]
+    assert "1 x no label" in summary
+
+
+def test_labels_option_matches_ignoring_case_and_needs_every_label(tmp_path, capsys):
+    csv = write_corpus(tmp_path / "corpus", SPREADSHEET_ROWS)
+    assert prepare(csv, tmp_path / "out", "--labels", "neutral", "angry", "happy", "sad", "frustrated") == 2
+    assert "no label for 'audio/clip09.wav' (line 11); with --labels every row needs one" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    rows = [row for row in SPREADSHEET_ROWS if row[0]]
+    csv = write_corpus(tmp_path / "filled", rows)
+    assert prepare(csv, tmp_path / "out", "--labels", "Neutral", "angry", "happy", "sad", "frustrated") == 0
+    assert "classes, in the model's output order: 0 Neutral, 1 angry, 2 happy, 3 sad, 4 frustrated" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.labels == ["Neutral", "angry", "happy", "sad", "frustrated"]
+    assert (manifest.table.label == "Neutral").sum() == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "message"),
+    [
+        ("label,session", [("a", "Ses1"), ("a", "ses1"), ("b", "2")], "session 'Ses1' (1 row, line 2), 'ses1' (1 row, line 3)"),
+        ("label,split", [("a", "train"), ("a", "Train"), ("b", "test")], "split 'train' (1 row, line 2), 'Train' (1 row, line 3)"),
+        ("label,session", [("a", "1"), ("a", " 1"), ("b", "2")], "session '1' (1 row, line 2), ' 1' (1 row, line 3)"),
+    ],
+    ids=["session-case", "split-case", "session-spaces"],
+)
+def test_session_and_split_variants_stop_the_build(tmp_path, header, rows, message):
+    csv = write_corpus(tmp_path / "corpus", rows, header)
+    with pytest.raises(DataError, match="differ only in case or surrounding spaces") as err:
+        read_label_csv(csv)
+    assert message in str(err.value)
+    assert "one spelling per" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "reason"),
+    [
+        ("label,session", [("a", "1"), ("b", "1"), ("a", "2"), ("b", "2"), ("a", "")], "no session"),
+        ("label,split", [("a", "train"), ("b", "train"), ("a", "test"), ("b", "test"), ("a", " ")], "no split"),
+    ],
+    ids=["session", "split"],
+)
+def test_an_empty_session_or_split_is_skipped_not_a_fold(tmp_path, header, rows, reason):
+    checked = read_label_csv(write_corpus(tmp_path / "corpus", rows, header))
+    assert len(checked.table) == 4
+    assert [(p.utt_id, p.reason) for p in checked.problems] == [("clip04", reason)]
+
+
+def test_an_empty_row_is_skipped_as_no_path(tmp_path):
+    csv = write_corpus(tmp_path / "corpus", [("a", "1"), ("b", "2")])
+    csv.write_text(csv.read_text() + ",,\n")
+    checked = read_label_csv(csv)
+    assert checked.labels == ["a", "b"]
+    assert [p.reason for p in checked.problems] == ["no path (line 4)"]
+
+
+def test_unknown_split_is_named_with_its_line(tmp_path):
+    csv = write_corpus(tmp_path / "corpus", [("a", "train"), ("b", "validation")], "label,split")
+    with pytest.raises(DataError, match=r"unknown split 'validation' \(line 3\)"):
+        read_label_csv(csv)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--label-map", "Neutral"], "--label-map 'Neutral': expected OLD=NEW"),
+        (["--label-map", "a=b", "--label-map", "a=c"], "--label-map maps 'a' to both 'b' and 'c'"),
+        (["--labels", "neutral", "Neutral"], "--labels: 'neutral' and 'Neutral' are the same label"),
+    ],
+    ids=["no-equals", "two-targets", "labels-twice"],
+)
+def test_bad_label_options_are_refused(tmp_path, capsys, options, message):
+    csv = write_corpus(tmp_path / "corpus", [("a", "1"), ("b", "2")])
+    assert prepare(csv, tmp_path / "out", *options) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

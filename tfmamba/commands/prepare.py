@@ -42,10 +42,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="any corpus from a CSV (path, label, optional utt_id/speaker/session/split)",
         description="A CSV with columns path and label, optional utt_id, speaker, and session "
         "(leave-one-session-out folds) or split (train/dev/test). Relative paths are resolved "
-        "against the CSV's folder.",
+        "against the CSV's folder. A row with an empty path, label, session or split is skipped "
+        "into problems.csv. Values of the label, session or split column that differ only in case "
+        "or surrounding spaces (Neutral, neutral) stop the command before anything is written: "
+        "fix the CSV, or for labels say what you meant with --labels or --label-map.",
     )
     table.add_argument("--csv", required=True, type=Path, help="the label CSV")
-    table.add_argument("--labels", nargs="+", default=None, help="class order; other labels are an error (default: sorted labels found)")
+    table.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="class order, matched ignoring case and surrounding spaces; other or empty labels are an error "
+        "(default: the sorted labels found)",
+    )
+    table.add_argument(
+        "--label-map",
+        action="append",
+        default=None,
+        metavar="OLD=NEW",
+        help="read label OLD as NEW (OLD matched exactly, spaces around it ignored; repeatable), "
+        "e.g. --label-map Neutral=neutral",
+    )
     table.add_argument("--max-duration", type=float, default=None, help="skip clips longer than this (seconds)")
 
     demo = corpora.add_parser(
@@ -83,10 +100,13 @@ def run(args: argparse.Namespace) -> int:
         options = {"root": str(args.root.resolve()), "max_duration": args.max_duration}
         build = partial(build_meld, args.root, max_duration=args.max_duration)
     elif args.corpus == "csv":
-        from tfmamba.corpora.csvfile import build_from_csv
+        from tfmamba.corpora.csvfile import build_from_csv, parse_label_map
 
+        label_map = parse_label_map(args.label_map)
         options = {"csv": str(args.csv.resolve()), "labels": args.labels, "max_duration": args.max_duration}
-        build = partial(build_from_csv, args.csv, labels=args.labels, max_duration=args.max_duration)
+        if label_map:
+            options["label_map"] = label_map
+        build = partial(build_from_csv, args.csv, labels=args.labels, max_duration=args.max_duration, label_map=label_map)
     else:
         from tfmamba.corpora.demo import generate_demo
 
