@@ -30,13 +30,25 @@ def test_table3_grid_rows_and_settings() -> None:
     assert grid.space.base == "demo" and grid.space.fixed["epochs"] == 1
     weights = {name: grid.space.trial_config(row).cmdt_weight for name, row in grid.rows.items()}
     assert weights == {"baseline": 0.0, "attention": 0.0, "temporal": 0.0, "tf": 0.0, "tf_cmdt": 0.1,
-                       "dual_temporal": 0.0}
+                       "dual_temporal": 0.1}
     assert grid.space.trial_config(grid.rows["tf"]).variant == "tf"
     space = grid.param_space()
     assert space["row"] == {"grid_search": list(VARIANTS)}
     assert space["cmdt_weight"].func({"config": {"row": "tf_cmdt"}}) == 0.1
     assert space["variant"].func({"config": {"row": "dual_temporal"}}) == "dual_temporal"
     assert load_grid("table3", demo=False).space.base == "paper"
+
+
+@pytest.mark.parametrize("demo_rows", [False, True])
+def test_dual_temporal_row_differs_from_the_full_model_only_in_the_branch(demo_rows: bool) -> None:
+    """The paper's frequency-branch gains are the full model minus the dual row: same settings, CMDT included."""
+    from orchestration.grid import load_grid
+
+    grid = load_grid("table3", demo=demo_rows)
+    full = grid.space.trial_config(grid.rows["tf_cmdt"]).to_dict()
+    dual = grid.space.trial_config(grid.rows["dual_temporal"]).to_dict()
+    assert {k for k in full if full[k] != dual[k]} == {"variant"}
+    assert dual["cmdt_weight"] == full["cmdt_weight"] == 0.1
 
 
 def test_grid_errors_name_the_problem(tmp_path: Path) -> None:
