@@ -68,8 +68,60 @@ def test_training_step_gives_finite_gradients_everywhere():
     torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 3])).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    omega = model.block.second.xbc_filter.omega_raw
-    assert omega.grad.abs().sum() > 0, "the filter threshold omega must be learnable"
+    filt = model.block.second.xbc_filter
+    assert filt.omega_raw.grad.abs().sum() > 0, "the filter threshold omega must be learnable"
+    assert filt.head[2].weight.grad.abs().sum() > 0, "the head that conditions omega on the spectrum must learn"
+
+
+def test_frequency_branch_filters_the_projection_itself_without_conv_by_default():
+    """Eq. 2 puts the 1D conv + SiLU in the temporal module only; Eq. 3 takes the FFT of Split(Phi^F)."""
+    torch.manual_seed(0)
+    model = build_model("tf", input_dim=20, **SMALL)
+    temporal, frequency = model.block.first, model.block.second
+    assert temporal.conv1d is not None and frequency.conv1d is None
+    assert not any("conv1d" in name for name, _ in frequency.named_parameters())
+    seen = {}
+    frequency.xbc_filter.register_forward_pre_hook(lambda module, args: seen.setdefault("xbc", args[0]))
+    u = torch.randn(2, 13, 32)
+    frequency(u, torch.tensor([13, 8]))
+    _, xbc, _ = torch.split(frequency.in_proj(u), [frequency.d_inner, frequency.conv_dim, frequency.nheads], dim=-1)
+    assert torch.equal(seen["xbc"], xbc), "the filter must see the projection's [x, B, C], not a conv output"
+    old = build_model("tf", input_dim=20, freq_conv=True, **SMALL).block.second
+    assert old.conv1d is not None, "freq_conv=True keeps the earlier form"
+
+
+def test_omega_is_learned_from_each_utterance_spectrum():
+    torch.manual_seed(0)
+    filt = FrequencyFilter(6, filter_init=0.3, hidden=4)
+    quiet, loud = torch.randn(1, 40, 6), 10 * torch.randn(1, 40, 6)
+    spectra = [torch.log(torch.fft.rfft(x, dim=1, norm="ortho").abs() ** 2 + 1e-8) for x in (quiet, loud)]
+    # at initialisation omega is filter_init for every input, as with a fixed threshold
+    for log_power in spectra:
+        assert torch.allclose(filt.log_threshold(log_power).exp(), torch.full((1, 1, 6), 0.3), atol=1e-6)
+    with torch.no_grad():
+        filt.head[2].weight.normal_()
+    assert not torch.allclose(filt.log_threshold(spectra[0]), filt.log_threshold(spectra[1]))
+    # one step of gradient descent reaches every part of the threshold through the soft mask
+    filt.zero_grad()
+    filt(quiet).square().sum().backward()
+    for name, p in filt.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert FrequencyFilter(6, hidden=0).head is None
+
+
+def test_frequency_branch_has_the_paper_margin_over_a_temporal_one():
+    """Table III: 20.79 M (tf) vs 20.77 M (dual_temporal), so F has 0.01-0.03 M more parameters than T."""
+    gap = count_parameters(build_model("tf")) - count_parameters(build_model("dual_temporal"))
+    assert 10_000 <= gap <= 30_000, gap
+    legacy = count_parameters(build_model("tf", freq_conv=True, filter_hidden=0))
+    assert legacy - count_parameters(build_model("dual_temporal")) == 2304, "a fixed omega per channel: +0.002 M only"
+
+
+def test_saved_configs_without_the_new_keys_describe_the_earlier_branch():
+    new = ModelConfig(input_dim=20, **SMALL).to_dict()
+    config = ModelConfig.from_saved({k: v for k, v in new.items() if k not in ("freq_conv", "filter_hidden")})
+    assert (config.freq_conv, config.filter_hidden) == (True, 0)
+    assert ModelConfig.from_saved(ModelConfig(input_dim=20, **SMALL).to_dict()) == ModelConfig(input_dim=20, **SMALL)
 
 
 def test_frequency_filter_soft_mask_tends_to_the_hard_mask():

@@ -29,6 +29,9 @@ from tfmamba.ssd import BACKENDS
 
 VARIANTS: tuple[str, ...] = ("baseline", "attention", "temporal", "tf", "tf_cmdt", "dual_temporal")
 _BLOCK_SLOTS = {"temporal": "identity", "tf": "frequency", "tf_cmdt": "frequency", "dual_temporal": "temporal"}
+# The frequency branch as built before `freq_conv` and `filter_hidden` existed (conv + SiLU before the
+# filter, one input-independent omega per channel): what a saved model.json without these keys describes.
+LEGACY_MODEL_SETTINGS: dict[str, Any] = {"freq_conv": True, "filter_hidden": 0}
 
 
 @dataclass
@@ -51,6 +54,8 @@ class ModelConfig:
     dropout: float = 0.1
     filter_init: float = 0.05
     filter_sharpness: float = 4.0
+    filter_hidden: int = 4
+    freq_conv: bool = False
     ssd_backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class ModelConfig:
             raise ConfigError(f"filter_init (omega) must be > 0, got {self.filter_init}")
         if not self.filter_sharpness > 0:
             raise ConfigError(f"filter_sharpness must be > 0, got {self.filter_sharpness}")
+        if int(self.filter_hidden) < 0:
+            raise ConfigError(f"filter_hidden must be >= 0 (0: one fixed omega per channel), got {self.filter_hidden}")
         if self.ssd_backend not in BACKENDS:
             raise ConfigError(f"unknown ssd_backend {self.ssd_backend!r}; choose one of {BACKENDS}")
 
@@ -87,6 +94,11 @@ class ModelConfig:
         d = asdict(self)
         d["classifier_dims"] = list(self.classifier_dims)
         return d
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> ModelConfig:
+        """The config of a saved model.json; keys it predates take their then-fixed values (LEGACY_MODEL_SETTINGS)."""
+        return cls.from_dict({**LEGACY_MODEL_SETTINGS, **data})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -152,7 +164,7 @@ class TFMamba(nn.Module):
         second: nn.Module | None = None
         if slot == "frequency":
             second = FrequencyBranch(c.d_model, filter_init=c.filter_init, filter_sharpness=c.filter_sharpness,
-                                     **mixer_kwargs)
+                                     filter_hidden=c.filter_hidden, conv=c.freq_conv, **mixer_kwargs)
         elif slot == "temporal":
             second = TemporalBranch(c.d_model, **mixer_kwargs)
         return TFMambaBlock(c.d_model, TemporalBranch(c.d_model, **mixer_kwargs), second)

@@ -6,11 +6,23 @@ learned. We read the mask as its smooth version, a sigmoid in the log-power doma
 
     mask = sigmoid(sharpness * (log |Theta|^2 - log omega)),   omega = softplus(omega_raw) > 0
 
-with one learnable omega per channel, initialised to `filter_init` (searched by the sweep).
 As sharpness grows this tends to the paper's hard mask; the log domain makes the sharpness
-independent of the features' scale. Speech-feature trajectories carry most of their power at
-low modulation frequencies, so keeping high-power bins acts as the paper's data-adaptive
-low-pass filter while also dropping weak (noisy) components.
+independent of the features' scale.
+
+The paper learns the thresholds "from Theta^F", so omega depends on the utterance: statistics of
+each channel's log power spectrum (its mean and standard deviation over the bins) go through a
+small head (2C -> hidden -> C) whose output scales the per-channel base threshold::
+
+    log omega(x) = log softplus(omega_raw) + head(mean_k log|Theta_k|^2, std_k log|Theta_k|^2)
+
+The head's last layer starts at zero, so at initialisation omega equals `filter_init` (searched by
+the sweep) for every utterance, and the base and head both get gradients through the soft mask.
+`hidden=0` drops the head: one input-independent omega per channel (the earlier form). Why this
+is the default (the paper's parameter counts) is in docs/architecture.md.
+
+Speech-feature trajectories carry most of their power at low modulation frequencies, so keeping
+high-power bins acts as the paper's data-adaptive low-pass filter while also dropping weak
+(noisy) components.
 
 The FFT is taken per utterance over its own valid frames (norm="ortho", so power does not grow
 with length), and the filtered signal is written back to those frames only: an utterance's
@@ -27,7 +39,7 @@ from torch import Tensor, nn
 
 
 class FrequencyFilter(nn.Module):
-    """Soft power-threshold filter along time with a learnable per-channel threshold omega."""
+    """Soft power-threshold filter along time; the per-channel threshold omega is learned from the spectrum."""
 
     def __init__(
         self,
@@ -35,6 +47,7 @@ class FrequencyFilter(nn.Module):
         filter_init: float = 0.05,
         sharpness: float = 4.0,
         eps: float = 1e-8,
+        hidden: int = 4,
         *,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
@@ -44,20 +57,38 @@ class FrequencyFilter(nn.Module):
             raise ValueError(f"filter_init (omega) must be > 0, got {filter_init}")
         if sharpness <= 0:
             raise ValueError(f"filter sharpness must be > 0, got {sharpness}")
+        if hidden < 0:
+            raise ValueError(f"the filter head's hidden width must be >= 0, got {hidden}")
         self.sharpness = sharpness
         self.eps = eps
         # Inverse softplus, so that softplus(omega_raw) == filter_init at the start.
         raw = filter_init + math.log(-math.expm1(-filter_init))
         self.omega_raw = nn.Parameter(torch.full((channels,), raw, device=device, dtype=dtype))
         self.omega_raw._no_weight_decay = True
+        self.head: nn.Sequential | None = None
+        if hidden:
+            factory_kwargs = {"device": device, "dtype": dtype}
+            self.head = nn.Sequential(nn.Linear(2 * channels, hidden, **factory_kwargs), nn.SiLU(),
+                                      nn.Linear(hidden, channels, bias=False, **factory_kwargs))
+            nn.init.zeros_(self.head[2].weight)  # omega = filter_init for every input at the start
 
     @property
     def omega(self) -> Tensor:
+        """The base threshold per channel (channels,): omega itself without a head, its scale with one."""
         return F.softplus(self.omega_raw.float())
 
+    def log_threshold(self, log_power: Tensor) -> Tensor:
+        """log omega for log power spectra (batch, bins, channels) -> (batch, 1, channels)."""
+        base = torch.log(self.omega).expand(log_power.shape[0], -1)
+        if self.head is not None:
+            std, mean = torch.std_mean(log_power, dim=1, correction=0)
+            base = base + self.head(torch.cat([mean, std], dim=-1).to(self.head[0].weight.dtype)).float()
+        return base.unsqueeze(1)
+
     def mask(self, power: Tensor) -> Tensor:
-        """Soft pass mask in [0, 1] for a power spectrum (..., bins, channels)."""
-        return torch.sigmoid(self.sharpness * (torch.log(power + self.eps) - torch.log(self.omega)))
+        """Soft pass mask in [0, 1] for power spectra (batch, bins, channels)."""
+        log_power = torch.log(power + self.eps)
+        return torch.sigmoid(self.sharpness * (log_power - self.log_threshold(log_power)))
 
     def _filter(self, seq: Tensor) -> Tensor:
         """Filter (batch, n, channels) sequences that are all valid, along dim 1."""

@@ -1,9 +1,12 @@
 """A Mamba-2 mixer with mamba-ssm's parameter layout, used by both TF-Mamba branches.
 
-Temporal branch (paper Eq. 2-3, 6): in_proj -> causal depthwise conv over [x, B, C] -> SiLU ->
-SSD -> gated RMSNorm with z -> out_proj. The frequency branch is the same mixer with a
-`FrequencyFilter` applied to the conv output [x, B, C] before the SSD (Eq. 3-4); A (through dt)
-and the gate z are not filtered, as in the paper's Split of Phi^F.
+Temporal branch (paper Eq. 2, 5-6): in_proj -> causal depthwise conv over [x, B, C] -> SiLU ->
+SSD -> gated RMSNorm with z -> out_proj. Frequency branch (Eq. 3-4, 6): the same mixer without
+the conv and SiLU, which Eq. 2 puts in the temporal module only: the FFT of Eq. 3 is taken of the
+projection's [x, B, C] part (Phi_0^F of Split(Phi^F)), a `FrequencyFilter` keeps its strong bins,
+and the inverse FFT gives X^F, B^F, C^F for the SSD. A (through dt) and the gate z are not
+filtered, as in the paper's Split of Phi^F. `FrequencyBranch(conv=True)` is the earlier form
+(conv + SiLU, then the filter), kept for models saved before the change.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Mamba2Mixer(nn.Module):
         A_init_range: tuple[float, float] = (1.0, 16.0),
         ssd_backend: str = "auto",
         xbc_filter: nn.Module | None = None,
+        conv: bool = True,
         *,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
@@ -59,7 +63,7 @@ class Mamba2Mixer(nn.Module):
         self.in_proj = nn.Linear(d_model, d_in_proj, bias=False, **factory_kwargs)
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1, **factory_kwargs
-        )
+        ) if conv else None
         self.xbc_filter = xbc_filter
 
         # dt_bias = inverse softplus of dt ~ logUniform[dt_min, dt_max] (mamba-ssm's init).
@@ -80,7 +84,8 @@ class Mamba2Mixer(nn.Module):
         """u (batch, seqlen, d_model); lengths (batch,) valid frames, needed by a frequency filter."""
         batch, seqlen, _ = u.shape
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
+        if self.conv1d is not None:
+            xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
         if self.xbc_filter is not None:
             xbc = self.xbc_filter(xbc, lengths)
         x, B, C = torch.split(xbc, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
@@ -105,10 +110,13 @@ class TemporalBranch(Mamba2Mixer):
 
 
 class FrequencyBranch(Mamba2Mixer):
-    """F(.): the frequency-filter Mamba-2 branch (Eq. 3-4): [x, B, C] filtered along time before the SSD."""
+    """F(.): the frequency-filter Mamba-2 branch (Eq. 3-4): the projected [x, B, C] filtered along time
+    before the SSD, with no conv or SiLU (`conv=True`: the earlier form, conv + SiLU before the filter)."""
 
-    def __init__(self, d_model: int, filter_init: float = 0.05, filter_sharpness: float = 4.0, **kwargs) -> None:
-        super().__init__(d_model, **kwargs)
+    def __init__(self, d_model: int, filter_init: float = 0.05, filter_sharpness: float = 4.0,
+                 filter_hidden: int = 4, conv: bool = False, **kwargs) -> None:
+        super().__init__(d_model, conv=conv, **kwargs)
         self.xbc_filter = FrequencyFilter(
-            self.conv_dim, filter_init, filter_sharpness, device=kwargs.get("device"), dtype=kwargs.get("dtype")
+            self.conv_dim, filter_init, filter_sharpness, hidden=filter_hidden,
+            device=kwargs.get("device"), dtype=kwargs.get("dtype")
         )

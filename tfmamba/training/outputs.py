@@ -99,7 +99,7 @@ def load_trained_model(folder: str | Path, device: str = "cpu") -> tuple[TFMamba
         raise DataError(f"{folder / MODEL_JSON}: not valid JSON ({err})") from err
     if description.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{folder}: model format {description.get('format_version')!r}, expected {FORMAT_VERSION}")
-    model = TFMamba(ModelConfig.from_dict(description["model"]))
+    model = TFMamba(ModelConfig.from_saved(description["model"]))
     try:
         model.load_state_dict(load_weights(folder / MODEL_WEIGHTS))
     except RuntimeError as err:
