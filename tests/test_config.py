@@ -14,6 +14,16 @@ def test_paper_config_is_the_default_and_the_papers_setting():
     assert (paper.d_model, paper.lr, paper.batch_size, paper.cmdt_weight) == (1024, 5e-4, 32, 0.1)
 
 
+def test_the_selection_metric_is_the_corpus_own_unless_set():
+    from tfmamba.corpora import selection_metric
+
+    paper = load_train_config("paper")
+    assert paper.select_metric == "auto" and paper.eval_max_frames is None and paper.freq_conv is False
+    assert paper.selection("meld") == ("valid_wf1", True) and selection_metric("MELD") == "valid_wf1"
+    assert paper.selection("iemocap") == paper.selection("demo") == ("valid_ua", True)
+    assert paper.replace(select_metric="valid_loss").selection("meld") == ("valid_loss", False)
+
+
 def test_demo_config_builds_a_small_model():
     demo = load_train_config("demo")
     model = demo.model_config(num_classes=4, input_dim=80)
@@ -40,6 +50,9 @@ def test_yaml_file_and_overrides_round_trip(tmp_path):
         ({"cmdt_weight": -1}, "cmdt_weight"),
         ({"batch_size": 0}, "batch_size"),
         ({"max_frames": 0}, "max_frames"),
+        ({"eval_max_frames": 0}, "eval_max_frames"),
+        ({"filter_hidden": -1}, "filter_hidden"),
+        ({"freq_conv": "no"}, "freq_conv"),
         ({"variant": "transformer"}, "variant"),
         ({"scheduler": "step"}, "scheduler"),
         ({"select_metric": "test_ua"}, "select_metric"),

@@ -18,7 +18,8 @@ from tfmamba.errors import ConfigError, TrainingError
 from tfmamba.features.store import FeatureStore
 from tfmamba.folds import Fold
 from tfmamba.train import FoldResult, load_trained_model, train_fold
-from tfmamba.training.data import InputNorm, fold_into_linear
+from tfmamba.training.data import InputNorm, eval_batches, fold_into_linear
+from tfmamba.training.loop import make_optimizer, parameter_groups
 
 LABELS = ["neu", "hap", "ang", "sad"]
 DIM = 8
@@ -115,10 +116,9 @@ def test_outputs_reports_and_the_saved_model(tmp_path):
     assert description["labels"] == LABELS and description["feature"]["dim"] == DIM
     assert description["input_norm"]["mode"] == "global"
     store, manifest, fold = synthetic()
-    raw = [torch.from_numpy(store.get(u).astype(np.float32)) for u in fold.test]
-    centre = [x[max(0, (len(x) - 24) // 2):][:24] for x in raw]  # the trainer's evaluation crop
+    raw = [torch.from_numpy(store.get(u).astype(np.float32)) for u in fold.test]  # scored whole, as the trainer does
     with torch.no_grad():
-        predicted = [int(model(x[None], torch.tensor([len(x)])).logits.argmax()) for x in centre]
+        predicted = [int(model(x[None], torch.tensor([len(x)])).logits.argmax()) for x in raw]
     ua = np.mean([np.mean([p == c for p, u in zip(predicted, fold.test) if u.startswith(label)])
                   for c, label in enumerate(LABELS)])
     assert ua == pytest.approx(result.test["ua"])  # the folded weights on raw features reproduce the test
@@ -189,3 +189,100 @@ def test_gather_path_with_a_one_process_group_matches_plain_training(tmp_path):
     finally:
         dist.destroy_process_group()
     assert comparable(wrapped) == comparable(plain)
+
+
+def with_long_test_clip(frames: int = 1000, seed: int = 0) -> tuple[FeatureStore, Manifest, Fold]:
+    """The toy corpus at 50 frames/s (WavLM's rate) plus one test clip of `frames` frames (1000 = 20 s)."""
+    store, manifest, fold = synthetic(seed=seed)
+    rng = np.random.default_rng(seed)
+    long = rng.normal(-5.0, 2.0, size=(frames, DIM)).astype(np.float16)
+    features = np.concatenate([store.features, long])
+    offsets = np.concatenate([store.offsets, [store.offsets[-1] + frames]]).astype(np.int64)
+    meta = {**store.metadata, "frame_rate": 50.0}
+    store = FeatureStore(features, offsets, [*store.utt_ids, "long"], meta, uri="memory://long")
+    row = {"utt_id": "long", "label": "sad", "speaker": "s0", "session": 1, "path": "/x/long.wav",
+           "duration": frames / 50}
+    manifest = Manifest(table=pd.concat([manifest.table, pd.DataFrame([row])], ignore_index=True),
+                        corpus=manifest.corpus, labels=list(LABELS))
+    return store, manifest, Fold(index=1, name="toy", train=fold.train, valid=fold.valid, test=[*fold.test, "long"])
+
+
+def record_eval_lengths(monkeypatch) -> list[int]:
+    """Every utterance length the model sees in eval mode (validation and test)."""
+    from tfmamba.model import TFMamba
+
+    seen: list[int] = []
+    forward = TFMamba.forward
+
+    def spy(self, features, lengths):
+        if not self.training:
+            seen.extend(lengths.tolist())
+        return forward(self, features, lengths)
+
+    monkeypatch.setattr(TFMamba, "forward", spy)
+    return seen
+
+
+def test_a_20_second_test_clip_is_scored_whole(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    seen = record_eval_lengths(monkeypatch)
+    data = with_long_test_clip(1000)
+    result = run(tmp_path, "whole", tiny_config(epochs=1), data=data)  # max_frames=24 crops training clips only
+    assert 1000 in seen and result.eval_cropped == {"valid": 0, "test": 0}
+    assert sum(map(sum, result.test_confusion)) == len(data[2].test)
+    seen.clear()
+    capped = run(tmp_path, "capped", tiny_config(epochs=1, eval_max_frames=500), data=data)
+    assert max(seen) == 500 and capped.eval_cropped == {"valid": 0, "test": 1}
+
+
+def test_evaluation_batches_stay_within_a_training_batch_of_frames():
+    lengths = np.array([10, 10, 20, 30, 30, 30, 200])
+    batches = eval_batches(np.arange(7), lengths, size=4, frame_budget=90)
+    assert batches == [[0, 1, 2], [3, 4, 5], [6]]  # 3 x 20 = 60, 3 x 30 = 90; the long clip alone
+    assert all(len(b) * lengths[b].max() <= 90 for b in batches[:-1])
+    assert eval_batches(np.arange(7), lengths, size=4, frame_budget=None) == [[0, 1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("corpus, metric", [("meld", "valid_wf1"), ("toy", "valid_ua")])
+def test_the_best_epoch_is_selected_on_the_corpus_metric(tmp_path, corpus, metric):
+    torch.set_num_threads(1)
+    store, manifest, fold = synthetic()
+    manifest = Manifest(table=manifest.table, corpus=corpus, labels=manifest.labels)
+    recorder = Recorder()
+    result = run(tmp_path, corpus, tiny_config(epochs=4), recorder, data=(store, manifest, fold))
+    assert result.select_metric == metric
+    values = [row[metric] for row in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(values))  # the first epoch with the best value
+    assert all(f"best_{metric}" in m for m, _ in recorder.calls[:-1])
+    assert recorder.calls[-2][0][f"best_{metric}"] == max(values)
+    other = "best_valid_ua" if metric == "valid_wf1" else "best_valid_wf1"
+    assert all(other not in m for m, _ in recorder.calls)
+
+
+def test_no_weight_decay_parameters_get_their_own_group():
+    from tfmamba.model import build_model
+
+    sizes = {k: TINY[k] for k in ("d_model", "d_state", "headdim", "num_heads", "ffn_dim")}
+    model = build_model("tf", num_classes=4, input_dim=DIM, **sizes)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    flagged = sorted(names[id(p)] for p in no_decay["params"])
+    assert flagged == sorted(f"block.{b}.{k}" for b in ("first", "second") for k in ("A_log", "D", "dt_bias")) + [
+        "block.second.xbc_filter.omega_raw"]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    optimizer = make_optimizer(tiny_config(), model)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+
+
+def test_a_model_saved_before_the_frequency_branch_change_still_loads(tmp_path):
+    """model.json files written before freq_conv/filter_hidden existed describe conv + a fixed omega."""
+    torch.set_num_threads(1)
+    run(tmp_path, "old", tiny_config(epochs=1, freq_conv=True, filter_hidden=0))
+    path = tmp_path / "old" / "model.json"
+    description = json.loads(path.read_text())
+    for key in ("freq_conv", "filter_hidden"):
+        description["model"].pop(key)
+    path.write_text(json.dumps(description))
+    model, _ = load_trained_model(tmp_path / "old")
+    assert model.block.second.conv1d is not None and model.block.second.xbc_filter.head is None

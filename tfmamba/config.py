@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tfmamba.corpora import selection_metric
 from tfmamba.errors import ConfigError
 from tfmamba.model import VARIANTS, ModelConfig
 from tfmamba.ssd import BACKENDS
@@ -25,16 +26,22 @@ from tfmamba.ssd import BACKENDS
 SHIPPED_CONFIGS: tuple[str, ...] = ("paper", "demo")
 SCHEDULERS: tuple[str, ...] = ("cosine", "constant")
 INPUT_NORMS: tuple[str, ...] = ("none", "global")
-# Selection metrics and whether larger is better.
+# Selection metrics and whether larger is better; "auto" is the corpus's own (tfmamba.corpora.SELECTION_METRICS).
 SELECT_METRICS: dict[str, bool] = {"valid_ua": True, "valid_wa": True, "valid_wf1": True, "valid_loss": False}
+AUTO = "auto"
 MODEL_FIELDS: tuple[str, ...] = ("variant", "d_model", "d_state", "d_conv", "expand", "headdim", "ngroups",
                                  "chunk_size", "num_heads", "ffn_dim", "classifier_dims", "dropout", "filter_init",
-                                 "filter_sharpness", "ssd_backend")
+                                 "filter_sharpness", "filter_hidden", "freq_conv", "ssd_backend")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one fold's training depends on; defaults are the paper's setting (full-size model).
+
+    `max_frames` crops training clips (a random window); validation and test clips are scored whole
+    unless longer than `eval_max_frames` (None: no limit), a memory cap for extreme clips.
+    `select_metric="auto"` picks the best epoch on the corpus's metric (`tfmamba.corpora.selection_metric`:
+    validation WF1 on MELD, UA elsewhere).
 
     `input_norm="global"` standardises each feature dimension with the training split's mean and
     standard deviation (for un-normalised features such as raw log-mels); the statistics are
@@ -57,6 +64,8 @@ class TrainConfig:
     dropout: float = 0.1
     filter_init: float = 0.05
     filter_sharpness: float = 4.0
+    filter_hidden: int = 4
+    freq_conv: bool = False
     ssd_backend: str = "auto"
     # loss
     cmdt_weight: float = 0.1
@@ -71,9 +80,10 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float | None = 1.0
     patience: int = 8
-    select_metric: str = "valid_ua"
+    select_metric: str = AUTO
     seed: int = 0
     max_frames: int | None = 600
+    eval_max_frames: int | None = None
     amp: bool = True
     num_workers: int = 0
     input_norm: str = "none"
@@ -93,12 +103,12 @@ class TrainConfig:
         _choice("variant", self.variant, VARIANTS)
         _choice("ssd_backend", self.ssd_backend, BACKENDS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
-        _choice("select_metric", self.select_metric, tuple(SELECT_METRICS))
+        _choice("select_metric", self.select_metric, (AUTO, *SELECT_METRICS))
         _choice("input_norm", self.input_norm, INPUT_NORMS)
         for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size", "num_heads",
                      "ffn_dim", "cmdt_bins", "batch_size", "epochs"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("patience", "num_workers", "seed"):
+        for name in ("patience", "num_workers", "seed", "filter_hidden"):
             _at_least(name, getattr(self, name), 0)
         if not self.classifier_dims or min(self.classifier_dims) < 1:
             raise ConfigError(f"classifier_dims must be positive widths, got {list(self.classifier_dims)}")
@@ -114,11 +124,15 @@ class TrainConfig:
             _positive("grad_clip", self.grad_clip)
         if self.max_frames is not None:
             _at_least("max_frames", self.max_frames, 1)
+        if self.eval_max_frames is not None:
+            _at_least("eval_max_frames", self.eval_max_frames, 1)
         self.model_config(num_classes=2, input_dim=1)  # the model's own cross-field checks
 
-    @property
-    def select_higher_is_better(self) -> bool:
-        return SELECT_METRICS[self.select_metric]
+    def selection(self, corpus: str) -> tuple[str, bool]:
+        """The validation metric that picks the best epoch on `corpus` ("auto": the corpus's own), and whether
+        higher is better."""
+        metric = selection_metric(corpus) if self.select_metric == AUTO else self.select_metric
+        return metric, SELECT_METRICS[metric]
 
     def model_config(self, num_classes: int, input_dim: int) -> ModelConfig:
         """The network these settings describe, for `num_classes` classes and `input_dim` features."""

@@ -1,11 +1,12 @@
 """The fold trainer: `train_fold` trains one cross-validation fold, standalone or inside a Ray Train worker.
 
 Per epoch: train (CE and CMDT reported separately), evaluate on validation, write a checkpoint,
-then tell the reporter. The best epoch is chosen on the validation set only (`select_metric`);
-its weights are evaluated on the test set once, at the end. A restart with the same `out_dir`
-(or a `reporter.resume_dir()`) continues from the last checkpoint and ends with the same
-metrics as an uninterrupted run. The library never imports Ray: the orchestration passes a
-`Reporter` that forwards to `ray.train.report` (see docs/contracts.md).
+then tell the reporter. The best epoch is chosen on the validation set only (`select_metric`;
+"auto": the corpus's, validation WF1 on MELD and UA elsewhere); its weights are evaluated on the
+test set once, at the end. Validation and test utterances are scored whole (`eval_max_frames`).
+A restart with the same `out_dir` (or a `reporter.resume_dir()`) continues from the last
+checkpoint and ends with the same metrics as an uninterrupted run. The library never imports Ray:
+the orchestration passes a `Reporter` that forwards to `ray.train.report` (see docs/contracts.md).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from tfmamba.errors import ConfigError, DataError, TrainingError
 from tfmamba.features.store import FeatureStore
 from tfmamba.folds import Fold
 from tfmamba.metrics import compute_metrics
-from tfmamba.model import TFMamba
+from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
 from tfmamba.training import distributed
 from tfmamba.features.dataset import FeatureDataset
-from tfmamba.training.data import InputNorm, eval_loader, fold_datasets, fold_digest, input_norm, train_loader
+from tfmamba.training.data import (InputNorm, cropped_count, eval_loader, fold_datasets, fold_digest, input_norm,
+                                   train_loader)
 from tfmamba.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
 from tfmamba.training.outputs import deployable_weights, load_trained_model, model_description, write_json, write_outputs
 
@@ -74,6 +76,8 @@ class FoldResult:
     out_dir: str
     train_seconds: float
     error: str | None = None
+    select_metric: str = ""  # the validation metric that chose best_epoch
+    eval_cropped: dict[str, int] = field(default_factory=dict)  # valid/test clips cut to eval_max_frames
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +118,11 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     out_dir = Path(out_dir)
     _seed_everything(config.seed)
     data = fold_datasets(config, fold, manifest, store)
+    select, higher_is_better = config.selection(manifest.corpus)
+    cropped = {"valid": cropped_count(data.valid), "test": cropped_count(data.test)}
+    if any(cropped.values()):
+        logger.warning("fold %d: %d valid and %d test utterances are longer than eval_max_frames=%s and are "
+                       "centre-cropped", fold.index, cropped["valid"], cropped["test"], config.eval_max_frames)
     labels = list(manifest.labels)
     model_config = config.model_config(len(labels), store.dim)
     model = TFMamba(model_config).to(dev)
@@ -126,8 +135,8 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     _check_same_start(state.epoch, where)
     net = distributed.wrap(model, dev, where)
     best_weights = state.best_weights if state.best_weights is not None else cpu_state_dict(model)
-    logger.info("fold %d (%s): %d train / %d valid / %d test utterances, %s on %s, %s", fold.index, fold.name,
-                len(data.train), len(data.valid), len(data.test), config.variant, dev,
+    logger.info("fold %d (%s): %d train / %d valid / %d test utterances, %s on %s, best epoch on %s, %s",
+                fold.index, fold.name, len(data.train), len(data.valid), len(data.test), config.variant, dev, select,
                 f"resuming after epoch {state.epoch}" if state.epoch else "from scratch")
     bar = tqdm(total=config.epochs * len(sampler), initial=min(state.epoch, config.epochs) * len(sampler),
                desc=f"fold {fold.index}", unit="step", disable=not (progress and where.is_main), dynamic_ncols=True)
@@ -145,15 +154,15 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             if not math.isfinite(valid.loss):
                 raise TrainingError(f"epoch {epoch}: the validation loss is not finite ({valid.loss})")
             row |= {"valid_loss": valid.loss, **compute_metrics(valid.labels, valid.predicted, labels).to_dict("valid_")}
-            if state.improves(row[config.select_metric], config.select_higher_is_better):
-                state.best_epoch, state.best_value = epoch, row[config.select_metric]
+            if state.improves(row[select], higher_is_better):
+                state.best_epoch, state.best_value = epoch, row[select]
                 best_weights = cpu_state_dict(model)
-            row |= {"best_valid_ua": float(state.best_value), "lr": float(scheduler.get_last_lr()[0])}
+            row |= {f"best_{select}": float(state.best_value), "lr": float(scheduler.get_last_lr()[0])}
             state.history.append(row)
             state.stopped_early = bool(config.patience) and epoch - state.best_epoch >= config.patience
             state.seconds = seconds_before + time.monotonic() - started
-            _log_epoch(fold, config, row, state.stopped_early)
-            bar.set_postfix(epoch=epoch, valid_ua=f"{row['valid_ua']:.3f}")
+            _log_epoch(fold, config, row, select if state.stopped_early else None)
+            bar.set_postfix({"epoch": epoch, select: f"{row[select]:.3f}"})
             checkpoint = _save(config, fold, out_dir, model, best_weights, optimizer, scheduler, state, where)
             distributed.barrier(where)
             if reporter is not None:
@@ -165,7 +174,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     finally:
         bar.close()
     return _finish(config, fold, store, data.test, labels, model, norm, best_weights, state, out_dir, dev, where,
-                   reporter, seconds_before + time.monotonic() - started)
+                   reporter, seconds_before + time.monotonic() - started, select, cropped)
 
 
 def _seed_everything(seed: int) -> None:
@@ -187,7 +196,9 @@ def _resume(config: TrainConfig, fold: Fold, reporter: Reporter | None, out_dir:
     if saved.get("fold_digest") != fold_digest(fold):
         raise DataError(f"{folder}: the checkpoint belongs to another fold or utterance split; "
                         f"use another output folder")
-    before, now = TrainConfig.from_dict(saved["config"]).to_dict(), config.to_dict()
+    # A checkpoint older than a setting was made with that setting's then-fixed behaviour.
+    legacy = {**LEGACY_MODEL_SETTINGS, "eval_max_frames": saved["config"].get("max_frames")}
+    before, now = TrainConfig.from_dict({**legacy, **saved["config"]}).to_dict(), config.to_dict()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before[k] != now[k])
     if changed:
         raise ConfigError(f"{folder}: the checkpoint was trained with other settings ({', '.join(changed)}); "
@@ -222,11 +233,11 @@ def _save(config: TrainConfig, fold: Fold, out_dir: Path, model: TFMamba, best_w
     return save_checkpoint(out_dir / CHECKPOINT_DIR, model, best_weights, tensors, progress)
 
 
-def _log_epoch(fold: Fold, config: TrainConfig, row: dict[str, float], stopped: bool) -> None:
+def _log_epoch(fold: Fold, config: TrainConfig, row: dict[str, float], stopped_on: str | None) -> None:
     logger.info("fold %d epoch %d/%d: train ce %.4f cmdt %.4f | valid loss %.4f WA %.3f UA %.3f WF1 %.3f | "
                 "lr %.2e%s", fold.index, row["epoch"], config.epochs, row["train_ce"], row["train_cmdt"],
                 row["valid_loss"], row["valid_wa"], row["valid_ua"], row["valid_wf1"], row["lr"],
-                f" | early stop: no better {config.select_metric} for {config.patience} epochs" if stopped else "")
+                f" | early stop: no better {stopped_on} for {config.patience} epochs" if stopped_on else "")
 
 
 def _fail(fold: Fold, labels: list[str], out_dir: Path, state: _Progress, message: str, epoch: int,
@@ -245,7 +256,8 @@ def _fail(fold: Fold, labels: list[str], out_dir: Path, state: _Progress, messag
 
 def _finish(config: TrainConfig, fold: Fold, store: FeatureStore, test_set: FeatureDataset, labels: list[str],
             model: TFMamba, norm: InputNorm, best_weights: dict[str, torch.Tensor], state: _Progress, out_dir: Path, device: torch.device,
-            where: distributed.Dist, reporter: Reporter | None, seconds: float) -> FoldResult:
+            where: distributed.Dist, reporter: Reporter | None, seconds: float, select: str,
+            cropped: dict[str, int]) -> FoldResult:
     """Evaluate the best epoch's weights on the test set (once), write the output folder, report, return."""
     if not state.history:
         raise TrainingError(f"fold {fold.index}: no epoch was trained (epochs={config.epochs})")
@@ -258,12 +270,13 @@ def _finish(config: TrainConfig, fold: Fold, store: FeatureStore, test_set: Feat
                         valid={"loss": best["valid_loss"], "wa": best["valid_wa"], "ua": best["valid_ua"],
                                "wf1": best["valid_wf1"]},
                         test=test_metrics.to_dict(), test_confusion=test_metrics.confusion, labels=labels,
-                        history=state.history, out_dir=str(out_dir), train_seconds=seconds)
+                        history=state.history, out_dir=str(out_dir), train_seconds=seconds, select_metric=select,
+                        eval_cropped=cropped)
     if where.is_main:
         write_outputs(out_dir, config, model_description(model.config, labels, store, norm),
                       deployable_weights(best_weights, norm, model.config), result.to_dict(), test_metrics)
-    logger.info("fold %d: best epoch %d (valid UA %.3f), test WA %.3f UA %.3f WF1 %.3f; results in %s",
-                fold.index, state.best_epoch, best["valid_ua"], test_metrics.wa, test_metrics.ua, test_metrics.wf1,
+    logger.info("fold %d: best epoch %d (%s %.3f), test WA %.3f UA %.3f WF1 %.3f; results in %s",
+                fold.index, state.best_epoch, select, best[select], test_metrics.wa, test_metrics.ua, test_metrics.wf1,
                 out_dir)
     distributed.barrier(where)
     if reporter is not None:

@@ -1,8 +1,12 @@
 """What the trainer feeds the model: a fold's datasets and loaders, and the input standardisation.
 
 Training batches come from `LengthBucketSampler` (split by rank under DDP, global batch size
-`batch_size`); evaluation batches are this rank's every world-th utterance, sorted by length and
-never padded by repetition, so gathering all ranks' predictions scores each utterance exactly once.
+`batch_size`) over clips cropped to `max_frames`; evaluation batches are this rank's every
+world-th utterance, sorted by length and never padded by repetition, so gathering all ranks'
+predictions scores each utterance exactly once. Validation and test utterances are whole (up to
+`eval_max_frames`, if set): an evaluation batch holds at most `batch_size` utterances and at most
+as many padded frames as a training batch (`batch_size * max_frames`), so a long clip is scored in
+a smaller batch, alone if need be, and memory stays near the training batch's.
 """
 
 from __future__ import annotations
@@ -60,11 +64,19 @@ class FoldData:
 def fold_datasets(config: TrainConfig, fold: Fold, manifest: Manifest, store: FeatureStore) -> FoldData:
     labels = fold_labels(fold, manifest)
 
-    def make(part: str, random_crop: bool) -> FeatureDataset:
-        return FeatureDataset(store, getattr(fold, part), labels[part], max_frames=config.max_frames,
+    def make(part: str, max_frames: int | None, random_crop: bool) -> FeatureDataset:
+        return FeatureDataset(store, getattr(fold, part), labels[part], max_frames=max_frames,
                               random_crop=random_crop, seed=config.seed)
 
-    return FoldData(make("train", True), make("valid", False), make("test", False))
+    return FoldData(make("train", config.max_frames, True), make("valid", config.eval_max_frames, False),
+                    make("test", config.eval_max_frames, False))
+
+
+def cropped_count(dataset: FeatureDataset) -> int:
+    """How many of `dataset`'s utterances are longer than its `max_frames` (so cropped when read)."""
+    if dataset.max_frames is None:
+        return 0
+    return int((dataset.store.lengths[dataset.rows] > dataset.max_frames).sum())
 
 
 def train_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int) -> tuple[DataLoader, LengthBucketSampler]:
@@ -77,13 +89,32 @@ def train_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank:
 
 
 def eval_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int) -> DataLoader:
-    """This rank's share of `dataset` (indices rank, rank + world, ...), batched in increasing length."""
+    """This rank's share of `dataset` (indices rank, rank + world, ...), batched in increasing length:
+    at most `batch_size // world` utterances and `batch_size // world * max_frames` padded frames a batch."""
     mine = np.arange(rank, len(dataset), world)
-    mine = mine[np.argsort(dataset.lengths[mine], kind="stable")]
+    lengths = dataset.lengths[mine]
+    order = np.argsort(lengths, kind="stable")
     size = max(1, config.batch_size // world)
-    batches = [mine[i: i + size].tolist() for i in range(0, len(mine), size)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=_IndexedCollate(dataset),
-                      num_workers=config.num_workers)
+    budget = None if config.max_frames is None else size * config.max_frames
+    return DataLoader(dataset, batch_sampler=eval_batches(mine[order], lengths[order], size, budget),
+                      collate_fn=_IndexedCollate(dataset), num_workers=config.num_workers)
+
+
+def eval_batches(indices: np.ndarray, lengths: np.ndarray, size: int, frame_budget: int | None) -> list[list[int]]:
+    """Cut `indices` (sorted by increasing `lengths`) into batches of at most `size` items whose padded size
+    (items x longest) stays within `frame_budget`; an item longer than the budget is a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index, length in zip(indices.tolist(), lengths.tolist()):
+        # lengths increase, so the batch's padded size with this item is (items + 1) * length
+        over_budget = frame_budget is not None and (len(current) + 1) * length > frame_budget
+        if current and (len(current) == size or over_budget):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 class _IndexedCollate:

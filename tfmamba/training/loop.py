@@ -26,8 +26,19 @@ from tfmamba.training import distributed
 from tfmamba.training.data import InputNorm
 
 
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: parameters flagged `_no_weight_decay` (omega, A_log, dt_bias, D, as mamba-ssm flags them)
+    with weight_decay 0, every other trainable parameter with `weight_decay`. Empty groups are left out."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if getattr(p, "_no_weight_decay", False) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> AdamW:
-    return AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
