@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import mlflow_runs
-from orchestration.trial import METRIC, TIME_ATTR, SweepContext
+from orchestration.trial import TIME_ATTR, SweepContext, fold_metric
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +118,21 @@ def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
 
 
 def best_fold_run(ctx: SweepContext, trial_id: str) -> str:
-    """The fold run of `trial_id` with the highest validation UA (its weights become the sweep's model)."""
+    """The fold run of `trial_id` best on the sweep's validation metric (its weights become the sweep's model)."""
     runs = mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id,
                                  {"sweep_id": ctx.sweep_id, "run_kind": mlflow_runs.FOLD, "trial_id": trial_id})
-    return max(runs, key=lambda r: r.data.metrics.get("valid_ua_best", -1.0)).info.run_id
+    key, sign = fold_metric(ctx.metric), _sign(ctx)
+    return max(runs, key=lambda r: sign * r.data.metrics.get(key, -sign * float("inf"))).info.run_id
+
+
+def _sign(ctx: SweepContext) -> float:
+    """+1 where larger values of the sweep's metric are better, -1 where smaller are."""
+    return 1.0 if ctx.mode == "max" else -1.0
+
+
+def _metric_name(ctx: SweepContext) -> str:
+    """`valid_wf1_mean` -> `WF1`."""
+    return ctx.metric.removeprefix("valid_").removesuffix("_mean").upper()
 
 
 def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int) -> SweepSummary:
@@ -135,8 +146,8 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     placements = fold_placements(ctx)
     for trial in trials:
         trial.folds = placements.get(trial.trial_id, [])
-    complete = [t for t in trials if t.status == "complete" and METRIC in t.metrics]
-    best = max(complete, key=lambda t: t.metrics[METRIC]) if complete and not interrupted else None
+    complete = [t for t in trials if t.status == "complete" and ctx.metric in t.metrics]
+    best = max(complete, key=lambda t: _sign(ctx) * t.metrics[ctx.metric]) if complete and not interrupted else None
     fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
     summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots,
                            interrupted)
@@ -184,10 +195,11 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
     verb = "interrupted after" if summary.interrupted else "finished in"
     lines = ["", f"=== Sweep {ctx.sweep_id} {verb} {summary.wall_seconds:.0f} s: {len(summary.trials)} trials "
              f"({', '.join(f'{n} {s}' for s, n in counts.items())}) x {len(ctx.folds)} folds ==="]
-    lines.append("Trials (validation UA, mean ± std over the folds each finished):")
-    for t in sorted(summary.trials, key=lambda t: -float(t.metrics.get(METRIC, -1))):
+    name, key = _metric_name(ctx), _metric_name(ctx).lower()
+    lines.append(f"Trials (validation {name}, the sweep's metric, mean ± std over the folds each finished):")
+    for t in sorted(summary.trials, key=lambda t: -_sign(ctx) * float(t.metrics.get(ctx.metric, -_sign(ctx) * 1e9))):
         lines.append(f"  {t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
-                     f"{_pm(t.metrics, 'valid', 'ua')}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
+                     f"{_pm(t.metrics, 'valid', key)}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
     best = summary.best
     if summary.interrupted:
         lines.append(f"Continue it with the same command plus: --resume --name {ctx.sweep_id}")
@@ -196,10 +208,11 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
     else:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items())
         lines += [f"Best trial {best.trial_id}: {params}",
-                  "  mean ± std over folds   " + "   ".join(f"{k.upper()}" for k in ("wa", "ua", "wf1")),
-                  f"  valid (optimised UA)   {_pm(best.metrics, 'valid', 'wa')}   {_pm(best.metrics, 'valid', 'ua')}"
+                  f"  {'mean ± std over folds':<23}" + "   ".join(f"{k.upper()}" for k in ("wa", "ua", "wf1")),
+                  f"  {'valid (optimised ' + name + ')':<23}{_pm(best.metrics, 'valid', 'wa')}   "
+                  f"{_pm(best.metrics, 'valid', 'ua')}"
                   f"   {_pm(best.metrics, 'valid', 'wf1')}",
-                  f"  test (not used)        {_pm(best.metrics, 'test', 'wa')}   {_pm(best.metrics, 'test', 'ua')}"
+                  f"  {'test (not used)':<23}{_pm(best.metrics, 'test', 'wa')}   {_pm(best.metrics, 'test', 'ua')}"
                   f"   {_pm(best.metrics, 'test', 'wf1')}",
                   f"Best model (mlflow.pyfunc.load_model): {summary.best_model_uri}   "
                   f"(also runs:/{best.run_id}/model)"]

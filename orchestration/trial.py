@@ -4,7 +4,9 @@
 that launches Train runs). After each fold it reports the running mean over finished folds
 to Tune (`folds_done` is the scheduler's time axis), with a small checkpoint listing the
 finished folds, so a retried or restored trial skips them. The last report holds the mean
-and std over folds of validation and test WA/UA/WF1; only the validation mean steers.
+and std over folds of validation and test WA/UA/WF1; only the validation mean of the corpus's
+selection metric steers (`objective`: `valid_wf1_mean` on MELD, `valid_ua_mean` elsewhere, the
+metric that also picks each fold's best epoch; `SweepContext.metric`).
 
 Two options serve the ablation grids: `SweepContext.seeds` repeats every fold once per seed
 (a separate fold run each, tagged `seed`; MELD's one official split over several seeds gives
@@ -30,7 +32,7 @@ from orchestration.search_space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-METRIC = "valid_ua_mean"
+METRIC = "valid_ua_mean"  # the objective on every corpus but MELD; see `objective`
 MODE = "max"
 TIME_ATTR = "folds_done"
 SUMMARY_KEYS = ("wa", "ua", "wf1")
@@ -60,10 +62,28 @@ class SweepContext:
     fold_retries: int = 0
     seeds: tuple[int, ...] = ()
     row_caches: dict[str, str] = field(default_factory=dict)
+    metric: str = METRIC  # Tune's metric and mode: `objective(corpus, space)`
+    mode: str = MODE
 
     def units(self) -> list[Unit]:
         """The fold runs of one trial: each fold once, or once per seed."""
         return [(fold, seed) for fold in self.folds for seed in (self.seeds or (None,))]
+
+
+def objective(corpus: str, space: SearchSpace | None = None) -> tuple[str, str]:
+    """Tune's metric and mode for a sweep or grid on `corpus`: the mean over fold runs of the validation metric
+    that picks each fold's best epoch (the space's base `select_metric`; "auto" is the corpus's own, declared in
+    `tfmamba.corpora.SELECTION_METRICS`): ("valid_wf1_mean", "max") on MELD, ("valid_ua_mean", "max") elsewhere."""
+    from tfmamba.config import TrainConfig
+
+    config = space.base_config() if space is not None else TrainConfig()
+    metric, higher_is_better = config.selection(corpus)
+    return f"{metric}_mean", "max" if higher_is_better else "min"
+
+
+def fold_metric(metric: str) -> str:
+    """The fold run's MLflow metric behind a sweep metric: `valid_wf1_mean` -> `valid_wf1_best` (its best epoch's)."""
+    return metric.removesuffix("_mean") + "_best"
 
 
 def train_run_name(sweep_id: str, trial_id: str, fold: int, seed: int | None = None) -> str:
@@ -86,7 +106,7 @@ def summarize(results: dict[Any, dict[str, Any]], seeds: int = 1) -> dict[str, f
     summary: dict[str, float] = {TIME_ATTR: len(results) / max(seeds, 1), "runs_done": float(len(results)),
                                  "seeds": float(max(seeds, 1))}
     for split in ("valid", "test"):
-        for key in SUMMARY_KEYS:
+        for key in SUMMARY_KEYS + (("loss",) if split == "valid" else ()):
             values = [r[split][key] for r in results.values() if key in r.get(split, {})]
             if values:
                 summary[f"{split}_{key}_mean"] = float(np.mean(values))
@@ -200,8 +220,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
                     mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(err)})
                     mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
                     raise
-                logger.info("trial %s: fold %s done (valid UA %.3f, test UA %.3f)", trial_id, unit_key(unit),
-                            done[unit]["valid"]["ua"], done[unit]["test"]["ua"])
+                key = ctx.metric.removeprefix("valid_").removesuffix("_mean")
+                logger.info("trial %s: fold %s done (valid %s %.3f, test %s %.3f)", trial_id, unit_key(unit), key,
+                            done[unit]["valid"].get(key, float("nan")), key,
+                            done[unit]["test"].get(key, float("nan")))
                 _finish(done, trial_run_id, ctx)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
