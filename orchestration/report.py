@@ -6,9 +6,18 @@
 
 Reads the parent run (tags `table`, `corpus`), its row runs (one child per row: tags `row`,
 `paper_row`, `features`, metrics `test_<m>_mean/_std` over folds and seeds, `folds_done`,
-`seeds` and `n_params`) and writes
-`reports/<table>-<corpus>.md`, `.csv` and `.png`. No training, no Ray: a cluster's results
-can be reported on a laptop with the cluster's MLflow URI.
+`seeds` and `n_params`) and their fold runs (children of each row run: tags `fold`, `seed`,
+metrics `test_<m>`), and writes `reports/<table>-<corpus>.md`, `.csv` and `.png`. No training,
+no Ray: a cluster's results can be reported on a laptop with the cluster's MLflow URI.
+
+Significance: each row is compared with the row above it and with the full model (the row
+compared with the paper's `tf_cmdt` in Table III, `wavlm-large` in Table II) on the fold runs
+both have (same fold, same seed): the mean paired difference of the test metric, a 95%
+bootstrap confidence interval of that mean (10,000 resamples of the pairs, fixed seed), the
+paired t-test's two-sided p (`scipy.stats.ttest_rel`) and, in the CSV, the Wilcoxon
+signed-rank test's (`scipy.stats.wilcoxon`, exact for few pairs; with 5 pairs or fewer it cannot
+go below p = 0.0625, so the t-test is the one shown). With 3 or 5 folds these are coarse: an
+interval that excludes 0 is the claim to look for, not a p just under 0.05.
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ import argparse
 import csv
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from orchestration import mlflow_runs
 from tfmamba.paper import paper_numbers
@@ -33,6 +45,52 @@ logger = logging.getLogger("orchestration.report")
 DEFAULT_EXPERIMENT = "tfmamba-table3"
 DEFAULT_OUT = "reports"
 TABLE_TAG = "table"
+FULL_MODEL_ROWS = ("tf_cmdt", "wavlm-large")  # the paper's full model in Tables III and II
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+Unit = tuple[int, str]  # (fold, seed; "" for a run without a seed)
+
+
+@dataclass
+class Comparison:
+    """A row against another on the fold runs both have: mean paired difference (this - other, as fractions),
+    its 95% bootstrap interval, and the paired t-test's and Wilcoxon signed-rank test's two-sided p."""
+
+    other: str
+    n: int
+    mean: float
+    low: float
+    high: float
+    p_t: float | None
+    p_wilcoxon: float | None
+
+
+def paired_comparison(ours: dict[Unit, float], theirs: dict[Unit, float], other: str) -> Comparison | None:
+    """Compare two rows' per-run values on their common (fold, seed) runs; None with fewer than 2 pairs."""
+    from scipy import stats
+
+    common = sorted(set(ours) & set(theirs))
+    if len(common) < 2:
+        return None
+    a = np.array([ours[u] for u in common])
+    b = np.array([theirs[u] for u in common])
+    diff = a - b
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = diff[rng.integers(0, len(diff), size=(BOOTSTRAP_RESAMPLES, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    if np.all(diff == 0):
+        p_t = p_w = 1.0  # identical on every run: no evidence of a difference
+    else:
+        with warnings.catch_warnings():  # ties or a zero-variance difference: scipy warns, the p is still right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            p_t = _finite(stats.ttest_rel(a, b).pvalue)
+            p_w = _finite(stats.wilcoxon(diff).pvalue)
+    return Comparison(other, len(common), float(diff.mean()), float(low), float(high), p_t, p_w)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 @dataclass
@@ -48,6 +106,10 @@ class RowResult:
     paper: dict[str, float] = field(default_factory=dict)
     seeds: int = 1
     features: str = ""
+    paper_row: str = ""
+    runs: dict[str, dict[Unit, float]] = field(default_factory=dict)  # metric -> (fold, seed) -> test value
+    vs_above: dict[str, Comparison] = field(default_factory=dict)  # metric -> comparison with the row above
+    vs_full: dict[str, Comparison] = field(default_factory=dict)  # metric -> comparison with the full model
 
 
 def metrics_for(corpus: str) -> tuple[str, ...]:
@@ -104,9 +166,50 @@ def collect_rows(uri: str, parent) -> list[RowResult]:
             ours={k: (metrics[f"test_{k}_mean"], metrics.get(f"test_{k}_std", 0.0)) for k in keys
                   if f"test_{k}_mean" in metrics},
             paper={k: paper[f"{paper_corpus(corpus)}_{k}"] for k in keys if f"{paper_corpus(corpus)}_{k}" in paper},
-            seeds=int(metrics.get("seeds", 1)), features=tags.get("features", "")))
+            seeds=int(metrics.get("seeds", 1)), features=tags.get("features", ""), paper_row=paper_row,
+            runs=fold_values(uri, run, keys)))
     rows.sort(key=lambda r: order.index(r.row) if r.row in order else len(order))
+    compare_rows(rows, keys)
     return rows
+
+
+def fold_values(uri: str, row_run, keys: tuple[str, ...]) -> dict[str, dict[Unit, float]]:
+    """The test metrics of a row's fold runs (its MLflow children), keyed by (fold, seed)."""
+    folds = mlflow_runs.client(uri).search_runs(
+        [row_run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{row_run.info.run_id}' AND tags.run_kind = '{mlflow_runs.FOLD}'",
+        max_results=10_000)
+    values: dict[str, dict[Unit, float]] = {key: {} for key in keys}
+    for run in folds:
+        unit = (int(run.data.tags.get("fold", 0)), run.data.tags.get("seed", ""))
+        for key in keys:
+            if f"test_{key}" in run.data.metrics:
+                values[key][unit] = run.data.metrics[f"test_{key}"]
+    return values
+
+
+def full_model_row(rows: list[RowResult]) -> RowResult | None:
+    """The row of the paper's full model (by its paper row, then its name), if the grid has one."""
+    for name in FULL_MODEL_ROWS:
+        for row in rows:
+            if name in (row.paper_row, row.row):
+                return row
+    return None
+
+
+def compare_rows(rows: list[RowResult], keys: tuple[str, ...]) -> None:
+    """Fill each row's comparisons with the row above it and with the full model (not with itself)."""
+    full = full_model_row(rows)
+    for i, row in enumerate(rows):
+        for key in keys:
+            if i > 0:
+                found = paired_comparison(row.runs.get(key, {}), rows[i - 1].runs.get(key, {}), rows[i - 1].row)
+                if found is not None:
+                    row.vs_above[key] = found
+            if full is not None and full is not row:
+                found = paired_comparison(row.runs.get(key, {}), full.runs.get(key, {}), full.row)
+                if found is not None:
+                    row.vs_full[key] = found
 
 
 def _pct(value: float | None) -> str:
@@ -129,18 +232,43 @@ def _columns(rows: list[RowResult]) -> tuple[bool, bool, bool]:
             any(r.paper_params_m is not None for r in rows))
 
 
+def _significance(rows: list[RowResult]) -> bool:
+    """Whether the rows carry paired comparisons (they do when their fold runs are in MLflow)."""
+    return any(r.vs_above or r.vs_full for r in rows)
+
+
+def _p(value: float | None) -> str:
+    """`p=0.041`, `p<0.001` or `p n/a`."""
+    return "p n/a" if value is None else f"p={value:.3f}" if value >= 0.001 else "p<0.001"
+
+
+def _cell(c: Comparison | None) -> str:
+    """`+1.2 [-0.3, +2.8] p=0.041`: mean paired difference in points, 95% bootstrap CI, paired t-test p."""
+    if c is None:
+        return "—"
+    return f"{100 * c.mean:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}] {_p(c.p_t)}"
+
+
 def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str:
     """The table: params and each metric (%, mean ± std over folds and seeds) ours vs paper, and ours - paper."""
     keys = metrics_for(corpus)
     features, seeds, paper_params = _columns(rows)
+    significance = _significance(rows)
+    full = full_model_row(rows)
     head = ["Row", *(["Features"] if features else []), "Folds", *(["Seeds"] if seeds else []), "Params (ours)",
             *(["Params (paper)"] if paper_params else [])]
     for key in keys:
         head += [f"{key.upper()} ours", f"{key.upper()} paper", f"Δ{key.upper()}"]
+        if significance:
+            head += [f"{key.upper()} vs above", f"{key.upper()} vs full"]
     over = "folds × seeds" if seeds else "folds"
     lines = [f"# {table}: {corpus} (ours) vs the paper ({paper_corpus(corpus).upper()})", "",
-             f"MLflow parent run `{run_id}`. Test metrics in %, mean ± std over {over}; Δ = ours − paper.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"MLflow parent run `{run_id}`. Test metrics in %, mean ± std over {over}; Δ = ours − paper."]
+    if significance:
+        lines.append(f"\"vs above\" / \"vs full\": this row minus the row above / minus the full model "
+                     f"({full.row if full else 'none'}), paired over the {over} both ran: mean difference in points "
+                     f"[95% bootstrap CI], paired t-test p (the Wilcoxon signed-rank p is in the CSV).")
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ours_params, theirs = _params(r.n_params, r.paper_params_m)
         cells = [r.label, *([r.features] if features else []), str(r.folds), *([str(r.seeds)] if seeds else []),
@@ -151,6 +279,8 @@ def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str
             paper = r.paper.get(key)
             diff = "n/a" if mean is None or paper is None else f"{100 * mean - paper:+.1f}"
             cells += [ours, _pct(paper), diff]
+            if significance:
+                cells += [_cell(r.vs_above.get(key)), _cell(r.vs_full.get(key))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -160,6 +290,9 @@ def write_csv(rows: list[RowResult], corpus: str, path: Path) -> None:
     header = ["row", "label", "folds", "params_ours", "params_paper", "seeds", "features"]
     for key in keys:
         header += [f"{key}_mean", f"{key}_std", f"{key}_paper", f"{key}_diff"]
+        for side in ("above", "full"):
+            header += [f"{key}_vs_{side}_row", f"{key}_vs_{side}_n", f"{key}_vs_{side}_diff", f"{key}_vs_{side}_ci_low",
+                       f"{key}_vs_{side}_ci_high", f"{key}_vs_{side}_p_ttest", f"{key}_vs_{side}_p_wilcoxon"]
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
@@ -172,20 +305,36 @@ def write_csv(rows: list[RowResult], corpus: str, path: Path) -> None:
                 line += ["" if mean is None else round(100 * mean, 2), "" if std is None else round(100 * std, 2),
                          "" if paper is None else paper,
                          "" if mean is None or paper is None else round(100 * mean - paper, 2)]
+                for found in (r.vs_above.get(key), r.vs_full.get(key)):
+                    line += _comparison_fields(found)
             writer.writerow(line)
 
 
+def _comparison_fields(c: Comparison | None) -> list:
+    """CSV cells of a comparison: the other row, pairs, difference and CI in points, the two p-values."""
+    if c is None:
+        return [""] * 7
+    return [c.other, c.n, round(100 * c.mean, 2), round(100 * c.low, 2), round(100 * c.high, 2),
+            "" if c.p_t is None else round(c.p_t, 4), "" if c.p_wilcoxon is None else round(c.p_wilcoxon, 4)]
+
+
 def plot(rows: list[RowResult], table: str, corpus: str, path: Path) -> None:
-    """Grouped bars per metric: ours (error bar = std over folds and seeds) beside the paper's."""
+    """Grouped bars per metric: ours (error bar = std over folds and seeds) beside the paper's; with paired
+    comparisons, a second row of panels: each row's difference to the row above and to the full model
+    (error bar = 95% bootstrap CI, * where the paired t-test's p < 0.05)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     keys = metrics_for(corpus)
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    significance = _significance(rows)
+    fig, axes = plt.subplots(2 if significance else 1, len(keys), figsize=(6 * len(keys), 9 if significance else 4.5),
+                             squeeze=False)
     x = np.arange(len(rows))
+    if significance:
+        for ax, key in zip(axes[1], keys):
+            _plot_differences(ax, rows, key, x)
     for ax, key in zip(axes[0], keys):
         ours = [100 * r.ours.get(key, (np.nan, 0.0))[0] for r in rows]
         errs = [100 * r.ours.get(key, (0.0, 0.0))[1] for r in rows]
@@ -200,6 +349,22 @@ def plot(rows: list[RowResult], table: str, corpus: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_differences(ax, rows: list[RowResult], key: str, x: np.ndarray) -> None:
+    """Paired differences (points) to the row above and to the full model, with bootstrap CIs."""
+    for offset, side, label in ((-0.2, "vs_above", "vs the row above"), (0.2, "vs_full", "vs the full model")):
+        found = [getattr(r, side).get(key) for r in rows]
+        means = [100 * c.mean if c else np.nan for c in found]
+        errs = np.array([[100 * (c.mean - c.low), 100 * (c.high - c.mean)] if c else [0.0, 0.0] for c in found]).T
+        ax.bar(x + offset, means, 0.4, yerr=errs, capsize=3, label=label)
+        for xi, c in zip(x + offset, found):
+            if c is not None and c.p_t is not None and c.p_t < 0.05:
+                ax.annotate("*", (xi, 100 * c.high), ha="center", va="bottom")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [r.row for r in rows], rotation=30, ha="right")
+    ax.set_ylabel(f"paired Δ test {key.upper()} (points)")
+    ax.legend(loc="best")
 
 
 def build_report(uri: str, parent, out_dir: str | Path = DEFAULT_OUT) -> dict[str, Path]:
