@@ -5,7 +5,6 @@ SER papers (TF-Mamba included) report
 - UA, unweighted accuracy: the mean of per-class recalls (balanced accuracy), so every emotion counts
   the same. Only classes present in ``y_true`` are averaged: a class with no utterance in the evaluated
   split has no recall, and counting it as 0 would drag UA down for a reason unrelated to the model.
-  (The public TF-Mamba code reports plain accuracy under the name UA; that is WA, not UA.)
 - WF1: per-class F1 averaged with support weights (classes present in ``y_true``).
 """
 
