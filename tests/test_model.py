@@ -170,3 +170,4 @@ def test_params_command_prints_every_variant(capsys):
     for variant in VARIANTS:
         assert variant in out
     assert "20.79M" in out
+    assert "(tf - dual_temporal): 18,436 (paper: 0.02M)" in out

@@ -29,11 +29,15 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {} if args.d_state is None else {"d_state": args.d_state}
     print(f"{'variant':<15}{'ours':>12}{'paper':>10}{'diff':>9}")
+    counts = {}
     for variant in VARIANTS:
         model = build_model(variant, num_classes=args.num_classes, input_dim=args.input_dim, **overrides)
         ours, paper = count_parameters(model), paper_params(variant)
+        counts[variant] = ours
         print(f"{variant:<15}{ours / 1e6:>11.3f}M{paper / 1e6:>9.2f}M{100 * (ours - paper) / paper:>+8.2f}%")
         if args.breakdown:
             for name, count in parameter_breakdown(model, depth=3).items():
                 print(f"    {name:<34}{count:>12,}")
+    gap, paper_gap = counts["tf"] - counts["dual_temporal"], paper_params("tf") - paper_params("dual_temporal")
+    print(f"frequency branch - temporal branch (tf - dual_temporal): {gap:,} (paper: {paper_gap / 1e6:.2f}M)")
     return 0
