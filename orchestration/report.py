@@ -16,8 +16,9 @@ both have (same fold, same seed): the mean paired difference of the test metric,
 bootstrap confidence interval of that mean (10,000 resamples of the pairs, fixed seed), the
 paired t-test's two-sided p (`scipy.stats.ttest_rel`) and, in the CSV, the Wilcoxon
 signed-rank test's (`scipy.stats.wilcoxon`, exact for few pairs; with 5 pairs or fewer it cannot
-go below p = 0.0625, so the t-test is the one shown). With 3 or 5 folds these are coarse: an
-interval that excludes 0 is the claim to look for, not a p just under 0.05.
+go below p = 0.0625, so the t-test is the one shown). With few pairs both are coarse, and the
+percentile bootstrap is too narrow (with 3 pairs it can take only 10 values): below ~10 pairs read
+the t-test's p, not whether the interval excludes 0; 5 folds x 2 or more seeds make the interval useful.
 """
 
 from __future__ import annotations
@@ -267,7 +268,8 @@ def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str
     if significance:
         lines.append(f"\"vs above\" / \"vs full\": this row minus the row above / minus the full model "
                      f"({full.row if full else 'none'}), paired over the {over} both ran: mean difference in points "
-                     f"[95% bootstrap CI], paired t-test p (the Wilcoxon signed-rank p is in the CSV).")
+                     f"[95% bootstrap CI], paired t-test p (the Wilcoxon signed-rank p is in the CSV). With fewer "
+                     f"than ~10 pairs the bootstrap interval is too narrow: read the p.")
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ours_params, theirs = _params(r.n_params, r.paper_params_m)
