@@ -53,7 +53,9 @@ def trainer_startup_seconds(repeats: int, storage: Path) -> list[float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    from orchestration.ray_cluster import start_private_ray
+
+    start_private_ray(os.cpu_count(), {}, {})  # never another Ray of this machine
     try:
         times = []
         for i in range(repeats):

@@ -1,13 +1,31 @@
 """The TF-Mamba sweep: Ray Tune + Optuna over the library's training settings, k-fold CV on Ray Train, MLflow.
 
-Modules, one job each:
-    sweep.py         the command (`python orchestration/sweep.py --help`)
+Entry scripts (run as `python orchestration/X.py`; thin: parse, launch, run, finish):
+    sweep.py         the hyper-parameter search (`python orchestration/sweep.py --help`)
+    ablation.py      the paper's Tables III and II as Tune grids
+    report.py        a table's report rebuilt from MLflow alone
+
+Modules, one job each (no module imports an entry script):
+    options.py       the command-line options the scripts share, checked once
+    launch.py        results location + preflight, start/join Ray, the parent MLflow run, Tuner set-up
+    ray_cluster.py   a private local Ray, or joining a cluster with a one-line reason when that fails
+    preflight.py     can every results location be written, with room left
     search_space.py  search-space YAML files -> validated `SearchSpace` -> Tune `param_space`
+    grid.py          ablation grids (one Tune trial per row); rows.py: the rows' caches, sizes, labels
     data.py          the manifest, its folds and feature cache (or the demo corpus)
     resources.py     how many trials and folds run at once
     trial.py         the Tune trainable: one `TorchTrainer` per fold, running mean/std reports
     fold_worker.py   what a Train worker runs: `tfmamba.train.train_fold` with a Ray `Reporter`
-    mlflow_runs.py   the sweep -> trial -> fold run tree, found again by tags (no duplicates)
+    mlflow_runs.py   the one door to MLflow (bounded retries): the sweep -> trial -> fold run tree
     model_export.py  the best model as an MLflow pyfunc model
     results.py       after the search: close runs, pick the best trial, print the summary
 """
+
+import sys as _sys
+from pathlib import Path as _Path
+
+# `python orchestration/sweep.py` puts this folder first on sys.path, where its modules (data, trial, report,
+# ...) would shadow top-level modules of the same names for every later import; the package is imported as
+# `orchestration` from the installed project instead, so that entry is dropped here, once for every script.
+if _sys.path and _Path(_sys.path[0] or ".").resolve() == _Path(__file__).resolve().parent:
+    _sys.path.pop(0)

@@ -15,6 +15,7 @@ from pathlib import Path
 from tfmamba.corpora.manifest import read_manifest_metadata
 from tfmamba.features.store import read_metadata, resolve
 from tfmamba.folds import load_folds
+from tfmamba.locations import absolute
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,12 @@ class SweepData:
     cache: str
     corpus: str
     folds: tuple[int, ...]
-    fold_names: dict[int, str]
     cache_metadata: dict[str, object]
+
+    def tags(self) -> dict[str, object]:
+        """What a parent MLflow run records about its data: corpus, manifest, cache and the cache's identity."""
+        return {"corpus": self.corpus, "manifest": self.manifest_dir, "cache": self.cache,
+                **{f"cache.{key}": value for key, value in self.cache_metadata.items()}}
 
 
 def resolve_data(manifest: str | None, cache: str | None, folds: list[int] | None,
@@ -57,18 +62,18 @@ def _resolve(manifest: str, cache: str | None, folds: list[int] | None) -> Sweep
     manifest_dir = manifest_dir.parent if manifest_dir.suffix == ".parquet" else manifest_dir
     meta = read_manifest_metadata(manifest_dir)
     all_folds = load_folds(manifest_dir, meta["manifest_hash"])
-    names = {f.index: f.name for f in all_folds}
-    chosen = tuple(folds) if folds else tuple(sorted(names))
-    unknown = sorted(set(chosen) - set(names))
+    known = sorted(f.index for f in all_folds)
+    chosen = tuple(folds) if folds else tuple(known)
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise SystemExit(f"--folds {unknown}: no such fold (the manifest has folds {sorted(names)})")
+        raise SystemExit(f"--folds {unknown}: no such fold (the manifest has folds {known})")
     cache_uri, cache_meta = ("", {}) if cache is None else check_cache(cache, manifest_dir)
-    return SweepData(str(manifest_dir), cache_uri, meta["corpus"], chosen, {i: names[i] for i in chosen}, cache_meta)
+    return SweepData(str(manifest_dir), cache_uri, meta["corpus"], chosen, cache_meta)
 
 
 def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> tuple[str, dict[str, object]]:
     """The cache's absolute location and identity (extractor, dim, ...); exits if missing or of another manifest."""
-    cache_uri = cache if "://" in cache else str(Path(cache).resolve())
+    cache_uri = absolute(cache)
     cache_meta = read_metadata(*resolve(cache_uri))
     if cache_meta is None:
         raise SystemExit(f"{what} {cache}: no feature cache there (run `tfmamba features ...` first)")
@@ -78,7 +83,7 @@ def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> 
 
 
 def cache_exists(cache: str) -> bool:
-    return read_metadata(*resolve(cache if "://" in cache else str(Path(cache).resolve()))) is not None
+    return read_metadata(*resolve(absolute(cache))) is not None
 
 
 def ensure_demo_caches(manifest_dir: str | Path, caches: dict[str, str], extractors: dict[str, str | None],

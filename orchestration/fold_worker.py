@@ -46,7 +46,7 @@ class RayReporter:
     `mlflow_gap_epochs` / `mlflow_gap_seconds`.
     """
 
-    GAP_TAG = "mlflow_gap_epochs"
+    GAP_TAG = mlflow_runs.GAP_TAG
 
     def __init__(self, task: FoldTask, rank: int) -> None:
         self.task = task
@@ -137,7 +137,7 @@ class RayReporter:
                            ",".join(map(str, self.gap_epochs)))
             try:
                 mlflow_runs.set_tags(uri, run_id, {self.GAP_TAG: ",".join(map(str, self.gap_epochs)),
-                                                   "mlflow_gap_seconds": f"{seconds:.1f}"}, retry_seconds=0)
+                                                   mlflow_runs.GAP_SECONDS_TAG: f"{seconds:.1f}"}, retry_seconds=0)
             except Exception as err:
                 logger.warning("fold %d: could not tag the MLflow gap: %s", self.task.fold, err)
         return True

@@ -36,6 +36,8 @@ SWEEP, TRIAL, FOLD = "sweep", "trial", "fold"
 FOLD_FILES = ("confusion.png", "history.csv", "metrics.json", "train_config.yaml")
 MODEL_FILES = ("model.safetensors", "model.json")
 ENV_RETRY_SECONDS = "TFMAMBA_MLFLOW_RETRY_SECONDS"
+# Tags of a fold run whose epoch metrics were buffered while the server was down (set by fold_worker.RayReporter).
+GAP_TAG, GAP_SECONDS_TAG = "mlflow_gap_epochs", "mlflow_gap_seconds"
 DEFAULT_RETRY_SECONDS = 120.0
 MAX_BACKOFF_SECONDS = 15.0
 # MLflow's own HTTP retries default to 7 with backoff factor 2 and a 120 s timeout: minutes per call on a down server.
@@ -140,8 +142,7 @@ def _filter(tags: Mapping[str, str]) -> str:
 @retried
 def find_runs(uri: str, experiment_id: str, tags: Mapping[str, str], status: str | None = None) -> list:
     """Active (not deleted) runs with all of `tags`, optionally only those with `status`."""
-    query = _filter(tags) + (f" AND attributes.status = '{status}'" if status else "")
-    return client(uri).search_runs([experiment_id], query, max_results=10000)
+    return search_runs(uri, experiment_id, _filter(tags) + (f" AND attributes.status = '{status}'" if status else ""))
 
 
 @retried
@@ -229,6 +230,42 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 
 @retried
+def get_run(uri: str, run_id: str):
+    """The run (info, params, metrics, tags)."""
+    return client(uri).get_run(run_id)
+
+
+@retried
+def search_runs(uri: str, experiment_id: str, query: str, order_by: list[str] | None = None,
+                max_results: int = 10000) -> list:
+    """Runs of the experiment matching an MLflow search `query`."""
+    return client(uri).search_runs([experiment_id], query, order_by=order_by, max_results=max_results)
+
+
+@retried
+def get_experiment_by_name(uri: str, name: str):
+    """The experiment called `name`, or None."""
+    return client(uri).get_experiment_by_name(name)
+
+
+@retried
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a local file into the run's artifacts (under `artifact_path`)."""
+    client(uri).log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+@retried
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+@retried
+def download_artifacts(uri: str, run_id: str, path: str, dst: str | Path) -> Path:
+    """Download the run's artifact `path` into the folder `dst`; returns the local copy."""
+    return Path(client(uri).download_artifacts(run_id, path, str(dst)))
+
+
+@retried
 def log_fold_outputs(uri: str, run_id: str, out_dir: str | Path) -> None:
     """Log a fold's curves, confusion matrix, metrics and best weights (under `model/`) to its run."""
     out_dir = Path(out_dir)
@@ -248,3 +285,17 @@ def fold_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     metrics |= {"best_epoch": result.get("best_epoch", 0), "epochs_run": result.get("epochs_run", 0),
                 "train_seconds": result.get("train_seconds", 0.0)}
     return metrics
+
+
+def report_logging_gaps(uri: str, experiment_id: str, sweep_id: str) -> None:
+    """Print one line per fold run whose epoch metrics reached MLflow late (the server was down for a while)."""
+    try:
+        folds = find_runs(uri, experiment_id, {"sweep_id": sweep_id, "run_kind": FOLD}, retry_seconds=0)
+    except Exception as err:
+        print(f"MLflow: could not check for logging gaps ({str(err).splitlines()[0]})", flush=True)
+        return
+    for run in folds:
+        tags = run.data.tags
+        if tags.get(GAP_TAG):
+            print(f"MLflow was unreachable for {tags.get(GAP_SECONDS_TAG, '?')} s during trial {tags['trial_id']} "
+                  f"fold {tags['fold']}: epochs {tags[GAP_TAG]} were buffered and logged late", flush=True)

@@ -103,12 +103,13 @@ def _as_items(model_input: Any) -> list:
     return items
 
 
+@mlflow_runs.retried
 def log_best_model(uri: str, run_id: str, fold_run_id: str, registered_name: str | None = REGISTERED_NAME) -> str:
     """Download the best fold's weights from its run and log them as the pyfunc model of `run_id`, registered
-    as a new version of `registered_name` (`models:/tfmamba-ser/<version>`); returns the logged model's URI."""
-    mlflow_client = mlflow_runs.client(uri)
+    as a new version of `registered_name` (`models:/tfmamba-ser/<version>`); returns the logged model's URI.
+    Retried as a whole while the tracking server is unreachable, like every MLflow call of the project."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(mlflow_client.download_artifacts(fold_run_id, "model", tmp))
+        folder = mlflow_runs.download_artifacts(uri, fold_run_id, "model", tmp)
         description = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         label_map = {str(i): label for i, label in enumerate(description["labels"])}
         (Path(tmp) / "label_map.json").write_text(json.dumps(label_map, indent=1), encoding="utf-8")

@@ -151,7 +151,7 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
     summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots,
                            interrupted)
-    parent_tags = mlflow_runs.client(uri).get_run(ctx.parent_run_id).data.tags
+    parent_tags = mlflow_runs.get_run(uri, ctx.parent_run_id).data.tags
     if best is not None and best.run_id is not None:
         if parent_tags.get("best_trial_id") == best.trial_id and parent_tags.get("best_model_uri"):
             summary.best_model_uri = parent_tags["best_model_uri"]
@@ -169,7 +169,7 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     path = write_summary(summary, ctx)
     summary.summary_path = str(path)
     try:
-        mlflow_runs.client(uri).log_artifact(ctx.parent_run_id, str(path))
+        mlflow_runs.log_artifact(uri, ctx.parent_run_id, path)
     except Exception as err:  # the file is written; an artifact store hiccup must not fail a finished sweep
         logger.warning("could not log %s to MLflow: %s", path, err)
     status = "KILLED" if interrupted else "FINISHED" if best is not None else "FAILED"

@@ -19,3 +19,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny demo corpus (12 clips a speaker) and its fbank cache, made once for every test that sweeps it
+    (a module may define its own `demo` of another size)."""
+    from tfmamba.demo import ensure_demo_data
+
+    return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)

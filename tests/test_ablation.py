@@ -93,7 +93,7 @@ def test_table2_grid_rows_caches_and_paper_numbers(tmp_path: Path) -> None:
 
 
 def test_seeds_repeat_each_fold_and_aggregate() -> None:
-    from orchestration.ablation import parse_seeds
+    from orchestration.rows import parse_seeds
     from orchestration.trial import SweepContext, parse_unit, summarize, train_run_name, unit_key
 
     assert parse_seeds("3") == (0, 1, 2) and parse_seeds("4,7") == (4, 7) and parse_seeds(None) == ()
@@ -153,7 +153,7 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 
 def test_meld_table_reports_wf1_beside_the_paper() -> None:
-    from orchestration.report import RowResult, markdown
+    from orchestration.table_report import RowResult, markdown
 
     rows = [RowResult("tf_cmdt", "+ CMDT Loss (Full model)", 20_500_000, 20.79, 1, ours={"wf1": (0.471, 0.004)},
                       paper={"wf1": 48.5}, seeds=5)]

@@ -19,13 +19,6 @@ from test_sweep import run_sweep, run_tree, sweep_command
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    from tfmamba.demo import ensure_demo_data
-
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)
-
-
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch):
     """A 3-node Ray cluster in its own temp folder (short: Ray's socket paths must stay under 108 bytes),

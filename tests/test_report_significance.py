@@ -66,7 +66,7 @@ def cells(markdown: str) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def test_significance_columns_from_mlflow_alone(store, tmp_path: Path) -> None:
-    from orchestration.report import build_report, collect_rows, find_parent_run
+    from orchestration.table_report import build_report, collect_rows, find_parent_run
 
     uri, parent_id = store
     parent = find_parent_run(uri, "t3-significance", "table3")
@@ -120,7 +120,7 @@ def test_significance_columns_from_mlflow_alone(store, tmp_path: Path) -> None:
 
 
 def test_rows_without_fold_runs_keep_the_plain_table() -> None:
-    from orchestration.report import RowResult, compare_rows, markdown
+    from orchestration.table_report import RowResult, compare_rows, markdown
 
     rows = [RowResult("tf", "+ Frequency-Domain Mamba", 1e6, 20.79, 3, ours={"wa": (0.5, 0.01), "ua": (0.5, 0.01)}),
             RowResult("tf_cmdt", "+ CMDT Loss (Full model)", 1e6, 20.79, 3, ours={"wa": (0.6, 0.01), "ua": (0.6, 0.01)},

@@ -29,13 +29,6 @@ BOUNDED = ("_wa", "_ua", "_wf1", "_wa_mean", "_ua_mean", "_wf1_mean", "_wa_std",
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    from tfmamba.demo import ensure_demo_data
-
-    return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)
-
-
 def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
     sets = [arg for item in TINY for arg in ("--set", item)]
     return [sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache", str(demo.cache),

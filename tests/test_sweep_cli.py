@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestration.resources import fold_slots
-from orchestration.sweep import parse_args, parse_folds
+from orchestration.options import parse_folds
+from orchestration.sweep import parse_args
 from orchestration.trial import summarize, train_run_name
 
 SWEEP = Path(__file__).resolve().parent.parent / "orchestration" / "sweep.py"

@@ -1,0 +1,179 @@
+"""What every entry script does before and around `tuner.fit()`: name the run, check where results go,
+start or join Ray, open the parent MLflow run, build or restore the Tuner.
+
+The order is the same for the sweep and the ablation: `results_location` (storage, name, fold outputs,
+the MLflow URI, preflight) -> data -> `start_ray` -> `open_parent_run` -> the Tuner. Nothing is
+created in MLflow before Ray is up, so a cluster that cannot be joined leaves no run behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestration import mlflow_runs
+from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
+from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
+from orchestration.resources import DRIVER_RESOURCE
+from tfmamba.locations import absolute, is_uri
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_console() -> None:
+    """Logging format and MLflow client settings of every entry script (values already set win)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key, value in mlflow_runs.http_env().items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
+@dataclass(frozen=True)
+class ResultsLocation:
+    """Where one sweep or grid writes: Tune state under `storage/name`, Train runs, fold outputs, MLflow."""
+
+    storage: str
+    name: str
+    tracking_uri: str
+    experiment: str
+
+    @property
+    def tune_path(self) -> str:
+        return f"{self.storage}/{self.name}"
+
+    @property
+    def train_storage(self) -> str:
+        return f"{self.storage}/{self.name}-train"
+
+    @property
+    def out_root(self) -> str:
+        """The folds' output folders: beside the Tune results, or under /tmp for remote storage."""
+        if is_uri(self.storage):
+            return f"/tmp/tfmamba-sweeps/{self.name}-outputs"
+        return f"{self.storage}/{self.name}-outputs"
+
+
+def results_location(args: argparse.Namespace, new_name: Callable[[], str], what: str) -> ResultsLocation:
+    """Resolve --storage-path, --name (or the newest run under the storage with --resume, or `new_name()`)
+    and the MLflow URI, then check every location can be written: exits naming each problem."""
+    storage = absolute(args.storage_path)
+    name = args.name or (newest_run(storage) if args.resume else new_name())
+    if not args.resume and not is_uri(storage) and Path(storage, name).exists():
+        raise SystemExit(f"{storage}/{name} already exists: add --resume to continue that {what}, "
+                         "or pick another --name")
+    where = ResultsLocation(storage, name, mlflow_runs.resolve_tracking_uri(args.mlflow_uri), args.experiment)
+    locations = {"Tune/Train storage": storage, "fold outputs": where.out_root}
+    try:
+        check_outputs(locations | mlflow_locations(where.tracking_uri, args.experiment), args.min_free_gb)
+    except PreflightError as err:
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
+    return where
+
+
+def newest_run(storage: str) -> str:
+    """The newest Tune experiment under a local storage path (what --resume continues without --name)."""
+    if is_uri(storage):
+        raise SystemExit("--resume with a remote --storage-path needs --name")
+    runs = sorted(Path(storage).glob("*/tuner.pkl"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise SystemExit(f"--resume: nothing to resume under {storage}")
+    return runs[-1].parent.name
+
+
+def start_ray(address: str | None, tracking_uri: str) -> None:
+    """Join the cluster at `address`, or start a private local Ray (with the trial-driver resource); the
+    Ray workers get the MLflow URI and bounded MLflow HTTP settings. Exits with one line if joining fails."""
+    import ray
+
+    env = {mlflow_runs.ENV_URI: tracking_uri, "PYTHONUNBUFFERED": "1", **mlflow_runs.http_env(),
+           mlflow_runs.ENV_RETRY_SECONDS: str(mlflow_runs.default_retry_seconds())}
+    runtime_env = {"env_vars": env}
+    if address is None:
+        session = start_private_ray(os.cpu_count(), {DRIVER_RESOURCE: 1000}, runtime_env)
+        print(f"Started a private local Ray for this run ({os.cpu_count()} CPUs; logs in {session}/logs); "
+              "--address auto would join the machine's running cluster instead", flush=True)
+    else:
+        try:
+            join_cluster(address, runtime_env)
+        except RayJoinError as err:
+            raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
+    logger.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def git_commit() -> str:
+    """The project's commit (with -dirty for uncommitted changes), or "unknown" outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any], params: dict[str, Any],
+                    files: dict[str, str], texts: dict[str, str], resume: bool) -> tuple[str, str]:
+    """The experiment id and the sweep's (or grid's) parent run, created or found again by its tags. A new
+    run gets `params`, the `files` (local path -> artifact folder) and `texts` (artifact path -> text); a
+    resumed one keeps those of its first start, and its runs a killed driver left RUNNING are closed."""
+    uri = where.tracking_uri
+    experiment_id = mlflow_runs.ensure_experiment(uri, where.experiment,
+                                                  mlflow_runs.default_artifact_location(uri, where.experiment))
+    run_id = mlflow_runs.get_or_create_run(uri, experiment_id, mlflow_runs.sweep_tags(where.name), run_name)
+    mlflow_runs.set_tags(uri, run_id, {"git_commit": git_commit(), "storage_path": where.tune_path, **tags})
+    if not mlflow_runs.get_run(uri, run_id).data.params:
+        mlflow_runs.log_params(uri, run_id, params)
+        for path, folder in files.items():
+            mlflow_runs.log_artifact(uri, run_id, path, folder)
+        for artifact, text in texts.items():
+            mlflow_runs.log_text(uri, run_id, text, artifact)
+    if resume:
+        mlflow_runs.mark_stale_runs(uri, experiment_id, where.name)
+    return experiment_id, run_id
+
+
+def trainable(ctx: Any, trial_resources: dict[str, float]):
+    """The trial function with the sweep's context and the trial driver's resources."""
+    from ray import tune
+
+    from orchestration.trial import run_trial
+
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
+
+
+def restore_tuner(path: str, trainable_fn, what: str):
+    """The Tuner saved at `path`, to go on with its unfinished and errored trials (finished ones stay)."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        raise SystemExit(f"--resume: no restorable {what} at {path}")
+    logger.info("resuming %s from %s", what, path)
+    return tune.Tuner.restore(path, trainable=trainable_fn, resume_unfinished=True, resume_errored=True)
+
+
+def dated_name(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def sweep_context(args: argparse.Namespace, where: ResultsLocation, data: Any, space: Any, experiment_id: str,
+                  parent_run_id: str, parallel_folds: int, **extra: Any):
+    """What every trial of this sweep or grid shares, from the command's options and what was set up."""
+    from orchestration.trial import SweepContext
+
+    return SweepContext(sweep_id=where.name, space=space, manifest_dir=data.manifest_dir, cache=data.cache,
+                        folds=data.folds, out_root=where.out_root, train_storage=where.train_storage,
+                        tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                        workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
+                        gpus_per_worker=args.gpus_per_worker, parallel_folds=parallel_folds,
+                        fold_retries=args.fold_retries, **extra)

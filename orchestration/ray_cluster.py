@@ -1,0 +1,159 @@
+"""Start a private local Ray, or join a running cluster with a one-line reason when that cannot work.
+
+Without `--address` every entry script starts its own local Ray (`address="local"`), whatever else
+runs on the machine: a `ray start --head` (running, or killed without `ray stop`, which leaves its
+address file behind) or `$RAY_ADDRESS` is never joined by accident. Ray 2.60's token
+authentication would have a new local Ray read (or create) `~/.ray/auth_token`, which another head
+on the machine may replace at any time; so the private Ray gets a token of its own through the
+environment, inherited by its processes only, and `~/.ray` is neither read nor written.
+
+With `--address auto` or HOST:PORT the cluster is probed before `ray.init`: the address it resolves
+to (and where that came from), a TCP connection, the cluster's token and its Ray/Python versions.
+Each failure is a `RayJoinError` with one line saying why and what to do; `ray.init` on a dead
+address would otherwise retry for minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+ADDRESS_ENV = "RAY_ADDRESS"
+PROBE_SECONDS = 5.0
+
+
+class RayJoinError(RuntimeError):
+    """The cluster named by --address cannot be joined; the message is one line with the reason and the fix."""
+
+
+def address_file() -> Path:
+    """Where `ray start --head` records its address for `address="auto"` ($RAY_TMPDIR, $TMPDIR or /tmp)."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(base) / "ray" / "ray_current_cluster"
+
+
+def start_private_ray(num_cpus: int | None, resources: dict[str, float], runtime_env: dict) -> str:
+    """A new local Ray for this process alone, with its own auth token unless the user set one; returns its
+    session folder (logs are under it)."""
+    import ray
+
+    if os.environ.get(ADDRESS_ENV):
+        logger.info("$%s=%s is not joined without --address (give --address auto to join it)", ADDRESS_ENV,
+                    os.environ[ADDRESS_ENV])
+    if not any(os.environ.get(key) for key in AUTH_ENV):
+        _use_own_token()
+    context = ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False,
+                       runtime_env=runtime_env)
+    return context.address_info.get("session_dir", "")
+
+
+def _use_own_token() -> None:
+    """Token authentication with a fresh token of this process's (its Ray processes inherit the environment);
+    Ray's cached settings are re-read, as `ray.init` does when it turns token mode on itself."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def resolve_address(address: str) -> tuple[str | None, str]:
+    """The HOST:PORT `address` means and where that came from; None for `auto` with nothing recorded
+    (Ray then looks for a running head by its processes)."""
+    if address != "auto":
+        return address, "--address"
+    if os.environ.get(ADDRESS_ENV):
+        return os.environ[ADDRESS_ENV], f"${ADDRESS_ENV}"
+    path = address_file()
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip(), f"the address file {path}"
+    return None, "no address file"
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayJoinError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+    return host, int(port)
+
+
+def probe_cluster(address: str, source: str) -> None:
+    """Raise `RayJoinError` unless a Ray head of our version listens at `address` and accepts our token."""
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError as err:
+        stale = (f" (stale: remove {address_file()} or start the cluster with `ray start --head`)"
+                 if source.startswith("the address file") else "")
+        raise RayJoinError(f"cannot join Ray at {address} from {source}: nothing listening there "
+                           f"({err.strerror or err}){stale}; or leave out --address to start a private local Ray"
+                           ) from None
+    metadata = _cluster_metadata(address)
+    if metadata is None:
+        return
+    _check_versions(address, metadata)
+
+
+def _cluster_metadata(address: str) -> dict | None:
+    """The head's cluster metadata (versions), read through a GCS client; None when it cannot be read
+    for another reason than authentication (ray.init then gives its own error)."""
+    import json
+
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # as ray.init does for a found cluster
+    try:
+        raw = GcsClient(address=address).internal_kv_get(b"CLUSTER_METADATA", namespace=b"cluster",
+                                                          timeout=PROBE_SECONDS)
+    except AuthenticationError:
+        raise RayJoinError(
+            f"cannot join Ray at {address}: its authentication token is not this process's; run "
+            "`ray get-auth-token` on the head and export it here as RAY_AUTH_TOKEN (or put it in ~/.ray/auth_token), "
+            "or leave out --address to start a private local Ray") from None
+    except Exception as err:  # an older head without the key, a timeout: let ray.init say what it finds
+        logger.debug("could not read the cluster metadata of %s: %s", address, err)
+        return None
+    return json.loads(raw) if raw else None
+
+
+def _check_versions(address: str, metadata: dict) -> None:
+    import sys
+
+    import ray
+
+    theirs = (metadata.get("ray_version"), metadata.get("python_version"))
+    ours = (ray.__version__, ".".join(map(str, sys.version_info[:3])))
+    if None not in theirs and theirs != ours:
+        raise RayJoinError(f"cannot join Ray at {address}: it runs Ray {theirs[0]} on Python {theirs[1]}, this "
+                           f"process Ray {ours[0]} on Python {ours[1]}; install the cluster's versions here (or "
+                           "submit the script with `ray submit` / `ray job submit` to run it on the head)")
+
+
+def join_cluster(address: str, runtime_env: dict) -> None:
+    """`ray.init(address)` after the probe; Ray's own connection errors are turned into one line too."""
+    import ray
+
+    resolved, source = resolve_address(address)
+    if resolved is not None:
+        probe_cluster(resolved, source)
+    elif address == "auto":
+        logger.info("--address auto: no $%s and no %s; looking for a running Ray head", ADDRESS_ENV, address_file())
+    try:
+        ray.init(address=resolved or address, runtime_env=runtime_env)
+    except ConnectionError as err:
+        where = resolved or "this machine"
+        raise RayJoinError(f"cannot join Ray at {where}: {str(err).splitlines()[0]}; start a cluster with "
+                           "`ray start --head`, or leave out --address to start a private local Ray") from None
+    except RuntimeError as err:
+        if "Version mismatch" not in str(err):
+            raise
+        raise RayJoinError(f"cannot join Ray at {resolved}: {' '.join(str(err).split())}") from None
