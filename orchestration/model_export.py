@@ -33,7 +33,7 @@ class TFMambaPyfunc(mlflow.pyfunc.PythonModel):
     """Emotion scores for audio files (through `tfmamba.predict.Predictor`) or for cached utterance features."""
 
     def load_context(self, context) -> None:
-        from tfmamba.train import load_trained_model
+        from tfmamba.training.outputs import load_trained_model
 
         self.folder = context.artifacts["tfmamba_model"]
         self.model, self.description = load_trained_model(self.folder)
