@@ -69,7 +69,7 @@ class RayReporter:
         import ray.train
 
         from tfmamba.checkpoint import has_checkpoint
-        from tfmamba.train import CHECKPOINT_DIR
+        from tfmamba.training.fold import CHECKPOINT_DIR
 
         checkpoint = ray.train.get_checkpoint()
         folder = None
@@ -155,7 +155,7 @@ def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.features.store import FeatureStore
     from tfmamba.folds import load_folds
-    from tfmamba.train import train_fold
+    from tfmamba.training.fold import train_fold
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     task = FoldTask(**loop_config)

@@ -232,7 +232,7 @@ def test_killed_worker_resumes_its_fold_from_the_last_checkpoint(killed_worker_s
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.features.store import FeatureStore
     from tfmamba.folds import load_folds
-    from tfmamba.train import train_fold
+    from tfmamba.training.fold import train_fold
 
     sweep, output = killed_worker_sweep, killed_worker_sweep["output"]
     assert sweep["killed_at"] < EPOCHS, "the worker was killed after its fold had finished"

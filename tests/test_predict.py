@@ -291,7 +291,7 @@ def demo_model(tmp_path_factory):
     from tfmamba.demo import ensure_demo_data
     from tfmamba.features.store import FeatureStore
     from tfmamba.folds import load_folds
-    from tfmamba.train import train_fold
+    from tfmamba.training.fold import train_fold
 
     torch.set_num_threads(1)
     demo = ensure_demo_data(DEMO_ROOT, progress=False)

@@ -17,8 +17,10 @@ from tfmamba.corpora.manifest import Manifest
 from tfmamba.errors import ConfigError, TrainingError
 from tfmamba.features.store import FeatureStore
 from tfmamba.folds import Fold
-from tfmamba.train import FoldResult, load_trained_model, train_fold
-from tfmamba.training.data import InputNorm, eval_batches, fold_into_linear
+from tfmamba.training.fold import FoldResult, train_fold
+from tfmamba.training.input_norm import InputNorm, fold_into_linear
+from tfmamba.training.loaders import eval_batches
+from tfmamba.training.outputs import load_trained_model
 from tfmamba.training.loop import make_optimizer, parameter_groups
 
 LABELS = ["neu", "hap", "ang", "sad"]

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from test_train import Recorder, synthetic, tiny_config
-from tfmamba.train import train_fold
+from tfmamba.training.fold import train_fold
 
 
 def _worker(rank: int, folder: str, queue) -> None:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from tfmamba.errors import ConfigError
     from tfmamba.features.store import FeatureStore
     from tfmamba.folds import load_folds
-    from tfmamba.train import train_fold
+    from tfmamba.training.fold import train_fold
 
     config = load_train_config(args.config, args.overrides)
     if (args.manifest is None) != (args.cache is None):

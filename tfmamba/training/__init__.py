@@ -1,2 +1,3 @@
-"""The pieces of the fold trainer (`tfmamba.train.train_fold`): data loaders and input statistics,
-the distributed helpers, one epoch of training and one evaluation, and the output folder."""
+"""The fold trainer, `tfmamba.training.fold.train_fold`, and its pieces: the fold's datasets and loaders
+(`loaders`), the input standardisation (`input_norm`), the distributed helpers, one epoch of training and
+one evaluation (`loop`), and the output folder and `load_trained_model` (`outputs`)."""

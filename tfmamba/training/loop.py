@@ -23,7 +23,7 @@ from tfmamba.config import TrainConfig
 from tfmamba.errors import TrainingError
 from tfmamba.losses import cmdt_loss, total_loss
 from tfmamba.training import distributed
-from tfmamba.training.data import InputNorm
+from tfmamba.training.input_norm import InputNorm
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

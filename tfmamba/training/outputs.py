@@ -27,7 +27,7 @@ from tfmamba.errors import DataError
 from tfmamba.features.store import FeatureStore
 from tfmamba.metrics import Metrics, plot_confusion
 from tfmamba.model import ModelConfig, TFMamba
-from tfmamba.training.data import InputNorm, fold_into_linear
+from tfmamba.training.input_norm import InputNorm, fold_into_linear
 
 FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"

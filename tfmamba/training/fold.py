@@ -34,12 +34,12 @@ from tfmamba.metrics import compute_metrics
 from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
 from tfmamba.training import distributed
 from tfmamba.features.dataset import FeatureDataset
-from tfmamba.training.data import (InputNorm, cropped_count, eval_loader, fold_datasets, fold_digest, input_norm,
-                                   train_loader)
+from tfmamba.training.input_norm import InputNorm, input_norm
+from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader
 from tfmamba.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
-from tfmamba.training.outputs import deployable_weights, load_trained_model, model_description, write_json, write_outputs
+from tfmamba.training.outputs import deployable_weights, model_description, write_json, write_outputs
 
-__all__ = ["FoldResult", "Reporter", "load_trained_model", "train_fold"]
+__all__ = ["FoldResult", "Reporter", "train_fold"]
 
 logger = logging.getLogger(__name__)
 
