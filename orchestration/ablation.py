@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 
 from orchestration import launch, mlflow_runs, options
-from orchestration.data import resolve_data
+from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
 from orchestration.resources import plan

@@ -1,4 +1,4 @@
-"""Ablation grids (the paper's Tables II and III): rows of fixed settings, read from `search_spaces/<table>.yaml`.
+"""Ablation grids (the paper's Tables II and III): rows of fixed settings, read from `grids/<table>.yaml`.
 
 A grid file names its table, the base training config (`base`, or `demo_base` for the demo
 corpus), settings fixed for every row and the rows, each `name: {setting: value, ...}`:
@@ -27,13 +27,14 @@ from typing import Any
 
 import yaml
 
-from orchestration.search_space import EarlyStopping, ParamSpec, SearchSpace, SearchSpaceError, resolve_space_path
+from orchestration.search_space import EarlyStopping, ParamSpec, SearchSpace, SearchSpaceError, resolve_yaml
 from orchestration.trial import ROW_KEY
 from tfmamba.config import TrainConfig, load_train_config
 from tfmamba.errors import ConfigError
 
 GRID_KEYS = ("description", "table", "base", "demo_base", "fixed", "demo_fixed", "rows", "demo_rows")
 ROW_KEYS = ("cache", "extractor", "paper_row")  # about a row's data and its paper row, not training settings
+GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,9 @@ class RowSetting:
 
 
 def load_grid(name_or_path: str | Path, demo: bool, overrides: dict[str, Any] | None = None) -> Grid:
-    """Read and validate a grid file; `demo` picks `demo_base`/`demo_fixed`, `overrides` fix more settings."""
-    path = resolve_space_path(name_or_path)
+    """Read and validate a grid file (a name in `grids/` or a YAML path); `demo` picks `demo_base`/`demo_fixed`,
+    `overrides` fix more settings."""
+    path = resolve_yaml(name_or_path, GRIDS_DIR, "grid")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

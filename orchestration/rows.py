@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from orchestration import mlflow_runs
-from orchestration.data import SweepData, cache_exists, check_cache, ensure_demo_caches
+from orchestration.sweep_data import SweepData, cache_exists, check_cache, ensure_demo_caches
 from orchestration.grid import Grid
 from orchestration.search_space import SearchSpaceError
 from orchestration.trial import ROW_KEY

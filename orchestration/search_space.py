@@ -119,19 +119,24 @@ class SearchSpace:
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
-    """A YAML file's path, or the name of a file in `search_spaces/` (with or without `.yaml`).
+    """A YAML file's path, or the name of a file in `search_spaces/` (with or without `.yaml`)."""
+    return resolve_yaml(name_or_path, SPACES_DIR, "search space")
 
-    Only files count: a folder that happens to share a shipped space's name (a `demo/` data folder in
-    the working directory) does not hide that space.
+
+def resolve_yaml(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    """A YAML file's path, or the name of a file in the shipped `folder` (with or without `.yaml`).
+
+    Only files count: a folder that happens to share a shipped file's name (a `demo/` data folder in
+    the working directory) does not hide that file.
     """
     path = Path(name_or_path)
     if path.is_file():
         return path.resolve()
-    for candidate in (SPACES_DIR / f"{name_or_path}.yaml", SPACES_DIR / str(name_or_path)):
+    for candidate in (folder / f"{name_or_path}.yaml", folder / str(name_or_path)):
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.exists() else []
-    raise SearchSpaceError(f"search space {str(name_or_path)!r} not found (a YAML path, or one of: {', '.join(known)})")
+    known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.exists() else []
+    raise SearchSpaceError(f"{what} {str(name_or_path)!r} not found (a YAML path, or one of: {', '.join(known)})")
 
 
 def load_search_space(name_or_path: str | Path, fixed: dict[str, Any] | None = None) -> SearchSpace:

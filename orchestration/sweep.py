@@ -20,7 +20,7 @@ import sys
 import time
 
 from orchestration import launch, options
-from orchestration.data import resolve_data
+from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
 from orchestration.resources import plan
 from orchestration.results import finish_sweep, print_summary
