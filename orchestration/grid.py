@@ -21,7 +21,7 @@ machinery runs it unchanged, and a Tune `param_space` that grid-searches the row
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import yaml
 
 from orchestration.search_space import EarlyStopping, ParamSpec, SearchSpace, SearchSpaceError, resolve_yaml
 from orchestration.trial import ROW_KEY
-from tfmamba.config import TrainConfig, load_train_config
+from tfmamba.config import SETTINGS, load_train_config
 from tfmamba.errors import ConfigError
 
 GRID_KEYS = ("description", "table", "base", "demo_base", "fixed", "demo_fixed", "rows", "demo_rows")
@@ -130,18 +130,20 @@ def _parse(data: Any, path: Path, demo: bool, overrides: dict[str, Any]) -> Grid
     rows = {str(name): {k: v for k, v in (row or {}).items() if k not in ROW_KEYS} for name, row in raw_rows.items()}
     info = {str(name): RowInfo(**{k: None if v is None else str(v) for k, v in (row or {}).items() if k in ROW_KEYS})
             for name, row in raw_rows.items()}
-    known = {f.name for f in fields(TrainConfig)}
     keys = set().union(*rows.values())
-    if sorted(keys - known):
-        raise SearchSpaceError(f"unknown setting(s) {sorted(keys - known)} in rows (row keys: {list(ROW_KEYS)})")
+    if sorted(keys - set(SETTINGS)):
+        raise SearchSpaceError(f"unknown setting(s) {sorted(keys - set(SETTINGS))} in rows (row keys: {list(ROW_KEYS)})")
     base_config = load_train_config(base, fixed)
+    base_settings = base_config.to_dict()
     params = {}
     for key in sorted(keys):
-        values = [row.get(key, getattr(base_config, key)) for row in rows.values()]
-        for name, row in rows.items():
-            row.setdefault(key, getattr(base_config, key))
-            base_config.replace(**row)  # raises ConfigError naming the bad setting
+        values = [row.setdefault(key, base_settings[key]) for row in rows.values()]
         params[key] = ParamSpec(key, "choice", values=tuple(dict.fromkeys(values)))
+    for name, row in rows.items():
+        try:
+            base_config.replace(**row)  # each row checked once, here
+        except ConfigError as err:
+            raise ConfigError(f"row {name!r}: {err}") from err
     fixed = {k: v for k, v in fixed.items() if k not in params}
     space = SearchSpace(name=path.stem, path=path, base=base, fixed=fixed, params=params,
                         early_stopping=EarlyStopping(enabled=False), description=str(data.get("description", "")))

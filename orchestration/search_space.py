@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tfmamba.config import TrainConfig, load_train_config
+from tfmamba.config import SETTINGS, TrainConfig, load_train_config
 from tfmamba.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ class SearchSpace:
 
     def trial_config(self, values: dict[str, Any]) -> TrainConfig:
         """The training config of one trial: base + fixed + the sampled `values`."""
-        return self.base_config().replace(**{k: _plain(v) for k, v in values.items() if k in self.params})
+        sampled = {k: _plain(v) for k, v in values.items() if k in self.params}
+        return load_train_config(self.base, {**self.fixed, **sampled})
 
     def param_space(self) -> dict[str, Any]:
         """`{name: tune domain}` for `Tuner(param_space=...)`."""
@@ -174,11 +175,10 @@ def parse_search_space(data: Any, path: Path) -> SearchSpace:
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise SearchSpaceError("'params' must map at least one parameter to its distribution")
-    known = {f.name for f in fields(TrainConfig)}
     params = {}
     for name, spec in raw_params.items():
-        if name not in known:
-            raise SearchSpaceError(f"unknown parameter {name!r}; searchable: {', '.join(sorted(known))}")
+        if name not in SETTINGS:
+            raise SearchSpaceError(f"unknown parameter {name!r}; searchable: {', '.join(sorted(SETTINGS))}")
         if name in fixed:
             raise SearchSpaceError(f"parameter {name!r} is both fixed and searched")
         params[name] = _parse_param(name, spec, base_config)
@@ -241,7 +241,8 @@ def _parse_point(point: Any, params: dict[str, ParamSpec], index: int, base_conf
     where = f"points_to_evaluate[{index}]"
     if point in ("paper", "base"):
         config = load_train_config("paper") if point == "paper" else base_config
-        point = {name: getattr(config, name) for name in params}
+        settings = config.to_dict()
+        point = {name: settings[name] for name in params}
     if not isinstance(point, dict):
         raise SearchSpaceError(f"{where}: give 'paper', 'base' or a mapping of parameter: value")
     missing, extra = sorted(set(params) - set(point)), sorted(set(point) - set(params))

@@ -31,7 +31,7 @@ def test_table3_grid_rows_and_settings() -> None:
     weights = {name: grid.space.trial_config(row).cmdt_weight for name, row in grid.rows.items()}
     assert weights == {"baseline": 0.0, "attention": 0.0, "temporal": 0.0, "tf": 0.0, "tf_cmdt": 0.1,
                        "dual_temporal": 0.1}
-    assert grid.space.trial_config(grid.rows["tf"]).variant == "tf"
+    assert grid.space.trial_config(grid.rows["tf"]).model.variant == "tf"
     space = grid.param_space()
     assert space["row"] == {"grid_search": list(VARIANTS)}
     assert space["cmdt_weight"].func({"config": {"row": "tf_cmdt"}}) == 0.1
@@ -77,7 +77,7 @@ def test_table2_grid_rows_caches_and_paper_numbers(tmp_path: Path) -> None:
             ) == (75.7, 62.8, 42.9)
     grid = load_grid("table2", demo=False)
     assert list(grid.rows) == list(paper) and grid.space.params == {}
-    assert all(grid.space.trial_config(row).variant == "tf_cmdt" and grid.space.trial_config(row).cmdt_weight == 0.1
+    assert all(grid.space.trial_config(row).model.variant == "tf_cmdt" and grid.space.trial_config(row).cmdt_weight == 0.1
                for row in grid.rows.values())
     caches = grid.row_caches(str(tmp_path), {"whisper-large": "s3://bucket/whisper"})
     assert caches["wavlm-large"] == str(tmp_path / "wavlm-large") and caches["whisper-large"] == "s3://bucket/whisper"

@@ -49,7 +49,7 @@ def test_default_space_first_point_is_the_paper_config() -> None:
 def test_trial_config_applies_sampled_values(tmp_path: Path) -> None:
     space = load_search_space(write_space(tmp_path, base_space(fixed={"epochs": 2})))
     config = space.trial_config({"cmdt_weight": 0.3, "d_state": 32})
-    assert (config.cmdt_weight, config.d_state, config.epochs) == (0.3, 32, 2)
+    assert (config.cmdt_weight, config.model.d_state, config.epochs) == (0.3, 32, 2)
 
 
 @pytest.mark.parametrize(

@@ -1,27 +1,31 @@
-"""Training configuration: one flat, validated dataclass loaded from YAML (see docs/contracts.md).
+"""Training configuration: a validated dataclass composing the model's `ModelConfig`, loaded from flat YAML
+(see docs/contracts.md).
 
-Shipped configs live in `tfmamba/data/configs/` (`paper`, `demo`); `load_train_config` accepts one
-of those names or a YAML path, plus `key=value` overrides (values parsed as YAML, so `lr=1e-3`,
-`max_frames=null` and `classifier_dims=[128,64]` work). Every value is checked on construction,
-so a bad setting fails before any data is read, with a `ConfigError` naming the key.
+A config file, a `--set key=value` override and a search space name model settings (`d_state`) and
+training settings (`lr`) side by side, at the top level: `TrainConfig.from_dict` sorts them into
+`TrainConfig.model` (a `ModelConfig`, the one declaration of the model's settings) and the training
+fields, and `to_dict` flattens them back. Shipped configs live in `tfmamba/data/configs/` (`paper`,
+`demo`); `load_train_config` accepts one of those names or a YAML path, plus `key=value` overrides
+(values parsed as YAML, so `lr=1e-3`, `max_frames=null` and `classifier_dims=[128,64]` work). Every
+value is checked once, when the config is built, so a bad setting fails before any data is read,
+with a `ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tfmamba import checks
 from tfmamba.corpora import selection_metric
 from tfmamba.errors import ConfigError
-from tfmamba.model import VARIANTS, ModelConfig
-from tfmamba.ssd import BACKENDS
+from tfmamba.model import DATA_SIZES, ModelConfig
 
 SHIPPED_CONFIGS: tuple[str, ...] = ("paper", "demo")
 SCHEDULERS: tuple[str, ...] = ("cosine", "constant")
@@ -29,14 +33,14 @@ INPUT_NORMS: tuple[str, ...] = ("none", "global")
 # Selection metrics and whether larger is better; "auto" is the corpus's own (tfmamba.corpora.SELECTION_METRICS).
 SELECT_METRICS: dict[str, bool] = {"valid_ua": True, "valid_wa": True, "valid_wf1": True, "valid_loss": False}
 AUTO = "auto"
-MODEL_FIELDS: tuple[str, ...] = ("variant", "d_model", "d_state", "d_conv", "expand", "headdim", "ngroups",
-                                 "chunk_size", "num_heads", "ffn_dim", "classifier_dims", "dropout", "filter_init",
-                                 "filter_sharpness", "filter_hidden", "freq_conv", "ssd_backend")
+# The model settings a training config sets (the rest of ModelConfig comes from the data).
+MODEL_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.name not in DATA_SIZES)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one fold's training depends on; defaults are the paper's setting (full-size model).
+    """Everything one fold's training depends on: the network (`model`) and how it is trained; defaults are the
+    paper's setting (full-size model).
 
     `max_frames` crops training clips (a random window); validation and test clips are scored whole
     unless longer than `eval_max_frames` (None: no limit), a memory cap for extreme clips.
@@ -49,24 +53,8 @@ class TrainConfig:
     takes raw features.
     """
 
-    # model
-    variant: str = "tf_cmdt"
-    d_model: int = 1024
-    d_state: int = 128
-    d_conv: int = 4
-    expand: int = 2
-    headdim: int = 64
-    ngroups: int = 1
-    chunk_size: int = 64
-    num_heads: int = 8
-    ffn_dim: int = 192
-    classifier_dims: tuple[int, ...] = (512, 256)
-    dropout: float = 0.1
-    filter_init: float = 0.05
-    filter_sharpness: float = 4.0
-    filter_hidden: int = 4
-    freq_conv: bool = False
-    ssd_backend: str = "auto"
+    # model (its num_classes and input_dim are placeholders until `model_config` sets them from the data)
+    model: ModelConfig = field(default_factory=ModelConfig)
     # loss
     cmdt_weight: float = 0.1
     cmdt_temperature: float = 0.1
@@ -89,44 +77,32 @@ class TrainConfig:
     input_norm: str = "none"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "classifier_dims", _int_tuple(self.classifier_dims))
-        for f in fields(self):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            value = getattr(self, f.name)
-            if f.type.startswith("float") and isinstance(value, str):
-                object.__setattr__(self, f.name, _float(f.name, value))
-        self.validate()
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        checks.coerce_floats(self)
+        self._validate()
 
-    def validate(self) -> None:
-        """Raise ConfigError naming the first bad value."""
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
-        _choice("variant", self.variant, VARIANTS)
-        _choice("ssd_backend", self.ssd_backend, BACKENDS)
-        _choice("scheduler", self.scheduler, SCHEDULERS)
-        _choice("select_metric", self.select_metric, (AUTO, *SELECT_METRICS))
-        _choice("input_norm", self.input_norm, INPUT_NORMS)
-        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size", "num_heads",
-                     "ffn_dim", "cmdt_bins", "batch_size", "epochs"):
-            _at_least(name, getattr(self, name), 1)
-        for name in ("patience", "num_workers", "seed", "filter_hidden"):
-            _at_least(name, getattr(self, name), 0)
-        if not self.classifier_dims or min(self.classifier_dims) < 1:
-            raise ConfigError(f"classifier_dims must be positive widths, got {list(self.classifier_dims)}")
-        _in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
-        _positive("filter_init", self.filter_init)
-        _positive("filter_sharpness", self.filter_sharpness)
-        _positive("cmdt_temperature", self.cmdt_temperature)
-        _positive("lr", self.lr)
-        _in_range("cmdt_weight", self.cmdt_weight, 0.0, math.inf)
-        _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
-        _in_range("warmup_epochs", self.warmup_epochs, 0.0, math.inf)
+    def _validate(self) -> None:
+        """Raise ConfigError naming the first bad training value (the model's are checked by ModelConfig)."""
+        checks.check_types(self)
+        checks.choice("scheduler", self.scheduler, SCHEDULERS)
+        checks.choice("select_metric", self.select_metric, (AUTO, *SELECT_METRICS))
+        checks.choice("input_norm", self.input_norm, INPUT_NORMS)
+        for name in ("cmdt_bins", "batch_size", "epochs"):
+            checks.at_least(name, getattr(self, name), 1)
+        for name in ("patience", "num_workers", "seed"):
+            checks.at_least(name, getattr(self, name), 0)
+        checks.positive("cmdt_temperature", self.cmdt_temperature)
+        checks.positive("lr", self.lr)
+        checks.in_range("cmdt_weight", self.cmdt_weight, 0.0, math.inf)
+        checks.in_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        checks.in_range("warmup_epochs", self.warmup_epochs, 0.0, math.inf)
         if self.grad_clip is not None:
-            _positive("grad_clip", self.grad_clip)
+            checks.positive("grad_clip", self.grad_clip)
         if self.max_frames is not None:
-            _at_least("max_frames", self.max_frames, 1)
+            checks.at_least("max_frames", self.max_frames, 1)
         if self.eval_max_frames is not None:
-            _at_least("eval_max_frames", self.eval_max_frames, 1)
-        self.model_config(num_classes=2, input_dim=1)  # the model's own cross-field checks
+            checks.at_least("eval_max_frames", self.eval_max_frames, 1)
 
     def selection(self, corpus: str) -> tuple[str, bool]:
         """The validation metric that picks the best epoch on `corpus` ("auto": the corpus's own), and whether
@@ -136,33 +112,34 @@ class TrainConfig:
 
     def model_config(self, num_classes: int, input_dim: int) -> ModelConfig:
         """The network these settings describe, for `num_classes` classes and `input_dim` features."""
-        settings = {name: getattr(self, name) for name in MODEL_FIELDS}
-        return ModelConfig(num_classes=num_classes, input_dim=input_dim, **settings)
+        return self.model.with_data_sizes(num_classes, input_dim)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON values (tuples as lists)."""
-        data = dataclasses.asdict(self)
-        data["classifier_dims"] = list(self.classifier_dims)
+        """Plain YAML/JSON values, flat: the model settings first, then the training ones (tuples as lists)."""
+        model = self.model.to_dict()
+        data = {name: model[name] for name in MODEL_SETTINGS}
+        data.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"})
         return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, **overrides: Any) -> TrainConfig:
-        """A validated copy with `overrides` applied (unknown keys raise ConfigError)."""
+        """A validated copy with `overrides` (flat settings) applied (unknown keys raise ConfigError)."""
         return TrainConfig.from_dict({**self.to_dict(), **overrides})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """A config from flat settings (model and training side by side, as in YAML); missing ones take defaults."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a training config must be a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(SETTINGS), key=str)
         if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown setting(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(SETTINGS))}")
         try:
-            return cls(**data)
-        except TypeError as err:  # e.g. classifier_dims that is not a list
+            model = ModelConfig(**{k: v for k, v in data.items() if k in MODEL_SETTINGS})
+            return cls(model=model, **{k: v for k, v in data.items() if k not in MODEL_SETTINGS})
+        except TypeError as err:  # e.g. a value of the wrong kind that a check could not name
             raise ConfigError(str(err)) from err
 
     @classmethod
@@ -178,6 +155,10 @@ class TrainConfig:
             return cls.from_dict(data or {})
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
+
+
+# Every flat setting a config file, `--set` or a search space may name.
+SETTINGS: tuple[str, ...] = MODEL_SETTINGS + tuple(f.name for f in fields(TrainConfig) if f.name != "model")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -210,61 +191,3 @@ def load_train_config(name_or_path: str | Path, overrides: Mapping[str, Any] | I
         extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
         config = config.replace(**extra)
     return config
-
-
-def _int_tuple(value: Any) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ConfigError(f"classifier_dims must be a list of widths, got {value!r}")
-    items = tuple(value)
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
-        raise ConfigError(f"classifier_dims must be a list of integers, got {list(items)}")
-    return items
-
-
-def _float(name: str, value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    """Check a value against its field annotation (a string, as `from __future__ import annotations` makes it)."""
-    optional = "None" in annotation
-    if value is None:
-        if not optional:
-            raise ConfigError(f"{name} must not be null")
-        return
-    base = annotation.replace(" | None", "")
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-    }.get(base, True)
-    if not ok:
-        raise ConfigError(f"{name} must be {base}, got {value!r}")
-    if base == "float" and math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got nan")
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value}")
-
-
-def _in_range(name: str, value: float, low: float, high: float, high_open: bool = False) -> None:
-    above = value < high if high_open else value <= high
-    if not (math.isfinite(value) and low <= value and above):
-        bracket = ")" if high_open else "]"
-        raise ConfigError(f"{name} must be in [{low}, {high}{bracket}, got {value}")

@@ -126,7 +126,11 @@ def spectral_similarity(
     _check_hparams(1.0, num_bins)
     if not 0.0 <= rel_eps < 1.0:
         raise ConfigError(f"rel_eps must be in [0, 1), got {rel_eps}")
-    x = _masked(sequence, mask)
+    return _spectral_similarity(_masked(sequence, mask), num_bins, rel_eps)
+
+
+def _spectral_similarity(x: Tensor, num_bins: int, rel_eps: float) -> Tensor:
+    """`spectral_similarity` of an already masked sequence in the compute dtype, arguments checked by the caller."""
     frames = x.shape[1]
     num_kept = min(num_bins, frames // 2 + 1)
     spectrum = torch.fft.rfft(x, n=frames, dim=1)[:, :num_kept]  # (B, K, D) complex
@@ -155,6 +159,11 @@ def cmdt_loss(
     has a positive.
     """
     _check_hparams(temperature, num_bins)
+    return _cmdt_loss(sequence, mask, labels, temperature, num_bins)
+
+
+def _cmdt_loss(sequence: Tensor, mask: Tensor, labels: Tensor, temperature: float, num_bins: int) -> Tensor:
+    """`cmdt_loss` with `temperature` and `num_bins` already checked (by the caller, once)."""
     _check_inputs(sequence, mask)
     if labels.dim() != 1 or labels.shape[0] != sequence.shape[0]:
         raise ValueError(f"labels must be (batch,) = ({sequence.shape[0]},), got {tuple(labels.shape)}")
@@ -170,7 +179,7 @@ def cmdt_loss(
     if not bool(has_pos.any()):
         return _masked(sequence, mask).sum() * 0.0
 
-    logits = spectral_similarity(sequence, mask, num_bins) / temperature  # (B, B), finite
+    logits = _spectral_similarity(_masked(sequence, mask), num_bins, _REL_EPS) / temperature  # (B, B), finite
     neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
     log_denominator = torch.logsumexp(torch.where(not_self, logits, neg_inf), dim=1)  # (B,)
     mean_pos_logit = (logits * positives).sum(dim=1) / num_pos.clamp_min(1)
@@ -179,10 +188,8 @@ def cmdt_loss(
 
 
 def total_loss(ce: Tensor, cmdt: Tensor, weight: float) -> Tensor:
-    """Eq. 9: ``L_SER = L_CE + lambda * L_CMDT`` with ``lambda = weight >= 0``."""
-    valid = not isinstance(weight, bool) and isinstance(weight, (int, float)) and math.isfinite(weight)
-    if not valid or weight < 0:
-        raise ConfigError(f"CMDT loss weight (lambda) must be a finite number >= 0, got {weight!r}")
+    """Eq. 9: ``L_SER = L_CE + lambda * L_CMDT`` with ``lambda = weight >= 0`` (checked where it enters: the
+    `TrainConfig`'s `cmdt_weight`, not on every step)."""
     return ce + weight * cmdt
 
 
@@ -196,8 +203,8 @@ class CMDTLoss(nn.Module):
         self.num_bins = num_bins
 
     def forward(self, sequence: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
-        """The CMDT loss of a batch (see `cmdt_loss`)."""
-        return cmdt_loss(sequence, mask, labels, self.temperature, self.num_bins)
+        """The CMDT loss of a batch (see `cmdt_loss`); the settings were checked once, when the module was built."""
+        return _cmdt_loss(sequence, mask, labels, self.temperature, self.num_bins)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, num_bins={self.num_bins}"

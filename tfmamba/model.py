@@ -15,12 +15,13 @@ Variants (`VARIANTS`), each adding one component to the row before it:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from tfmamba import checks
 from tfmamba.errors import ConfigError
 from tfmamba.modules.attention import SelfAttentionEncoder
 from tfmamba.modules.block import TFMambaBlock
@@ -34,9 +35,16 @@ _BLOCK_SLOTS = {"temporal": "identity", "tf": "frequency", "tf_cmdt": "frequency
 LEGACY_MODEL_SETTINGS: dict[str, Any] = {"freq_conv": True, "filter_hidden": 0}
 
 
-@dataclass
+# Sizes a network takes from its data (the labels and the feature cache), not from a training config.
+DATA_SIZES: tuple[str, ...] = ("num_classes", "input_dim")
+_POSITIVE = ("num_classes", "input_dim", "d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size",
+             "num_heads", "ffn_dim")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a network; saved beside its weights."""
+    """Everything needed to rebuild a network, saved beside its weights (model.json); the one place that declares
+    the model's settings (`TrainConfig.model` is one). Every value is checked when it is built."""
 
     variant: str = "tf_cmdt"
     num_classes: int = 4
@@ -59,41 +67,39 @@ class ModelConfig:
     ssd_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        self.classifier_dims = tuple(int(d) for d in self.classifier_dims)
-        self.validate()
+        object.__setattr__(self, "classifier_dims", checks.int_tuple("classifier_dims", self.classifier_dims))
+        checks.coerce_floats(self)
+        self._validate()
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        positive = ("num_classes", "input_dim", "d_model", "d_state", "d_conv", "expand", "headdim", "ngroups",
-                    "chunk_size", "num_heads", "ffn_dim")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 2:
-            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
+        checks.check_types(self)
+        checks.choice("variant", self.variant, VARIANTS)
+        checks.choice("ssd_backend", self.ssd_backend, BACKENDS)
+        for name in _POSITIVE:
+            checks.at_least(name, getattr(self, name), 1)
+        checks.at_least("num_classes", self.num_classes, 2)
+        checks.at_least("filter_hidden", self.filter_hidden, 0, " (0: one fixed omega per channel)")
+        if not self.classifier_dims or min(self.classifier_dims) < 1:
+            raise ConfigError(f"classifier_dims must be positive widths, got {list(self.classifier_dims)}")
+        checks.in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        checks.positive("filter_init", self.filter_init)
+        checks.positive("filter_sharpness", self.filter_sharpness)
         if (self.expand * self.d_model) % self.headdim:
             raise ConfigError(f"expand * d_model ({self.expand * self.d_model}) must be a multiple of headdim ({self.headdim})")
         if ((self.expand * self.d_model) // self.headdim) % self.ngroups:
             raise ConfigError(f"the number of heads must be a multiple of ngroups ({self.ngroups})")
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.filter_init > 0:
-            raise ConfigError(f"filter_init (omega) must be > 0, got {self.filter_init}")
-        if not self.filter_sharpness > 0:
-            raise ConfigError(f"filter_sharpness must be > 0, got {self.filter_sharpness}")
-        if int(self.filter_hidden) < 0:
-            raise ConfigError(f"filter_hidden must be >= 0 (0: one fixed omega per channel), got {self.filter_hidden}")
-        if self.ssd_backend not in BACKENDS:
-            raise ConfigError(f"unknown ssd_backend {self.ssd_backend!r}; choose one of {BACKENDS}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["classifier_dims"] = list(self.classifier_dims)
         return d
+
+    def with_data_sizes(self, num_classes: int, input_dim: int) -> ModelConfig:
+        """This network for `num_classes` classes and `input_dim`-dim features (checked)."""
+        return replace(self, num_classes=num_classes, input_dim=input_dim)
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> ModelConfig:
@@ -170,15 +176,41 @@ class TFMamba(nn.Module):
         return TFMambaBlock(c.d_model, TemporalBranch(c.d_model, **mixer_kwargs), second)
 
     def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
-        """features (batch, seqlen, input_dim), right-padded; lengths (batch,) valid frames (>= 1)."""
-        mask = lengths_to_mask(lengths, features.shape[1])
+        """features (batch, seqlen, input_dim), right-padded; lengths (batch,) valid frames (>= 1).
+
+        Inference on a CPU (no autograd) runs each utterance over its own valid frames: no work on
+        padding, no masks, and buffers that stay in cache. Everything else runs the padded batch at
+        once. Both give the same outputs (tests/test_model.py pins this): every layer is per frame,
+        causal in time, or masked to the valid frames.
+        """
+        seqlen = features.shape[1]
+        mask = lengths_to_mask(lengths, seqlen)
+        if features.device.type == "cpu" and not torch.is_grad_enabled():
+            x = self._each_utterance(features, lengths)
+        else:
+            unpadded = features.device.type == "cpu" and bool((lengths >= seqlen).all())
+            x = self.sequence(features, None if unpadded else lengths)
+            x = x * mask.unsqueeze(-1).to(x.dtype)
+        return ModelOutput(self.classifier(masked_mean(x, mask)), x, mask)
+
+    def sequence(self, features: Tensor, lengths: Tensor | None) -> Tensor:
+        """M before pooling (batch, seqlen, d_model); lengths None: every frame is valid (no masking work)."""
+        mask = None if lengths is None else lengths_to_mask(lengths, features.shape[1])
         x = self.input_proj(features)
         if self.encoder is not None:
             x = self.encoder(x, mask)
         if self.block is not None:
             x = self.block(x, lengths)
-        x = x * mask.unsqueeze(-1).to(x.dtype)
-        return ModelOutput(self.classifier(masked_mean(x, mask)), x, mask)
+        return x
+
+    def _each_utterance(self, features: Tensor, lengths: Tensor) -> Tensor:
+        """`sequence` of each utterance over its valid frames alone, zero-padded back to (batch, seqlen, d_model)."""
+        out = features.new_zeros(features.shape[0], features.shape[1], self.config.d_model)
+        for i, n in enumerate(lengths.tolist()):
+            if n >= 1:
+                seq = self.sequence(features[i : i + 1, :n], None)[0]
+                out[i, : seq.shape[0]] = seq
+        return out
 
 
 def build_model(variant: str = "tf_cmdt", num_classes: int = 4, input_dim: int = 1024, **overrides: Any) -> TFMamba:

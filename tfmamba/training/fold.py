@@ -36,7 +36,7 @@ from tfmamba.training import distributed
 from tfmamba.features.dataset import FeatureDataset
 from tfmamba.training.input_norm import InputNorm, input_norm
 from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader
-from tfmamba.training.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from tfmamba.training.loop import evaluate, make_cmdt, make_optimizer, make_scheduler, train_epoch
 from tfmamba.training.outputs import deployable_weights, model_description, write_json, write_outputs
 
 __all__ = ["FoldResult", "Reporter", "train_fold"]
@@ -126,17 +126,18 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     labels = list(manifest.labels)
     model_config = config.model_config(len(labels), store.dim)
     model = TFMamba(model_config).to(dev)
-    norm = input_norm(config, data.train, config.d_model).to(dev)
+    norm = input_norm(config, data.train, model_config.d_model).to(dev)
     loader, sampler = train_loader(config, data.train, where.world, where.rank)
     valid_loader = eval_loader(config, data.valid, where.world, where.rank)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, len(sampler))
+    cmdt = make_cmdt(config)
     state = _resume(config, fold, reporter, out_dir, model, optimizer, scheduler)
     _check_same_start(state.epoch, where)
     net = distributed.wrap(model, dev, where)
     best_weights = state.best_weights if state.best_weights is not None else cpu_state_dict(model)
     logger.info("fold %d (%s): %d train / %d valid / %d test utterances, %s on %s, best epoch on %s, %s",
-                fold.index, fold.name, len(data.train), len(data.valid), len(data.test), config.variant, dev, select,
+                fold.index, fold.name, len(data.train), len(data.valid), len(data.test), model_config.variant, dev, select,
                 f"resuming after epoch {state.epoch}" if state.epoch else "from scratch")
     bar = tqdm(total=config.epochs * len(sampler), initial=min(state.epoch, config.epochs) * len(sampler),
                desc=f"fold {fold.index}", unit="step", disable=not (progress and where.is_main), dynamic_ncols=True)
@@ -148,7 +149,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             sampler.set_epoch(epoch)
             data.train.set_epoch(epoch)
             row: dict[str, float] = {"epoch": epoch}
-            row |= train_epoch(config, net, norm, loader, optimizer, scheduler, dev, epoch, where,
+            row |= train_epoch(config, net, norm, loader, optimizer, scheduler, dev, epoch, where, cmdt,
                                on_step=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
             valid = evaluate(config, net, norm, valid_loader, len(data.valid), dev, where)
             if not math.isfinite(valid.loss):

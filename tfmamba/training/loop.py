@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
 from tfmamba.errors import TrainingError
-from tfmamba.losses import cmdt_loss, total_loss
+from tfmamba.losses import CMDTLoss, total_loss
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm
 
@@ -61,6 +61,11 @@ def make_scheduler(config: TrainConfig, optimizer: AdamW, steps_per_epoch: int) 
     return LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
 
 
+def make_cmdt(config: TrainConfig) -> CMDTLoss | None:
+    """The fold's CMDT loss (built once, its settings checked then), or None when lambda is 0."""
+    return CMDTLoss(config.cmdt_temperature, config.cmdt_bins) if config.cmdt_weight > 0 else None
+
+
 def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=config.amp and device.type == "cuda")
@@ -80,8 +85,9 @@ def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
 
 def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, optimizer: AdamW,
                 scheduler: LambdaLR, device: torch.device, epoch: int, where: distributed.Dist,
-                on_step: Callable[[float], None] | None = None) -> dict[str, float]:
-    """Train one epoch; returns the utterance-weighted means over all ranks: train_loss, train_ce, train_cmdt."""
+                cmdt_loss: CMDTLoss | None, on_step: Callable[[float], None] | None = None) -> dict[str, float]:
+    """Train one epoch with `cmdt_loss` (`make_cmdt`; None: lambda is 0); returns the utterance-weighted means
+    over all ranks: train_loss, train_ce, train_cmdt."""
     model.train()
     sums = np.zeros(4)  # loss, ce, cmdt (each times the batch size), utterances
     for step, raw in enumerate(loader, start=1):
@@ -89,8 +95,8 @@ def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: 
         with autocast(config, device):
             out = model(batch.features, batch.lengths)
         ce = F.cross_entropy(out.logits.float(), batch.labels)
-        if config.cmdt_weight > 0:
-            cmdt = cmdt_loss(out.sequence, out.mask, batch.labels, config.cmdt_temperature, config.cmdt_bins)
+        if cmdt_loss is not None:
+            cmdt = cmdt_loss(out.sequence, out.mask, batch.labels)
         else:
             cmdt = torch.zeros((), device=device)
         loss = total_loss(ce, cmdt, config.cmdt_weight)
