@@ -79,14 +79,24 @@ def _prepare_dt(
     return dt
 
 
-def _skip_and_gate(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
-    """y + D x, then the output gate y * silu(z), as mamba_chunk_scan_combined does."""
+def _skip_and_gate(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None, inplace: bool = False) -> Tensor:
+    """y + D x, then the output gate y * silu(z), as mamba_chunk_scan_combined does (in y's memory if inplace)."""
     if D is not None:
         d = D.to(y.dtype)
-        y = y + x.to(y.dtype) * (d[:, None] if d.dim() == 1 else d)
+        d = d[:, None] if d.dim() == 1 else d
+        y = y.addcmul_(x.to(y.dtype), d) if inplace else y + x.to(y.dtype) * d
     if z is not None:
-        y = y * F.silu(z.to(y.dtype))
+        gate = F.silu(z.to(y.dtype))
+        y = y.mul_(gate) if inplace else y * gate
     return y
+
+
+def _mul_into(out: Tensor, a: Tensor, b: Tensor, inplace: bool) -> None:
+    """out[...] = a * b in one pass when autograd is not involved (`out=`), else through a temporary."""
+    if inplace:
+        torch.mul(a, b, out=out)
+    else:
+        out.copy_(a * b)
 
 
 def ssd_scan_sequential(
@@ -141,61 +151,81 @@ def ssd_scan(
 
     Any seqlen works (the tail chunk is zero-padded with dt = 0, which neither decays nor feeds
     the state). Accumulates in float32, or float64 for float64 inputs; returns that dtype.
+
+    On a CPU the cost is memory traffic over (seqlen x heads x headdim) arrays, not FLOPs, so each
+    such array is written once, in the layout its consumer wants: x*dt head-major for the in-chunk
+    products, x*dt*decay token-major for the chunk states (one matmul over all heads of a group),
+    and the output token-major, built in place. Without autograd the elementwise steps run in place
+    (`out=`, `mul_`); with it, the same steps run out of place.
     """
     b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cd = _compute_dtype(x, dt, A, B, C)
     dt = _prepare_dt(dt, cd, dt_bias, dt_softplus, dt_limit)
+    inplace = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z)))
     q = min(chunk_size, max(l, 1))
     c = math.ceil(l / q)
-    pad = c * q - l
-    hg = h // g  # heads per group
-
-    Bs, Cs = B.to(cd), C.to(cd)
-    # x * dt goes straight into a chunk-aligned buffer: only the tail is zeroed, x itself is never padded.
-    xdt = x.new_empty(b, c * q, h, p, dtype=cd)
+    lp, pad, hg = c * q, c * q - l, h // g
+    xs, Bs, Cs = x.to(cd), B.to(cd), C.to(cd)
     if pad:
-        xdt[:, l:].zero_()
         dt, Bs, Cs = F.pad(dt, (0, 0, 0, pad)), F.pad(Bs, (0, 0, 0, 0, 0, pad)), F.pad(Cs, (0, 0, 0, 0, 0, pad))
-    xdt[:, :l] = x.to(cd) * dt[:, :l].unsqueeze(-1)
-    xdt = xdt.view(b, c, q, g, hg, p)  # natural layout, heads of a group adjacent
 
-    # Log-decays, cumulated inside each chunk: (b, h, c, q). Small tensors, cheap to permute.
-    a = (dt * A.to(cd)).view(b, c, q, h).permute(0, 3, 1, 2)
-    acs = a.cumsum(-1)
+    # Log-decays cumulated inside each chunk, (b, h, c, q), and dt head-major: small tensors.
+    dt_hm = dt.permute(0, 2, 1)
+    acs = (dt_hm * A.to(cd)[:, None]).reshape(b, h, c, q).cumsum(-1)
     # Group-major B and C: (b, g, c, q, n); each group's C.B^T is shared by its heads.
     Bg = Bs.view(b, c, q, g, n).permute(0, 3, 1, 2, 4)
     Cg = Cs.view(b, c, q, g, n).permute(0, 3, 1, 2, 4)
 
-    # 1. Inside each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(acs_i - acs_j) xdt_j.
-    seg = acs.unsqueeze(-1) - acs.unsqueeze(-2)  # (b, h, c, q, q)
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    decay_in = torch.exp(seg.masked_fill(~causal, float("-inf")))
-    scores = decay_in.view(b, g, hg, c, q, q) * (Cg @ Bg.transpose(-1, -2)).unsqueeze(2)
-    y_diag = scores @ xdt.permute(0, 3, 4, 1, 2, 5)  # (b, g, hg, c, q, p)
+    # 1. Inside each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(acs_i - acs_j) x_j dt_j.
+    xdt = xs.new_empty(b, h, lp, p)  # head-major, chunk-aligned; only the tail is zeroed
+    if pad:
+        xdt[:, :, l:].zero_()
+    _mul_into(xdt[:, :, :l], xs.transpose(1, 2), dt_hm[:, :, :l, None], inplace)
+    scores = acs.unsqueeze(-1) - acs.unsqueeze(-2)  # (b, h, c, q, q)
+    scores.masked_fill_(~torch.ones(q, q, dtype=torch.bool, device=x.device).tril(), float("-inf")).exp_()
+    cb = (Cg @ Bg.transpose(-1, -2)).unsqueeze(2)  # (b, g, 1, c, q, q)
+    scores = scores.view(b, g, hg, c, q, q)
+    scores = scores.mul_(cb) if inplace else scores * cb
+    y_diag = scores @ xdt.view(b, g, hg, c, q, p)  # (b, g, hg, c, q, p)
 
-    # 2. Each chunk's own contribution to the state at its end: (b, g, c, n, hg*p).
-    decay_to_end = torch.exp(acs[..., -1:] - acs)  # (b, h, c, q)
-    xw = xdt * decay_to_end.permute(0, 2, 3, 1).reshape(b, c, q, g, hg, 1)
-    xw = xw.view(b, c, q, g, hg * p).permute(0, 3, 1, 2, 4)  # a free view when g == 1
-    chunk_states = Bg.transpose(-1, -2) @ xw  # (b, g, c, n, hg*p)
+    # 2. The state entering each chunk, (b, g, c, n, hg*p): chunk k's own contribution at its end
+    #    is B^T (x dt exp(acs_end - acs)), one matmul over all heads of a group; then a short loop
+    #    passes states between chunks. The last chunk's own state is never read, so never built.
+    y = None
+    if c > 1:
+        m = (c - 1) * q
+        w = (dt_hm * torch.exp(acs[..., -1:] - acs).view(b, h, lp)).transpose(1, 2)[:, :m, :, None]
+        xw = xs.new_empty(b, m, h, p)  # token-major
+        _mul_into(xw, xs[:, :m], w, inplace)
+        xw = xw.view(b, c - 1, q, g, hg * p).permute(0, 3, 1, 2, 4)  # a free view when g == 1
+        chunk_decay = torch.exp(acs[..., -1]).view(b, g, hg, c).permute(0, 1, 3, 2)[..., None, :, None]
+        Bt = Bg[:, :, :-1].transpose(-1, -2)
+        if inplace:
+            prev = xs.new_empty(b, g, c, n, hg * p)
+            prev[:, :, 0].zero_()
+            torch.matmul(Bt, xw, out=prev[:, :, 1:])
+            steps = prev.view(b, g, c, n, hg, p)
+            for k in range(1, c - 1):
+                steps[:, :, k + 1].addcmul_(steps[:, :, k], chunk_decay[:, :, k])
+        else:
+            states = (Bt @ xw).view(b, g, c - 1, n, hg, p)
+            entering = [xs.new_zeros(b, g, n, hg, p)]
+            for k in range(c - 1):
+                entering.append(entering[-1] * chunk_decay[:, :, k] + states[:, :, k])
+            prev = torch.stack(entering, dim=2).view(b, g, c, n, hg * p)
 
-    # 3. Pass states between chunks: the state entering chunk k (a short loop over chunks).
-    chunk_decay = torch.exp(acs[..., -1]).permute(0, 2, 1).reshape(b, c, g, 1, hg, 1)  # (b, c, g, 1, hg, 1)
-    states = chunk_states.view(b, g, c, n, hg, p)
-    entering = [xdt.new_zeros(b, g, n, hg, p)]
-    for k in range(c - 1):
-        entering.append(entering[-1] * chunk_decay[:, k] + states[:, :, k])
-    prev = torch.stack(entering, dim=2).view(b, g, c, n, hg * p)
-
-    # 4. Read the entering state out at every position: exp(acs_i) C_i . S_k.
-    y_off = (Cg @ prev).view(b, g, c, q, hg, p)
-    y_off = y_off * torch.exp(acs).view(b, g, hg, c, q).permute(0, 1, 3, 4, 2).unsqueeze(-1)
-
-    y = y_off + y_diag.permute(0, 1, 3, 4, 2, 5)  # (b, g, c, q, hg, p)
-    y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c * q, h, p)[:, :l]
-    return _skip_and_gate(y, x, D, z)
+        # 3. Read the entering state out at every position: exp(acs_i) C_i . S_k, then add y_diag.
+        y = (Cg @ prev).view(b, g, c, q, hg, p)
+        read = torch.exp(acs).view(b, g, hg, c, q).permute(0, 1, 3, 4, 2).unsqueeze(-1)
+        y = y.mul_(read) if inplace else y * read
+        y_diag = y_diag.permute(0, 1, 3, 4, 2, 5)
+        y = y.add_(y_diag) if inplace else y + y_diag
+    else:
+        y = y_diag.permute(0, 1, 3, 4, 2, 5)
+    y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, lp, h, p)[:, :l]  # token-major; a view when g == 1
+    return _skip_and_gate(y, xs, D, z, inplace)
 
 
 _MAMBA_SCAN: Callable[..., Tensor] | None = None

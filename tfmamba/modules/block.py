@@ -14,6 +14,11 @@ class TFMambaBlock(nn.Module):
     only what fills the two slots: (T, F) for the full model, (T, T') for the dual-temporal
     ablation, and (T, identity) for the temporal-only row, where the second slot passes the
     normalised input through unchanged (so each Table III row adds exactly one component).
+
+    Inference (no autograd) multiplies the fusion into the branches' output projections once:
+    fuse(Concat(W_T y_T, W_F y_F)) = (U_T W_T) y_T + (U_F W_F) y_F + bias, with U = [U_T | U_F]
+    the fusion's weight, saves the fusion's matmul per frame (2 D^2 of the block's ~13 D^2 FLOPs)
+    and the concat. The products are cached and rebuilt whenever a weight changes.
     """
 
     def __init__(
@@ -30,10 +35,28 @@ class TFMambaBlock(nn.Module):
         self.first = first
         self.second = second
         self.fuse = nn.Linear(2 * d_model, d_model, device=device, dtype=dtype)
+        self._folded: tuple[tuple[tuple[int, int], ...], list[Tensor]] | None = None
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """x (batch, seqlen, d_model), lengths (batch,) -> (batch, seqlen, d_model)."""
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x (batch, seqlen, d_model), lengths (batch,) or None (all frames valid) -> (batch, seqlen, d_model)."""
         normed = self.norm(x)
-        a = self.first(normed, lengths)
-        b = self.second(normed, lengths) if self.second is not None else normed
-        return x + self.fuse(torch.cat([a, b], dim=-1))
+        if torch.is_grad_enabled():
+            a = self.first(normed, lengths)
+            b = self.second(normed, lengths) if self.second is not None else normed
+            return x + self.fuse(torch.cat([a, b], dim=-1))
+        inner = [self.first.mix(normed, lengths), self.second.mix(normed, lengths) if self.second is not None else normed]
+        out = torch.add(x, self.fuse.bias)
+        for y, weight in zip(inner, self._folded_weights()):
+            out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), weight.t())
+        return out
+
+    def _folded_weights(self) -> list[Tensor]:
+        """[U_T W_T, U_F W_F] (or U_2 alone for an identity slot), cached until a weight changes."""
+        d_model = self.fuse.out_features
+        parts = [self.fuse.weight[:, :d_model], self.fuse.weight[:, d_model:]]
+        outs = [self.first.out_proj.weight, self.second.out_proj.weight if self.second is not None else None]
+        tensors = [self.fuse.weight] + [w for w in outs if w is not None]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, [u if w is None else u @ w for u, w in zip(parts, outs)])
+        return self._folded[1]

@@ -81,7 +81,11 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **factory_kwargs)
 
     def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """u (batch, seqlen, d_model); lengths (batch,) valid frames, needed by a frequency filter."""
+        """u (batch, seqlen, d_model); lengths (batch,) valid frames for a frequency filter (None: all valid)."""
+        return self.out_proj(self.mix(u, lengths))
+
+    def mix(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Everything before `out_proj`: (batch, seqlen, d_model) -> the gated, normalised SSD output (batch, seqlen, d_inner)."""
         batch, seqlen, _ = u.shape
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if self.conv1d is not None:
@@ -101,8 +105,7 @@ class Mamba2Mixer(nn.Module):
             dt_softplus=True,
             backend=self.ssd_backend,
         )
-        y = self.norm(y.flatten(-2).to(u.dtype), z)
-        return self.out_proj(y)
+        return self.norm(y.flatten(-2).to(u.dtype), z)
 
 
 class TemporalBranch(Mamba2Mixer):
