@@ -31,6 +31,7 @@ from orchestration.search_space import EarlyStopping, ParamSpec, SearchSpace, Se
 from orchestration.trial import ROW_KEY
 from tfmamba.config import SETTINGS, load_train_config
 from tfmamba.errors import ConfigError
+from tfmamba.locations import is_uri
 
 GRID_KEYS = ("description", "table", "base", "demo_base", "fixed", "demo_fixed", "rows", "demo_rows")
 ROW_KEYS = ("cache", "extractor", "paper_row")  # about a row's data and its paper row, not training settings
@@ -84,9 +85,9 @@ class Grid:
 
 
 def _under(root: str, cache: str) -> str:
-    if "://" in cache or Path(cache).is_absolute():
+    if is_uri(cache) or Path(cache).is_absolute():
         return cache
-    if "://" in root:
+    if is_uri(root):
         return f"{root.rstrip('/')}/{cache}"
     return str((Path(root) / cache).resolve())
 

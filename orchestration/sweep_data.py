@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tfmamba.corpora.manifest import read_manifest_metadata
-from tfmamba.features.store import read_metadata, resolve
+from tfmamba.features.store import CACHE_IDENTITY, read_metadata, resolve
 from tfmamba.folds import load_folds
 from tfmamba.locations import absolute
 
 logger = logging.getLogger(__name__)
 
-CACHE_KEYS = ("extractor", "revision", "layer", "dim", "frame_rate", "n_utts", "manifest_hash")
+# What a parent run records of a cache (as cache.<key> tags): its identity and size.
+CACHE_TAGS = (*CACHE_IDENTITY, "n_utts")
 TINY_PREFIX = "tiny:"
 TINY_FAMILIES = ("wavlm", "hubert", "wav2vec2")
 
@@ -79,7 +80,7 @@ def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> 
         raise SystemExit(f"{what} {cache}: no feature cache there (run `tfmamba features ...` first)")
     if cache_meta.get("manifest_hash") not in (None, read_manifest_metadata(manifest_dir)["manifest_hash"]):
         raise SystemExit(f"{what} {cache}: made for another manifest than {manifest_dir} (rebuild the cache)")
-    return cache_uri, {k: cache_meta.get(k) for k in CACHE_KEYS}
+    return cache_uri, {k: cache_meta.get(k) for k in CACHE_TAGS}
 
 
 def cache_exists(cache: str) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tfmamba.audio import audio_info, iter_windows, load_audio
+from tfmamba.audio import audio_info, load_audio
 from tfmamba.errors import DataError
 
 
@@ -117,14 +117,3 @@ def test_zero_length_wav(tmp_path):
     with pytest.raises(DataError, match="zero-length"):
         load_audio(path)
 
-
-def test_iter_windows_covers_clip():
-    wave = np.arange(35, dtype=np.float32)
-    windows = list(iter_windows(wave, sample_rate=10, window_s=1.0))
-    assert [start for start, _ in windows] == [0.0, 1.0, 2.0, 3.0]
-    assert np.array_equal(np.concatenate([w for _, w in windows]), wave)
-    overlapped = list(iter_windows(wave, sample_rate=10, window_s=2.0, hop_s=1.0))
-    assert [len(w) for _, w in overlapped] == [20, 20, 15]
-    assert len(list(iter_windows(wave[:5], 10, 1.0))) == 1
-    with pytest.raises(DataError):
-        list(iter_windows(wave, 10, 0.0))

@@ -77,6 +77,17 @@ def test_long_waves_are_windowed_and_concatenated():
     assert abs(out.shape[0] - 320) <= 8
 
 
+def test_windows_cover_the_wave_and_fold_a_short_tail_into_the_last_one():
+    ext = FbankExtractor(max_seconds=1.0)
+    wave = np.arange(int(3.2 * 16000), dtype=np.float32)
+    windows = ext.windows(wave)
+    assert [len(w) for w in windows] == [16000, 16000, 16000 + 3200]  # the 0.2 s tail joins the third window
+    assert np.array_equal(np.concatenate(windows), wave)
+    assert [len(w) for w in ext.windows(wave[:int(2.6 * 16000)])] == [16000, 16000, 9600]  # 0.6 s stands alone
+    assert [len(w) for w in ext.windows(wave, seconds=2.0)] == [32000, 19200]
+    assert len(FbankExtractor(max_seconds=None).windows(wave)) == 1 and len(ext.windows(wave[:0])) == 1
+
+
 def test_fbank_rejects_a_layer():
     with pytest.raises(ConfigError, match="no layers"):
         get_extractor("fbank", layer=3)

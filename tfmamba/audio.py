@@ -9,7 +9,6 @@ the file and the reason, so corpus builders can log it as a skip instead of cras
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,25 +182,3 @@ def _frame_to_mono(frame) -> np.ndarray:
     if frame.format.is_planar:
         return array.reshape(channels, -1).mean(axis=0)
     return array.reshape(-1, channels).mean(axis=1)
-
-
-def iter_windows(
-    wave: np.ndarray, sample_rate: int, window_s: float, hop_s: float | None = None
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield `(start_seconds, window)` views over a long clip; the last window may be shorter.
-
-    `hop_s` defaults to `window_s` (no overlap). Views, not copies, so memory stays flat.
-    """
-    if window_s <= 0:
-        raise DataError(f"window length must be positive, got {window_s}")
-    hop_s = window_s if hop_s is None else hop_s
-    if hop_s <= 0:
-        raise DataError(f"window hop must be positive, got {hop_s}")
-    size = max(1, int(round(window_s * sample_rate)))
-    hop = max(1, int(round(hop_s * sample_rate)))
-    start = 0
-    while True:
-        yield start / sample_rate, wave[start : start + size]
-        if start + size >= len(wave):
-            return
-        start += hop

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from tfmamba.corpora.manifest import MANIFEST_NAME, Manifest, manifest_hash, read_manifest_metadata
 from tfmamba.errors import DataError
+from tfmamba.locations import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +152,7 @@ def save_folds(folds: list[Fold], path: str | Path, manifest: Manifest | str) ->
         "manifest_hash": digest,
         "folds": [asdict(fold) for fold in folds],
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, target)
+    write_text_atomically(target, json.dumps(payload, indent=1))
     logger.info("wrote %s (%d folds)", target, len(folds))
     return target
 

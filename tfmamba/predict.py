@@ -12,7 +12,6 @@ probabilities of the windows are averaged, weighted by their frame counts: one p
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -24,10 +23,12 @@ import numpy as np
 import torch
 
 from tfmamba.audio import load_audio
+from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError
 from tfmamba.features.extractor import Extractor, get_extractor
+from tfmamba.locations import replaced_atomically
 from tfmamba.model import TFMamba
-from tfmamba.training.outputs import FORMAT_VERSION, MODEL_JSON, MODEL_WEIGHTS, load_trained_model
+from tfmamba.training.outputs import MODEL_JSON, MODEL_WEIGHTS, load_trained_model, read_model_description
 
 __all__ = ["AUDIO_SUFFIXES", "Prediction", "Predictor", "find_audio", "resolve_model", "write_csv"]
 
@@ -102,19 +103,7 @@ def _model_folder_in(local: Path, ref: str) -> Path:
 def check_description(folder: Path) -> dict[str, Any]:
     """model.json, checked before any weights are read: format version, feature spec, sizes, labels."""
     path = folder / MODEL_JSON
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{folder}: no {MODEL_JSON} (not a trainer output folder)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(description, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    version = description.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DataError(f"{path}: model format version {version!r} (written by tfmamba "
-                        f"{description.get('tfmamba_version', '?')}); this tfmamba reads version {FORMAT_VERSION} "
-                        f"only: predict with the tfmamba that trained it, or retrain")
+    description = read_model_description(folder)
     missing = [key for key in ("model", "labels", "feature") if not isinstance(description.get(key), (dict, list))]
     if missing:
         raise DataError(f"{path}: missing {missing}")
@@ -188,8 +177,6 @@ class Predictor:
         """Load a trainer output folder or an MLflow model URI and the extractor its model.json names.
 
         `window_seconds` defaults to the extractor's `max_seconds` (30 s)."""
-        from tfmamba.training.distributed import pick_device
-
         dev = pick_device(device)
         with tempfile.TemporaryDirectory(prefix="tfmamba-model-") as tmp:
             folder = resolve_model(model_ref, tmp, tracking_uri)
@@ -238,13 +225,7 @@ class Predictor:
 
     def windows(self, wave: np.ndarray) -> list[np.ndarray]:
         """Cut a clip into windows of `window_seconds`; a tail under half a second joins the previous window."""
-        rate = self.extractor.sample_rate
-        size = int(self.window_seconds * rate)
-        starts = list(range(0, len(wave), size)) or [0]
-        if len(starts) > 1 and len(wave) - starts[-1] < max(self.extractor.min_samples, rate // 2):
-            starts.pop()
-        ends = starts[1:] + [len(wave)]
-        return [wave[s:e] for s, e in zip(starts, ends)]
+        return self.extractor.windows(wave, self.window_seconds)
 
     def _predict(self, wave: np.ndarray, name: str) -> Prediction:
         rate = self.extractor.sample_rate
@@ -278,15 +259,11 @@ class Predictor:
 def write_csv(path: str | Path, predictions: list[Prediction], labels: list[str]) -> Path:
     """Write predictions (failed files included, with their error) to a CSV, atomically."""
     import csv
-    import os
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     columns = ["path", "label", *(f"prob_{label}" for label in labels), "seconds", "windows", "error"]
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with replaced_atomically(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(p.to_row(labels) for p in predictions)
-    os.replace(tmp, path)
     return path

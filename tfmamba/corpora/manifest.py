@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tfmamba.errors import DataError
+from tfmamba.locations import replaced_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -154,10 +155,8 @@ def write_manifest(
     merged = dict(arrow.schema.metadata or {})
     merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
     arrow = arrow.replace_schema_metadata(merged)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    pq.write_table(arrow, tmp)
-    os.replace(tmp, target)
+    with replaced_atomically(target) as tmp:
+        pq.write_table(arrow, tmp)
     manifest.metadata = metadata
     logger.info("wrote %s (%d utterances)", target, len(table))
     return manifest
@@ -203,14 +202,11 @@ def write_problems(problems: Iterable[Problem], path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / PROBLEMS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with replaced_atomically(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["utt_id", "path", "reason"])
         for problem in problems:
             writer.writerow([problem.utt_id, problem.path, problem.reason])
-    os.replace(tmp, path)
     return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError
 from tfmamba.features.extractor import SAMPLE_RATE, Extractor, canonical_name
 
@@ -40,13 +41,6 @@ def weights_hash(folder: str | os.PathLike) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()
-
-
-def pick_device(device: str | None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _receptive_field(kernels: list[int], strides: list[int]) -> int:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 FBANK_NAMES = ("fbank", "fbank-cmvn")
+# What features are: an extractor's identity (`Extractor.describe`), kept in a cache's metadata and a model.json.
+FEATURE_SPEC: tuple[str, ...] = ("extractor", "revision", "layer", "dim", "frame_rate", "sample_rate")
 
 
 class Extractor(ABC):
@@ -38,22 +40,17 @@ class Extractor(ABC):
         self.windowed = 0
 
     def describe(self) -> dict:
-        """The identity written into a cache's metadata (and compared when it is read)."""
-        return {
-            "extractor": self.name,
-            "revision": self.revision_or_hash,
-            "layer": self.layer,
-            "dim": int(self.dim),
-            "frame_rate": float(self.frame_rate),
-            "sample_rate": int(self.sample_rate),
-        }
+        """The identity written into a cache's metadata (and compared when it is read): `FEATURE_SPEC`'s keys."""
+        values = (self.name, self.revision_or_hash, self.layer, int(self.dim), float(self.frame_rate),
+                  int(self.sample_rate))
+        return dict(zip(FEATURE_SPEC, values, strict=True))
 
     def __call__(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Extract each wave; a wave longer than `max_seconds` is processed in windows and concatenated."""
         pieces: list[np.ndarray] = []
         owners: list[int] = []
         for i, wave in enumerate(waves):
-            windows = self._split(np.asarray(wave, dtype=np.float32))
+            windows = self.windows(np.asarray(wave, dtype=np.float32))
             if len(windows) > 1:
                 self.windowed += 1
                 log.debug("wave %d: %.1f s processed in %d windows", i, len(wave) / self.sample_rate, len(windows))
@@ -65,14 +62,15 @@ class Extractor(ABC):
             joined[owner].append(out)
         return [np.concatenate(parts, axis=0).astype(np.float32, copy=False) for parts in joined]
 
-    def _split(self, wave: np.ndarray) -> list[np.ndarray]:
-        if not self.max_seconds:
+    def windows(self, wave: np.ndarray, seconds: float | None = None) -> list[np.ndarray]:
+        """Consecutive windows (views) of `seconds` (default `max_seconds`; None or 0: the whole wave); a tail
+        shorter than half a second (or `min_samples`) joins the previous window."""
+        seconds = self.max_seconds if seconds is None else seconds
+        if not seconds:
             return [wave]
-        size = int(self.max_seconds * self.sample_rate)
-        if len(wave) <= size:
-            return [wave]
-        starts = list(range(0, len(wave), size))
-        if len(wave) - starts[-1] < max(self.min_samples, self.sample_rate // 2) and len(starts) > 1:
+        size = int(seconds * self.sample_rate)
+        starts = list(range(0, len(wave), size)) or [0]
+        if len(starts) > 1 and len(wave) - starts[-1] < max(self.min_samples, self.sample_rate // 2):
             starts.pop()  # fold a short tail into the previous window
         ends = starts[1:] + [len(wave)]
         return [wave[s:e] for s, e in zip(starts, ends)]

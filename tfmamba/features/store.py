@@ -27,7 +27,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tfmamba.errors import DataError
-from tfmamba.features.extractor import canonical_name
+from tfmamba.features.extractor import FEATURE_SPEC, canonical_name
+from tfmamba.locations import is_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,15 @@ METADATA = "features.json"
 PROBLEMS = "problems.csv"
 TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
+# What a cache is made of: its features (`FEATURE_SPEC`) of a manifest; a cache is never extended with other ones.
+CACHE_IDENTITY: tuple[str, ...] = (*FEATURE_SPEC, "manifest_hash")
 DTYPE = np.float16
 SCHEMA = pa.schema([("utt_id", pa.string()), ("n_frames", pa.int32()), ("frames", pa.large_binary())])
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """A filesystem and a path inside it for a local folder or a URI (file://, s3://, gs://, ...)."""
-    if "://" not in uri:
+    if not is_uri(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     try:
         return pafs.FileSystem.from_uri(uri)

@@ -21,13 +21,10 @@ import pyarrow.parquet as pq
 
 from tfmamba import __version__
 from tfmamba.errors import DataError
-from tfmamba.features.store import (DTYPE, FORMAT_VERSION, METADATA, PROBLEMS, SCHEMA, TMP_PREFIX, exists,
-                                    read_metadata, resolve)
+from tfmamba.features.store import (CACHE_IDENTITY, DTYPE, FORMAT_VERSION, METADATA, PROBLEMS, SCHEMA, TMP_PREFIX,
+                                    exists, read_metadata, resolve)
 
 log = logging.getLogger(__name__)
-
-IDENTITY_KEYS = ("extractor", "revision", "layer", "dim", "frame_rate", "sample_rate", "manifest_hash")
-
 
 class FeatureWriter:
     """Appends utterances to a cache in shards of `shard_size`; call `close()` (or use `with`) to write the last one."""
@@ -40,7 +37,7 @@ class FeatureWriter:
         self.shard_size = shard_size
         self.fs.create_dir(self.root, recursive=True)
         self._clean_tmp()
-        wanted = {**{k: identity.get(k) for k in IDENTITY_KEYS}, "manifest_hash": manifest_hash}
+        wanted = {**{k: identity.get(k) for k in CACHE_IDENTITY}, "manifest_hash": manifest_hash}
         meta = read_metadata(self.fs, self.root)
         if meta is None:
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -48,7 +45,7 @@ class FeatureWriter:
                     "n_utts": 0, "n_frames": 0, "bytes": 0, "created": now, "updated": now,
                     "tfmamba_version": __version__}
         else:
-            diff = {k: (meta.get(k), wanted[k]) for k in IDENTITY_KEYS if meta.get(k) != wanted[k]}
+            diff = {k: (meta.get(k), wanted[k]) for k in CACHE_IDENTITY if meta.get(k) != wanted[k]}
             if diff:
                 what = "; ".join(f"{k}: cache has {old!r}, this run {new!r}" for k, (old, new) in diff.items())
                 raise DataError(f"feature cache {uri} was built differently ({what}); use another --out "

@@ -7,7 +7,6 @@ wrap the model in DDP and gather across workers.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,16 +36,6 @@ def current() -> Dist:
     if dist.is_available() and dist.is_initialized():
         return Dist(dist.get_rank(), dist.get_world_size())
     return Dist()
-
-
-def pick_device(device: str | None) -> torch.device:
-    """`device` if given, else this worker's GPU (LOCAL_RANK, as torchrun and Ray Train set it) or the CPU."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local if local < torch.cuda.device_count() else 0)
-    return torch.device("cpu")
 
 
 def wrap(model: nn.Module, device: torch.device, where: Dist) -> nn.Module:

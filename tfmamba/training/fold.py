@@ -27,6 +27,7 @@ from tqdm import tqdm
 from tfmamba.checkpoint import cpu_state_dict, has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tfmamba.config import TrainConfig
 from tfmamba.corpora.manifest import Manifest
+from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError, TrainingError
 from tfmamba.features.store import FeatureStore
 from tfmamba.folds import Fold
@@ -114,7 +115,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     """
     started = time.monotonic()
     where = distributed.current()
-    dev = distributed.pick_device(device)
+    dev = pick_device(device)
     out_dir = Path(out_dir)
     _seed_everything(config.seed)
     data = fold_datasets(config, fold, manifest, store)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,9 @@ from tfmamba import __version__
 from tfmamba.checkpoint import load_weights, save_weights
 from tfmamba.config import TrainConfig
 from tfmamba.errors import DataError
+from tfmamba.features.extractor import FEATURE_SPEC
 from tfmamba.features.store import FeatureStore
+from tfmamba.locations import write_text_atomically
 from tfmamba.metrics import Metrics, plot_confusion
 from tfmamba.model import ModelConfig, TFMamba
 from tfmamba.training.input_norm import InputNorm, fold_into_linear
@@ -32,19 +33,16 @@ from tfmamba.training.input_norm import InputNorm, fold_into_linear
 FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
-FEATURE_KEYS = ("extractor", "revision", "layer", "dim", "frame_rate", "sample_rate")
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=1))
 
 
 def model_description(model_config: ModelConfig, labels: list[str], store: FeatureStore, norm: InputNorm
                       ) -> dict[str, Any]:
     """What model.json holds: enough to rebuild the network and check the features it expects."""
-    feature = {key: store.metadata.get(key) for key in FEATURE_KEYS}
+    feature = {key: store.metadata.get(key) for key in FEATURE_SPEC}
     feature["dim"] = store.dim
     norm_info: dict[str, Any] = {"mode": "none"}
     if norm.active:
@@ -88,17 +86,29 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
+def read_model_description(folder: str | Path) -> dict[str, Any]:
+    """An output folder's model.json, as a dict of this tfmamba's format version (DataError otherwise)."""
+    path = Path(folder) / MODEL_JSON
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no {MODEL_JSON} (not a trainer output folder)") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(description, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    version = description.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: model format version {version!r} (written by tfmamba "
+                        f"{description.get('tfmamba_version', '?')}); this tfmamba reads version {FORMAT_VERSION} "
+                        f"only: predict with the tfmamba that trained it, or retrain")
+    return description
+
+
 def load_trained_model(folder: str | Path, device: str = "cpu") -> tuple[TFMamba, dict[str, Any]]:
     """The trained network of an output folder, in eval mode on `device`, and its model.json."""
     folder = Path(folder)
-    try:
-        description = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{folder}: no {MODEL_JSON} (not a trained model folder)") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{folder / MODEL_JSON}: not valid JSON ({err})") from err
-    if description.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{folder}: model format {description.get('format_version')!r}, expected {FORMAT_VERSION}")
+    description = read_model_description(folder)
     model = TFMamba(ModelConfig.from_saved(description["model"]))
     try:
         model.load_state_dict(load_weights(folder / MODEL_WEIGHTS))
