@@ -30,7 +30,7 @@ from _common import RESULTS, write_results  # noqa: E402
 from tfmamba.audio import load_audio  # noqa: E402
 from tfmamba.features.build import build_cache  # noqa: E402
 from tfmamba.features.dataset import FeatureDataset, LengthBucketSampler, pad_collate  # noqa: E402
-from tfmamba.features.extractor import get_extractor  # noqa: E402
+from tfmamba.features.factory import get_extractor  # noqa: E402
 from tfmamba.features.store import FeatureStore  # noqa: E402
 
 WAVLM_LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,

@@ -92,7 +92,8 @@ def ensure_demo_caches(manifest_dir: str | Path, caches: dict[str, str], extract
     """Make the missing `caches` whose extractor the demo has offline (`fbank`, `fbank-cmvn`, `tiny:<family>`)."""
     from tfmamba.corpora.manifest import manifest_hash, read_manifest
     from tfmamba.features.build import build_cache
-    from tfmamba.features.extractor import FBANK_NAMES, get_extractor
+    from tfmamba.features.extractor import FBANK_NAMES
+    from tfmamba.features.factory import get_extractor
 
     manifest = read_manifest(manifest_dir)
     for row, cache in caches.items():

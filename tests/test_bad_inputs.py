@@ -12,7 +12,7 @@ from tfmamba.cli import main
 from tfmamba.corpora.manifest import read_problems
 from tfmamba.errors import DataError
 from tfmamba.features.build import build_cache
-from tfmamba.features.extractor import get_extractor
+from tfmamba.features.factory import get_extractor
 from tfmamba.features.store import FeatureStore
 
 

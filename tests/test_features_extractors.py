@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tfmamba.errors import ConfigError
-from tfmamba.features.extractor import get_extractor
+from tfmamba.features.factory import get_extractor
 from tfmamba.features.fbank import FbankExtractor
 
 CONV = {"conv_dim": (32,) * 7, "conv_stride": (5, 2, 2, 2, 2, 2, 2), "conv_kernel": (10, 3, 3, 3, 3, 2, 2)}

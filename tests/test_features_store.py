@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ import soundfile
 from tfmamba.corpora.manifest import read_problems
 from tfmamba.errors import DataError
 from tfmamba.features.build import build_cache
-from tfmamba.features.extractor import get_extractor
+from tfmamba.features.factory import get_extractor
 from tfmamba.features.fbank import FbankExtractor
 from tfmamba.features.store import FeatureStore
 from tfmamba.features.writer import FeatureWriter
@@ -185,9 +187,7 @@ def test_a_listed_shard_that_vanished_is_a_clear_error(tmp_path):
     shutil.rmtree(tmp_path)
 
 
-def test_package_exports_resolve_lazily():
-    import tfmamba.features as features
-
-    assert features.FeatureStore is FeatureStore and features.build_cache is build_cache
-    with pytest.raises(AttributeError):
-        features.nothing_here
+def test_the_features_package_imports_neither_torch_nor_transformers():
+    code = "import sys, tfmamba.features; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

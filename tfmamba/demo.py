@@ -32,7 +32,7 @@ def ensure_demo_data(
     from tfmamba.corpora.manifest import manifest_hash
     from tfmamba.corpora.prepare import prepare_corpus
     from tfmamba.features.build import build_cache
-    from tfmamba.features.extractor import get_extractor
+    from tfmamba.features.factory import get_extractor
 
     root = Path(root).resolve()
     corpus_dir, cache = root / "corpus", root / "fbank"

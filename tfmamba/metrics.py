@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,6 @@ class Metrics:
     def to_dict(self, prefix: str = "") -> dict[str, float]:
         """The three scalar scores keyed ``prefix + name``, ready for a metrics logger."""
         return {f"{prefix}wa": self.wa, f"{prefix}ua": self.ua, f"{prefix}wf1": self.wf1}
-
-    def as_json(self) -> dict[str, Any]:
-        """Every field as plain JSON-serialisable Python values."""
-        return asdict(self)
 
 
 def _to_index_array(values: Any, name: str) -> np.ndarray:

@@ -25,7 +25,8 @@ import torch
 from tfmamba.audio import load_audio
 from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError
-from tfmamba.features.extractor import Extractor, get_extractor
+from tfmamba.features.extractor import Extractor
+from tfmamba.features.factory import get_extractor
 from tfmamba.locations import replaced_atomically
 from tfmamba.model import TFMamba
 from tfmamba.training.outputs import MODEL_JSON, MODEL_WEIGHTS, load_trained_model, read_model_description

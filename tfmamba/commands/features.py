@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tfmamba.corpora.manifest import manifest_hash, read_manifest
     from tfmamba.features.build import build_cache
-    from tfmamba.features.extractor import get_extractor
+    from tfmamba.features.factory import get_extractor
 
     manifest = read_manifest(args.manifest)
     extractor = get_extractor(args.extractor, layer=args.layer, device=args.device, max_seconds=args.max_seconds)

@@ -1,4 +1,5 @@
-"""The extractor interface and the factory that picks one by name.
+"""The extractor interface (`Extractor`), implemented by `fbank.FbankExtractor` and `encoder.EncoderExtractor`
+and built by name by `factory.get_extractor`.
 
 An extractor turns 16 kHz mono waves into (frames, dim) float32 arrays. Its identity
 (`name`, `revision_or_hash`, `layer`) is written into the feature cache so that a cache
@@ -13,8 +14,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
-
-from tfmamba.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +86,3 @@ def canonical_name(name: str) -> str:
     if os.path.isdir(name):
         return os.path.abspath(name).rstrip(os.sep)
     return name
-
-
-def get_extractor(
-    name: str,
-    layer: int | None = None,
-    device: str | None = None,
-    max_seconds: float | None = 30.0,
-) -> Extractor:
-    """Build an extractor: `fbank` / `fbank-cmvn`, or any transformers speech encoder by hub name or local path."""
-    if not name:
-        raise ConfigError("extractor name is empty")
-    if name in FBANK_NAMES:
-        if layer is not None:
-            raise ConfigError(f"extractor {name!r} has no layers; drop --layer")
-        from tfmamba.features.fbank import FbankExtractor
-
-        return FbankExtractor(cmvn=name == "fbank-cmvn", max_seconds=max_seconds)
-    from tfmamba.features.encoder import EncoderExtractor
-
-    return EncoderExtractor(name, layer=layer, device=device, max_seconds=max_seconds)
