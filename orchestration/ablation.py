@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid")
     metric, mode = objective(data.corpus, grid.space)
     launch.start_ray(args.address, where.tracking_uri)
+    launch.check_fold_nodes(args, where, {f"row {row}'s feature cache": cache for row, (cache, _) in caches.items()})
     experiment_id, parent_run_id = launch.open_parent_run(
         where, grid.table,
         tags={**data.tags(), TABLE_TAG: grid.table, "rows": ",".join(grid.rows), "grid": str(grid.path)},
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         files={str(grid.path): "grid"}, texts={"grid/base_config.yaml": grid.space.base_config().to_yaml()},
         resume=args.resume)
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, len(grid.rows),
-                  len(data.folds) * max(1, len(seeds)), args.max_concurrent, args.parallel_folds)
+                  len(data.folds) * max(1, len(seeds)), args.max_concurrent, args.parallel_folds,
+                  max_fold_slots=args.max_fold_slots, joined=args.address is not None)
     ctx = launch.sweep_context(args, where, data, grid.space, experiment_id, parent_run_id, layout.parallel_folds,
                                seeds=seeds, row_caches={row: cache for row, (cache, _) in caches.items()},
                                metric=metric, mode=mode)

@@ -11,29 +11,39 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from orchestration import mlflow_runs
+from tfmamba.corpora.manifest import Manifest
+from tfmamba.corpora.folds import Fold
 
 logger = logging.getLogger(__name__)
+
+ATTEMPTS_TAG = "attempt_nodes"  # the Ray node of each attempt of the fold, in order
+RESUMED_TAG = "resumed_from_epoch"
 
 
 @dataclass(frozen=True)
 class FoldTask:
-    """Everything a worker needs, as plain values (it travels in `train_loop_config`)."""
+    """Everything a worker needs (it travels in `train_loop_config`): the fold's utterance lists and the
+    manifest themselves, so the worker reads no file of the head's; the cache by URI or a path every node sees."""
 
     config: dict[str, Any]
-    fold: int
-    manifest_dir: str
+    split: Fold
+    manifest: Manifest
     cache: str
     out_dir: str
     tracking_uri: str
     run_id: str
 
+    @property
+    def fold(self) -> int:
+        return self.split.index
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
 class RayReporter:
@@ -77,10 +87,25 @@ class RayReporter:
             target = Path(self.task.out_dir) / f".resume-rank{self.rank}"
             folder = Path(checkpoint.to_directory(str(target)))
             logger.info("fold %d: resuming from Ray checkpoint %s", self.task.fold, checkpoint.path)
+            if self.rank == 0:
+                self._tag_resume(folder)
         local = Path(self.task.out_dir) / CHECKPOINT_DIR
         if self.rank == 0 and (folder is not None or has_checkpoint(local)):
             self._log_missing_epochs(folder or local)
         return folder
+
+    def _tag_resume(self, folder: Path) -> None:
+        """Say on the fold's run that this attempt resumed from an earlier one's checkpoint (a worker or its node
+        was lost: a spot reclaim, a crash), and from which epoch."""
+        import json
+
+        from tfmamba.checkpoint import PROGRESS
+
+        epoch = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))["epoch"]
+        try:
+            mlflow_runs.set_tags(self.task.tracking_uri, self.task.run_id, {RESUMED_TAG: epoch}, retry_seconds=0)
+        except Exception as err:
+            logger.warning("fold %d: could not tag the resume: %s", self.task.fold, err)
 
     def _log_missing_epochs(self, folder: Path) -> None:
         """Log the checkpoint's epochs MLflow lacks: a worker killed after its report to Ray and before its
@@ -152,25 +177,34 @@ def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
 
     from tfmamba.config import TrainConfig
-    from tfmamba.corpora.manifest import read_manifest
     from tfmamba.features.store import FeatureStore
-    from tfmamba.folds import load_folds
     from tfmamba.training.fold import train_fold
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     task = FoldTask(**loop_config)
     rank = ray.train.get_context().get_world_rank()
-    manifest = read_manifest(task.manifest_dir)
-    fold = next(f for f in load_folds(task.manifest_dir, manifest) if f.index == task.fold)
-    store = FeatureStore.open(task.cache)
-    result = train_fold(TrainConfig.from_dict(task.config), fold, store, RayReporter(task, rank), manifest=manifest,
-                        out_dir=task.out_dir, progress=False)
-    outcome = result.to_dict() | {"node_id": ray.get_runtime_context().get_node_id(),
-                                  "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname()}
     if rank == 0:
-        mlflow_runs.set_tags(task.tracking_uri, task.run_id,
-                             {key: outcome[key] for key in ("node_id", "node_ip", "hostname")})
+        record_attempt(task, node)
+    store = FeatureStore.open(task.cache)
+    result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank),
+                        manifest=task.manifest, out_dir=task.out_dir, progress=False)
+    outcome = result.to_dict() | node
+    if rank == 0:
+        mlflow_runs.set_tags(task.tracking_uri, task.run_id, node)
         mlflow_runs.log_metrics(task.tracking_uri, task.run_id, mlflow_runs.fold_summary_metrics(outcome),
                                 step=result.epochs_run)
         mlflow_runs.log_fold_outputs(task.tracking_uri, task.run_id, task.out_dir)
     return outcome
+
+
+def record_attempt(task: FoldTask, node: dict[str, str]) -> None:
+    """Tag the fold's run with the node this attempt runs on, and add it to the run's list of attempts (a fold
+    moved by a lost node shows both)."""
+    try:
+        tags = mlflow_runs.get_run(task.tracking_uri, task.run_id).data.tags
+        attempts = [n for n in tags.get(ATTEMPTS_TAG, "").split(",") if n] + [node["node_id"][:12]]
+        mlflow_runs.set_tags(task.tracking_uri, task.run_id, {**node, ATTEMPTS_TAG: ",".join(attempts)})
+    except Exception as err:  # tracking trouble must not stop training; the final report tags the node again
+        logger.warning("fold %d: could not tag its node in MLflow: %s", task.fold, err)

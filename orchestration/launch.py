@@ -109,6 +109,21 @@ def start_ray(address: str | None, tracking_uri: str) -> None:
     logger.info("Ray cluster resources: %s", ray.cluster_resources())
 
 
+def check_fold_nodes(args: argparse.Namespace, where: ResultsLocation, caches: dict[str, str]) -> None:
+    """On a joined cluster, before any trial: the nodes that will run folds must read the caches and the storage
+    path and reach the tracking server (a private local Ray is one machine: nothing to check). Exits naming
+    each node and location that would fail."""
+    if args.address is None:
+        return
+    from orchestration.node_check import NodeCheckError, check_fold_nodes as check
+
+    try:
+        check({what: cache for what, cache in caches.items() if cache}, {"--storage-path": where.storage},
+              where.tracking_uri, args.cpus_per_worker, args.gpus_per_worker)
+    except NodeCheckError as err:
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
+
+
 def git_commit() -> str:
     """The project's commit (with -dirty for uncommitted changes), or "unknown" outside a checkout."""
     root = Path(__file__).resolve().parent.parent
@@ -170,10 +185,14 @@ def sweep_context(args: argparse.Namespace, where: ResultsLocation, data: Any, s
                   parent_run_id: str, parallel_folds: int, **extra: Any):
     """What every trial of this sweep or grid shares, from the command's options and what was set up."""
     from orchestration.trial import SweepContext
+    from tfmamba.corpora.manifest import read_manifest
+    from tfmamba.corpora.folds import load_folds
 
+    manifest = read_manifest(data.manifest_dir)
+    splits = {fold.index: fold for fold in load_folds(data.manifest_dir, manifest) if fold.index in data.folds}
     return SweepContext(sweep_id=where.name, space=space, manifest_dir=data.manifest_dir, cache=data.cache,
                         folds=data.folds, out_root=where.out_root, train_storage=where.train_storage,
                         tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                         workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, parallel_folds=parallel_folds,
-                        fold_retries=args.fold_retries, **extra)
+                        fold_retries=args.fold_retries, manifest=manifest, splits=splits, **extra)

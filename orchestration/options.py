@@ -48,6 +48,10 @@ def add_resource_options(parser: argparse.ArgumentParser, unit: str) -> argparse
                            help=f"folds of one {unit} at once (default: what is left of the cluster per {unit})")
     resources.add_argument("--max-concurrent", type=int, default=None,
                            help=f"{unit}s at once (default: as many as the cluster fits)")
+    resources.add_argument("--max-fold-slots", type=int, default=None,
+                           help="folds the cluster can run at once at its largest (default: on a joined cluster, "
+                                "what its launcher config ~/ray_bootstrap_config.yaml allows, else what is there "
+                                "at start); folds beyond what is present wait as demand for the autoscaler")
     resources.add_argument("--address", default=None, help=ADDRESS_HELP)
     resources.add_argument("--fold-retries", type=int, default=DEFAULT_FOLD_RETRIES,
                            help="restarts of a fold whose Train worker died or failed, from its last epoch checkpoint "
@@ -73,7 +77,7 @@ def add_output_options(parser: argparse.ArgumentParser, run: str, name_default: 
 
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Value checks of the shared options: counts at least 1, retry counts -1 (no limit) or more."""
-    for name in ("workers_per_fold", "max_concurrent", "parallel_folds"):
+    for name in ("workers_per_fold", "max_concurrent", "parallel_folds", "max_fold_slots"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

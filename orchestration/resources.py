@@ -9,11 +9,14 @@ workers need (the deadlock of ray#54305). Without that resource a driver takes 0
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 DRIVER_RESOURCE = "tfmamba_driver"
+BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"  # the cluster config `ray up` leaves on the head
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,46 @@ def fold_slots(total: dict[str, float], workers: int, cpus: float, gpus: float) 
     return int(total.get("CPU", 0) // (workers * cpus))
 
 
+def autoscaler_slots(workers: int, cpus: float, gpus: float, config: Path = BOOTSTRAP_CONFIG) -> int | None:
+    """Fold slots of the cluster at its largest, from the launcher's config on the head (`ray up` writes it to
+    ~/ray_bootstrap_config.yaml): the head's resources plus each worker type's at `max_workers` nodes (within
+    the cluster's `max_workers`, the best-equipped types first). None without that file."""
+    import yaml
+
+    if not config.is_file():
+        return None
+    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    types = data.get("available_node_types", {})
+    head_type = data.get("head_node_type")
+    total = Counter(types.get(head_type, {}).get("resources", {}))
+    left = int(data.get("max_workers", 0))
+    workers_first = sorted((t for name, t in types.items() if name != head_type),
+                           key=lambda t: fold_slots(t.get("resources", {}), 1, cpus, gpus), reverse=True)
+    for node_type in workers_first:
+        count = min(int(node_type.get("max_workers", 0)), left)
+        left -= count
+        for key, value in node_type.get("resources", {}).items():
+            total[key] += count * value
+    return fold_slots(dict(total), workers, cpus, gpus)
+
+
 def plan(workers: int, cpus: float, gpus: float, num_samples: int, n_folds: int,
-         max_concurrent: int | None = None, parallel_folds: int | None = None) -> Layout:
-    """Split the cluster's fold slots between concurrent trials and their folds."""
+         max_concurrent: int | None = None, parallel_folds: int | None = None,
+         max_fold_slots: int | None = None, joined: bool = False) -> Layout:
+    """Split the fold slots between concurrent trials and their folds. On a joined cluster the slots are those
+    the cluster can reach (`max_fold_slots`, else its launcher config's), not only those present now: the folds
+    waiting for a slot are the resource demand the autoscaler adds nodes for, and they start as nodes arrive."""
     import ray
 
     total = ray.cluster_resources()
-    slots = fold_slots(total, workers, cpus, gpus)
-    if slots < 1:
-        logger.warning("the cluster (%s) cannot hold one fold of %d worker(s) x %s CPU / %s GPU yet; "
-                       "waiting for the autoscaler", total, workers, cpus, gpus)
+    present = fold_slots(total, workers, cpus, gpus)
+    reachable = max_fold_slots or (autoscaler_slots(workers, cpus, gpus) if joined else None)
+    slots = max(present, reachable or 0)
+    if slots > present:
+        logger.info("%d fold slot(s) now; planning for %d as the autoscaler adds nodes", present, slots)
+    elif slots < 1:
+        logger.warning("the cluster (%s) cannot hold one fold of %d worker(s) x %s CPU / %s GPU yet, and no "
+                       "--max-fold-slots says how far it grows; planning for 1", total, workers, cpus, gpus)
         slots = 1
     trials = max_concurrent or max(1, min(num_samples, slots))
     folds = parallel_folds or max(1, min(n_folds, slots // trials))

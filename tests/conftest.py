@@ -28,3 +28,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     from tfmamba.demo import ensure_demo_data
 
     return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the session (Debian's package; `.ci/run` installs it). Skipped
+    where it is not installed, except on CI, where a missing server is a failure."""
+    from servers import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()

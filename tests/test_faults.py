@@ -11,70 +11,28 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import MlflowServer, free_port
 
 from orchestration import mlflow_runs
 from orchestration.fold_worker import FoldTask, RayReporter
 from orchestration.preflight import PreflightError, check_local, check_outputs, check_remote
+from tfmamba.corpora.folds import Fold
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "orchestration" / "sweep.py"
-MLFLOW = Path(sys.executable).parent / "mlflow"
 EPOCHS = 5
 # The cheapest setting measured to beat chance on every demo fold (test UA 0.47-0.59 over folds 1-5 at 4
 # epochs, 24 clips per speaker); 1 epoch at lr 1e-3 with warmup stays at 0.25, a constant prediction.
 SETTINGS = [f"epochs={EPOCHS}", "warmup_epochs=0", "lr=0.02", "d_model=16", "headdim=8", "num_heads=2", "ffn_dim=32",
             "classifier_dims=[16]", "max_frames=80", "batch_size=16"]
 CHANCE_MARGIN = 0.35  # 4 classes: chance UA is 0.25, and a model that predicts one class gets exactly that
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 that can be stopped and started again on the same port and store."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "server-artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while not self.healthy():
-            assert self.process.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: it goes away at once, as in a crash; SQLite keeps what was committed)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
 
 
 @pytest.fixture
@@ -231,7 +189,7 @@ def test_killed_worker_resumes_its_fold_from_the_last_checkpoint(killed_worker_s
     from tfmamba.config import TrainConfig
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.features.store import FeatureStore
-    from tfmamba.folds import load_folds
+    from tfmamba.corpora.folds import load_folds
     from tfmamba.training.fold import train_fold
 
     sweep, output = killed_worker_sweep, killed_worker_sweep["output"]
@@ -275,7 +233,7 @@ def test_best_model_predicts_held_out_clips_above_chance(killed_worker_sweep, de
     import mlflow.pyfunc
 
     from tfmamba.corpora.manifest import read_manifest
-    from tfmamba.folds import load_folds
+    from tfmamba.corpora.folds import load_folds
     from tfmamba.metrics import compute_metrics
 
     tree = run_tree(killed_worker_sweep["uri"], "killed")
@@ -339,8 +297,8 @@ def test_reporter_buffers_epochs_while_the_server_is_down(server: MlflowServer, 
     server.start()
     experiment = mlflow_runs.ensure_experiment(server.uri, "buffer")
     run_id = mlflow_runs.get_or_create_run(server.uri, experiment, {"run_kind": "fold"}, "fold1")
-    reporter = RayReporter(FoldTask(config={}, fold=1, manifest_dir="", cache="", out_dir="", tracking_uri=server.uri,
-                                    run_id=run_id), rank=0)
+    reporter = RayReporter(FoldTask(config={}, split=Fold(1, "one", [], [], []), manifest=None, cache="", out_dir="",
+                                    tracking_uri=server.uri, run_id=run_id), rank=0)
     reporter._log({"epoch": 1, "valid_ua": 0.1})
     server.stop()
     started = time.monotonic()

@@ -10,14 +10,13 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import MlflowServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "orchestration" / "sweep.py"
@@ -55,8 +54,11 @@ def run_tree(uri: str, name: str) -> dict[str, list]:
     return tree
 
 
-def check_tree(uri: str, name: str, storage: Path) -> dict[str, list]:
-    """1 sweep run, 2 trial runs under it, 2 fold runs under each; params and metrics as Tune saw them."""
+def check_tree(uri: str, name: str, storage: Path, epochs: int = 1) -> dict[str, list]:
+    """1 sweep run, 2 trial runs under it, 2 fold runs under each; params and metrics as Tune saw them, and every
+    fold's curve with one point per epoch."""
+    from mlflow.tracking import MlflowClient
+
     tree = run_tree(uri, name)
     assert [len(tree[k]) for k in ("sweep", "trial", "fold")] == [1, 2, 4]
     sweep_id = tree["sweep"][0].info.run_id
@@ -83,6 +85,10 @@ def check_tree(uri: str, name: str, storage: Path) -> dict[str, list]:
         bounded = {k: v for k, v in metrics.items() if k.endswith(BOUNDED)}
         assert bounded and all(0.0 <= v <= 1.0 for v in bounded.values()), metrics
     assert {"valid_ua_mean", "valid_ua_std", "test_ua_mean", "test_wf1_std"} <= set(tree["trial"][0].data.metrics)
+    for run in tree["fold"]:
+        for key in ("valid_ua", "train_loss"):
+            steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (run.info.run_id, key, steps)
     return tree
 
 
@@ -98,8 +104,6 @@ def check_best_model(uri: str, tree: dict[str, list], demo) -> None:
     best_trial = sweep_run.data.tags["best_trial_run_id"]
     fold_artifacts = [a.path for a in MlflowClient(uri).list_artifacts(tree["fold"][0].info.run_id)]
     assert {"confusion.png", "history.csv", "model"} <= set(fold_artifacts)
-    curve = MlflowClient(uri).get_metric_history(tree["fold"][0].info.run_id, "valid_ua")
-    assert [m.step for m in curve] == [1]  # one point per epoch (the tiny sweep trains 1 epoch)
     mlflow.set_tracking_uri(uri)
     for where in (model_uri, f"runs:/{best_trial}/model"):
         model = mlflow.pyfunc.load_model(where)
@@ -120,39 +124,27 @@ def test_sweep_sqlite_end_to_end(demo, tmp_path: Path) -> None:
     assert (tmp_path / "mlartifacts").is_dir()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def mlflow_server(tmp_path: Path):
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(1)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+def mlflow_server(tmp_path: Path, postgres):
+    """A real `mlflow server` on a real PostgreSQL backend store, as the cluster configs run it (4 workers)."""
+    server = MlflowServer(tmp_path, backend_uri=postgres.uri)
+    server.start(workers=4)
+    yield server.uri
+    server.stop()
 
 
-def test_sweep_against_mlflow_server(demo, tmp_path: Path, mlflow_server: str) -> None:
-    run_sweep(sweep_command(demo, tmp_path / "ray", "served"), tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server})
-    tree = check_tree(mlflow_server, "served", tmp_path / "ray")
+def test_sweep_against_mlflow_server_on_postgresql(demo, tmp_path: Path, mlflow_server: str) -> None:
+    """4 folds at once (half a CPU each), 2 epochs, all logging to a PostgreSQL-backed server: every run and every
+    epoch's metrics arrive, and nothing reports a lock."""
+    output = run_sweep(sweep_command(demo, tmp_path / "ray", "served", "--set", "epochs=2", "--cpus-per-worker", "0.5"),
+                       tmp_path, env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert "4 fold slot" in output or "2 trial(s) at once, 2 fold(s) per trial at once" in output, output[-3000:]
+    assert "is locked" not in output and "deadlock" not in output.lower()
+    tree = check_tree(mlflow_server, "served", tmp_path / "ray", epochs=2)
+    spans = [(run.info.start_time, run.info.end_time) for run in tree["fold"]]
+    overlap = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    print(f"fold runs logging at once: {overlap}")
+    assert overlap == 4
     check_best_model(mlflow_server, tree, demo)
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -66,3 +66,14 @@ def test_summary_is_mean_and_std_over_folds() -> None:
     assert summary["test_ua_mean"] == pytest.approx(0.7) and summary["folds_done"] == 2
     assert summary["train_seconds_sum"] == 5.0
     assert train_run_name("s", "abc", 3) == "s-abc-fold3"
+
+
+def test_fold_slots_at_the_cluster_largest_from_the_launcher_config(tmp_path: Path) -> None:
+    """cluster/gpu.yaml: up to 8 GPU workers of 4 CPU + 1 GPU, a head with no CPU for folds."""
+    from orchestration.resources import autoscaler_slots
+
+    config = Path(__file__).resolve().parent.parent / "cluster" / "gpu.yaml"
+    assert autoscaler_slots(1, 1.0, 1.0, config) == 8
+    assert autoscaler_slots(2, 1.0, 1.0, config) == 4
+    assert autoscaler_slots(1, 2.0, 0.0, config) == 16
+    assert autoscaler_slots(1, 1.0, 1.0, tmp_path / "none.yaml") is None
