@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     data = resolve_data(args.manifest, args.cache, options.parse_folds(args.folds, demo=args.manifest is None))
     metric, mode = objective(data.corpus, space)
     launch.start_ray(args.address, where.tracking_uri)
+    launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
     experiment_id, parent_run_id = launch.open_parent_run(
         where, where.name,
         tags={**data.tags(), "search_space": space.name, "metric": f"{metric} ({mode})"},
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         files={str(space.path): "search_space"},
         texts={"search_space/base_config.yaml": space.base_config().to_yaml()}, resume=args.resume)
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
-                  len(data.folds), args.max_concurrent, args.parallel_folds)
+                  len(data.folds), args.max_concurrent, args.parallel_folds,
+                  max_fold_slots=args.max_fold_slots, joined=args.address is not None)
     ctx = launch.sweep_context(args, where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
                                metric=metric, mode=mode)
     print(f"\nSweep {where.name}: {args.num_samples} trials x {len(data.folds)} folds of {data.corpus}, "

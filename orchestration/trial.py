@@ -64,6 +64,10 @@ class SweepContext:
     row_caches: dict[str, str] = field(default_factory=dict)
     metric: str = METRIC  # Tune's metric and mode: `objective(corpus, space)`
     mode: str = MODE
+    # The manifest and the folds' utterance lists, read once on the driver: they travel with every fold's task,
+    # so a worker node needs no disk shared with the head (only the cache and the storage path, by URI).
+    manifest: Any = None
+    splits: dict[int, Any] = field(default_factory=dict)
 
     def units(self) -> list[Unit]:
         """The fold runs of one trial: each fold once, or once per seed."""
@@ -129,8 +133,8 @@ def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int
                                            parent_run_id=_trial_run_id(ctx, trial_id))
     mlflow_runs.log_params(ctx.tracking_uri, run_id, {**config, "fold": fold})
     out_dir = Path(ctx.out_root) / trial_id / f"fold{fold}{suffix}"
-    task = FoldTask(config=config, fold=fold, manifest_dir=ctx.manifest_dir, cache=ctx.cache, out_dir=str(out_dir),
-                    tracking_uri=ctx.tracking_uri, run_id=run_id)
+    task = FoldTask(config=config, split=ctx.splits[fold], manifest=ctx.manifest, cache=ctx.cache,
+                    out_dir=str(out_dir), tracking_uri=ctx.tracking_uri, run_id=run_id)
     use_gpu = ctx.gpus_per_worker > 0
     resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
