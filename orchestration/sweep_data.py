@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfmamba.corpora.folds import load_folds, select_folds
 from tfmamba.corpora.manifest import read_manifest_metadata
+from tfmamba.errors import DataError
 from tfmamba.features.store import CACHE_IDENTITY, read_metadata, resolve
-from tfmamba.folds import load_folds
 from tfmamba.locations import absolute
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,10 @@ def _resolve(manifest: str, cache: str | None, folds: list[int] | None) -> Sweep
     manifest_dir = manifest_dir.parent if manifest_dir.suffix == ".parquet" else manifest_dir
     meta = read_manifest_metadata(manifest_dir)
     all_folds = load_folds(manifest_dir, meta["manifest_hash"])
-    known = sorted(f.index for f in all_folds)
-    chosen = tuple(folds) if folds else tuple(known)
-    unknown = sorted(set(chosen) - set(known))
-    if unknown:
-        raise SystemExit(f"--folds {unknown}: no such fold (the manifest has folds {known})")
+    try:
+        chosen = tuple(fold.index for fold in select_folds(all_folds, folds or sorted(f.index for f in all_folds)))
+    except DataError as err:
+        raise SystemExit(f"--folds: {err}") from None
     cache_uri, cache_meta = ("", {}) if cache is None else check_cache(cache, manifest_dir)
     return SweepData(str(manifest_dir), cache_uri, meta["corpus"], chosen, cache_meta)
 

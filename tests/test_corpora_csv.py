@@ -8,9 +8,9 @@ import soundfile
 
 from tfmamba.cli import main
 from tfmamba.corpora.csvfile import build_from_csv, read_label_csv
+from tfmamba.corpora.folds import load_folds
 from tfmamba.corpora.manifest import Problem, read_manifest, read_problems
 from tfmamba.errors import DataError
-from tfmamba.folds import load_folds
 
 
 @pytest.fixture

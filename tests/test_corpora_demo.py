@@ -8,8 +8,8 @@ import soundfile
 
 from tfmamba.cli import main
 from tfmamba.corpora.demo import EMOTIONS, LABELS, clip_plan, generate_demo, make_speaker, synthesize
+from tfmamba.corpora.folds import load_folds
 from tfmamba.corpora.manifest import read_manifest, read_problems
-from tfmamba.folds import load_folds
 
 
 def rms_db(wave: np.ndarray) -> float:

@@ -9,10 +9,10 @@ import pytest
 import soundfile
 
 from tfmamba.cli import main
+from tfmamba.corpora.folds import load_folds
 from tfmamba.corpora.iemocap import build_iemocap, read_evaluations, speaker_of
 from tfmamba.corpora.manifest import read_manifest, read_problems
 from tfmamba.errors import DataError
-from tfmamba.folds import load_folds
 
 # (utt_id, raw label, wav state); two sessions, improvised and scripted dialogs, both genders
 UTTERANCES = {

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from tfmamba.cli import main
+from tfmamba.corpora.folds import load_folds
 from tfmamba.corpora.manifest import read_manifest, read_problems
 from tfmamba.corpora.meld import LABELS, build_meld, read_meld_labels
 from tfmamba.errors import DataError
-from tfmamba.folds import load_folds
 
 REAL_CSVS = Path("/work/shared/datasets/meld")
 README_COUNTS = {  # from the dataset README: rows and per-emotion counts

@@ -7,9 +7,10 @@ import json
 import pandas as pd
 import pytest
 
+from tfmamba.corpora.folds import (Fold, leave_one_session_out, load_folds, make_folds, official_split, save_folds,
+                                   select_folds)
 from tfmamba.corpora.manifest import Manifest, write_manifest
 from tfmamba.errors import DataError
-from tfmamba.folds import leave_one_session_out, load_folds, make_folds, official_split, save_folds
 
 LABELS = ["neu", "hap", "ang", "sad"]
 
@@ -139,3 +140,10 @@ def test_load_folds_missing_or_garbage(tmp_path):
     (tmp_path / "folds.json").write_text("{not json")
     with pytest.raises(DataError, match="not a folds file"):
         load_folds(tmp_path)
+
+
+def test_select_folds_turns_numbers_into_folds_and_names_the_missing_ones():
+    folds = [Fold(index, f"session-{index}", [], [], []) for index in (1, 2, 3)]
+    assert [f.name for f in select_folds(folds, [3, 1])] == ["session-3", "session-1"]
+    with pytest.raises(DataError, match=r"no fold 4, 7: the manifest has folds \[1, 2, 3\]"):
+        select_folds(folds, [1, 4, 7])

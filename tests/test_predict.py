@@ -290,7 +290,7 @@ def demo_model(tmp_path_factory):
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.demo import ensure_demo_data
     from tfmamba.features.store import FeatureStore
-    from tfmamba.folds import load_folds
+    from tfmamba.corpora.folds import load_folds
     from tfmamba.training.fold import train_fold
 
     torch.set_num_threads(1)

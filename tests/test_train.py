@@ -13,15 +13,15 @@ import torch.distributed as dist
 
 from tfmamba.checkpoint import has_checkpoint, load_checkpoint
 from tfmamba.config import TrainConfig
+from tfmamba.corpora.folds import Fold
 from tfmamba.corpora.manifest import Manifest
 from tfmamba.errors import ConfigError, TrainingError
 from tfmamba.features.store import FeatureStore
-from tfmamba.folds import Fold
 from tfmamba.training.fold import FoldResult, train_fold
 from tfmamba.training.input_norm import InputNorm, fold_into_linear
 from tfmamba.training.loaders import eval_batches
-from tfmamba.training.outputs import load_trained_model
 from tfmamba.training.loop import make_optimizer, parameter_groups
+from tfmamba.training.outputs import load_trained_model
 
 LABELS = ["neu", "hap", "ang", "sad"]
 DIM = 8

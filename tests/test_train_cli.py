@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from tfmamba.cli import main
+from tfmamba.corpora.folds import Fold, save_folds
 from tfmamba.corpora.manifest import manifest_hash, write_manifest
 from tfmamba.features.writer import FeatureWriter
-from tfmamba.folds import Fold, save_folds
 
 
 def make_corpus(folder) -> tuple[str, str]:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.errors import ConfigError
     from tfmamba.features.store import FeatureStore
-    from tfmamba.folds import load_folds
+    from tfmamba.corpora.folds import load_folds, select_folds
     from tfmamba.training.fold import train_fold
 
     config = load_train_config(args.config, args.overrides)
@@ -50,13 +50,11 @@ def run(args: argparse.Namespace) -> int:
         manifest_path, cache = str(demo.manifest_dir), str(demo.cache)
     manifest = read_manifest(manifest_path)
     folds = load_folds(manifest.path.parent, manifest)
-    chosen = [f for f in folds if f.index == args.fold]
-    if not chosen:
-        raise ConfigError(f"no fold {args.fold}: the manifest has folds {[f.index for f in folds]}")
+    (fold,) = select_folds(folds, [args.fold])
     store = FeatureStore.open(str(cache), manifest=manifest)
     out = Path(args.out) if args.out else Path("runs/train") / f"fold-{args.fold}"
     with logging_redirect_tqdm():
-        result = train_fold(config, chosen[0], store, manifest=manifest, out_dir=out, device=args.device,
+        result = train_fold(config, fold, store, manifest=manifest, out_dir=out, device=args.device,
                             progress=not args.no_progress)
     valid, test = result.valid, result.test
     print(f"fold {result.fold}: best epoch {result.best_epoch} of {result.epochs_run} "

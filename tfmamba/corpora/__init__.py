@@ -2,6 +2,8 @@
 
 - `manifest`: the Parquet manifest format (`Manifest`, `read_manifest`, `write_manifest`,
   `manifest_hash`) and `problems.csv` (`Problem`, `write_problems`, `read_problems`).
+- `folds`: the cross-validation folds made from a manifest and saved beside it (`make_folds`, `save_folds`,
+  `load_folds`, `select_folds`).
 - `prepare`: the idempotent driver behind `tfmamba prepare` (`prepare_corpus`).
 - `iemocap`, `meld`, `csvfile`, `demo`: one builder per corpus, each returning a `BuildResult`.
 """

@@ -1,4 +1,4 @@
-"""Cross-validation folds, computed once from the manifest and saved beside it.
+"""Cross-validation folds, computed once from the manifest and saved beside it (`folds.json`).
 
 IEMOCAP and the demo corpus use leave-one-session-out (5 folds); MELD uses its official
 train/dev/test split as a single fold. Folds are deterministic from the manifest and a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,6 +137,17 @@ def make_folds(manifest: Manifest, valid_fraction: float = 0.1, seed: int = 0) -
     if "session" in manifest.table.columns:
         return leave_one_session_out(manifest, valid_fraction=valid_fraction, seed=seed)
     raise DataError(f"corpus {manifest.corpus!r}: no 'split' or 'session' column to make folds from")
+
+
+def select_folds(folds: list[Fold], indices: Iterable[int]) -> list[Fold]:
+    """The folds numbered `indices`, in that order: the one place a fold number becomes a `Fold` (DataError naming
+    the numbers that are not there and the ones that are)."""
+    by_index = {fold.index: fold for fold in folds}
+    wanted = list(indices)
+    missing = [index for index in wanted if index not in by_index]
+    if missing:
+        raise DataError(f"no fold {', '.join(map(str, missing))}: the manifest has folds {sorted(by_index)}")
+    return [by_index[index] for index in wanted]
 
 
 def _folds_file(path: str | Path) -> Path:

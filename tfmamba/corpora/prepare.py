@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from tfmamba.corpora.folds import FOLDS_NAME, Fold, load_folds, make_folds, save_folds
 from tfmamba.corpora.manifest import (
     MANIFEST_NAME,
     PROBLEMS_NAME,
@@ -34,7 +35,6 @@ from tfmamba.corpora.manifest import (
     write_problems,
 )
 from tfmamba.errors import DataError
-from tfmamba.folds import FOLDS_NAME, Fold, load_folds, make_folds, save_folds
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,15 @@ from tqdm import tqdm
 
 from tfmamba.checkpoint import cpu_state_dict, has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tfmamba.config import TrainConfig
+from tfmamba.corpora.folds import Fold
 from tfmamba.corpora.manifest import Manifest
 from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError, TrainingError
+from tfmamba.features.dataset import FeatureDataset
 from tfmamba.features.store import FeatureStore
-from tfmamba.folds import Fold
 from tfmamba.metrics import compute_metrics
 from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
 from tfmamba.training import distributed
-from tfmamba.features.dataset import FeatureDataset
 from tfmamba.training.input_norm import InputNorm, input_norm
 from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader
 from tfmamba.training.loop import evaluate, make_cmdt, make_optimizer, make_scheduler, train_epoch

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
+from tfmamba.corpora.folds import Fold
 from tfmamba.corpora.manifest import Manifest
 from tfmamba.errors import DataError
 from tfmamba.features.dataset import FeatureDataset, LengthBucketSampler, pad_collate
 from tfmamba.features.store import FeatureStore
-from tfmamba.folds import Fold
 
 
 def fold_digest(fold: Fold) -> str:
