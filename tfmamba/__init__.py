@@ -1,7 +1,10 @@
 """TF-Mamba for speech emotion recognition: the model library.
 
 Importable without Ray or MLflow. The pieces, in the order data flows through them:
-corpora (manifests) -> features (cached encoder features) -> folds -> model -> losses/metrics.
+corpora (manifests and their folds, `corpora.folds`) -> features (cached encoder features) -> model
+(`model.ModelConfig`, `model.TFMamba`) -> losses/metrics; `config.TrainConfig` holds a model config and the
+training settings, `training.fold.train_fold` trains one fold, `predict` applies a trained model, and
+`commands` is the `tfmamba` command. docs/architecture.md maps every module.
 """
 
 from __future__ import annotations
