@@ -10,9 +10,10 @@ Modules, one job each (no module imports an entry script):
     launch.py        results location + preflight, start/join Ray, the parent MLflow run, Tuner set-up
     ray_cluster.py   a private local Ray, or joining a cluster with a one-line reason when that fails
     preflight.py     can every results location be written, with room left
+    node_check.py    on a joined cluster: can the nodes that run folds read the cache, storage and MLflow
     search_space.py  search-space YAML files -> validated `SearchSpace` -> Tune `param_space`
     grid.py          ablation grids (one Tune trial per row); rows.py: the rows' caches, sizes, labels
-    data.py          the manifest, its folds and feature cache (or the demo corpus)
+    sweep_data.py    the manifest, its folds and feature cache (or the demo corpus)
     resources.py     how many trials and folds run at once
     trial.py         the Tune trainable: one `TorchTrainer` per fold, running mean/std reports
     fold_worker.py   what a Train worker runs: `tfmamba.train.train_fold` with a Ray `Reporter`
