@@ -171,3 +171,96 @@ def test_params_command_prints_every_variant(capsys):
         assert variant in out
     assert "20.79M" in out
     assert "(tf - dual_temporal): 18,436 (paper: 0.02M)" in out
+
+
+def _randomise_filter_heads(model):
+    """Give every frequency filter's omega head non-zero weights, so the paths below exercise it."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FrequencyFilter) and module.head is not None:
+                module.head[2].weight.normal_(std=0.5)
+
+
+@pytest.mark.parametrize("variant", ["tf", "dual_temporal", "temporal", "attention"])
+def test_inference_fast_path_matches_the_batched_masked_path(variant):
+    """Without autograd on a CPU the model runs each utterance alone, unmasked, with the block's folded
+    projections and in-place SSD and filter; with autograd, the padded batch at once with masks. Same outputs."""
+    torch.manual_seed(0)
+    model = build_model(variant, num_classes=3, input_dim=20, **SMALL).eval()
+    _randomise_filter_heads(model)
+    x = torch.randn(3, 37, 20)
+    for lengths in (torch.tensor([37, 37, 37]), torch.tensor([37, 20, 5])):
+        reference = model(x, lengths)
+        with torch.no_grad():
+            fast = model(x, lengths)
+        assert torch.allclose(fast.logits, reference.logits.detach(), atol=1e-5), (variant, lengths)
+        assert torch.allclose(fast.sequence, reference.sequence.detach(), atol=1e-5), (variant, lengths)
+        assert torch.equal(fast.mask, reference.mask)
+
+
+def test_full_size_tf_fast_path_matches_the_sequential_reference(monkeypatch):
+    """The paper-size `tf` model: the inference path (SDPA without a mask, folded block, chunked in-place SSD) against
+    the batched path with a key-padding mask and the step-by-step SSD recurrence: within 1e-5 in float32."""
+    from tfmamba.modules import mamba2
+    from tfmamba.ssd import ssd_scan_sequential
+
+    torch.manual_seed(0)
+    model = build_model("tf").eval()
+    _randomise_filter_heads(model)
+    x, lengths = torch.randn(2, 150, 1024), torch.tensor([150, 150])
+    with torch.no_grad():
+        fast = model(x, lengths)
+        masked = model.sequence(x, lengths)  # with a key-padding mask that masks nothing
+        monkeypatch.setattr(mamba2, "ssd", lambda *args, backend="auto", **kwargs: ssd_scan_sequential(*args, **kwargs))
+    reference = model(x, lengths)
+    assert (fast.sequence - reference.sequence.detach()).abs().max() < 1e-5
+    assert (fast.logits - reference.logits.detach()).abs().max() < 1e-5
+    assert (fast.sequence - masked).abs().max() < 1e-5
+
+
+def test_attention_encoder_is_multihead_attention_through_sdpa():
+    """The encoder's SDPA call gives nn.MultiheadAttention's own result on its weights, with and without a mask."""
+    from tfmamba.modules.attention import SelfAttentionEncoder
+
+    torch.manual_seed(0)
+    encoder = SelfAttentionEncoder(32, 4, 24).eval()
+    x = torch.randn(3, 19, 32)
+    mask = torch.arange(19)[None, :] < torch.tensor([19, 11, 2])[:, None]
+    with torch.no_grad():
+        for m in (None, mask):
+            ours = encoder.self_attention(x, m)
+            theirs, _ = encoder.attn(x, x, x, key_padding_mask=None if m is None else ~m, need_weights=False)
+            valid = torch.ones_like(mask) if m is None else mask
+            assert torch.allclose(ours[valid], theirs[valid], atol=1e-6)
+
+
+def test_folded_block_follows_weight_changes():
+    """The block's inference fold of fuse x out_proj is rebuilt when a weight changes (an optimizer step, a load)."""
+    torch.manual_seed(0)
+    model = build_model("tf", num_classes=3, input_dim=20, **SMALL).eval()
+    x, lengths = torch.randn(2, 17, 20), torch.tensor([17, 9])
+    with torch.no_grad():
+        before = model(x, lengths).logits
+        model.block.fuse.weight.mul_(1.5)
+        model.block.second.out_proj.weight.add_(0.1)
+        after = model(x, lengths).logits
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, model(x, lengths).logits.detach(), atol=1e-5)
+    state = {k: v.clone() for k, v in build_model("tf", num_classes=3, input_dim=20, **SMALL).state_dict().items()}
+    model.load_state_dict(state)
+    with torch.no_grad():
+        loaded = model(x, lengths).logits
+    assert torch.allclose(loaded, model(x, lengths).logits.detach(), atol=1e-5)
+
+
+def test_frequency_filter_without_lengths_and_in_place():
+    """lengths=None (nothing padded) and the in-place no-autograd path give the masked, out-of-place result."""
+    torch.manual_seed(0)
+    filt = FrequencyFilter(6, filter_init=0.3, hidden=4)
+    with torch.no_grad():
+        filt.head[2].weight.normal_()
+    x = torch.randn(2, 23, 6)
+    reference = filt(x, torch.tensor([23, 23]))
+    with torch.no_grad():
+        assert torch.allclose(filt(x), reference.detach(), atol=1e-6)
+        assert torch.allclose(filt(x, torch.tensor([23, 23])), reference.detach(), atol=1e-6)

@@ -196,7 +196,7 @@ def ssd_scan(
     y = None
     if c > 1:
         m = (c - 1) * q
-        w = (dt_hm * torch.exp(acs[..., -1:] - acs).view(b, h, lp)).transpose(1, 2)[:, :m, :, None]
+        w = (dt_hm * torch.exp(acs[..., -1:] - acs).view(b, h, lp))[:, :, :m].transpose(1, 2).contiguous()[..., None]
         xw = xs.new_empty(b, m, h, p)  # token-major
         _mul_into(xw, xs[:, :m], w, inplace)
         xw = xw.view(b, c - 1, q, g, hg * p).permute(0, 3, 1, 2, 4)  # a free view when g == 1

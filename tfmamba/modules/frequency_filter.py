@@ -85,16 +85,22 @@ class FrequencyFilter(nn.Module):
             base = base + self.head(torch.cat([mean, std], dim=-1).to(self.head[0].weight.dtype)).float()
         return base.unsqueeze(1)
 
-    def mask(self, power: Tensor) -> Tensor:
-        """Soft pass mask in [0, 1] for power spectra (batch, bins, channels)."""
-        log_power = torch.log(power + self.eps)
-        return torch.sigmoid(self.sharpness * (log_power - self.log_threshold(log_power)))
+    def mask(self, power: Tensor, inplace: bool = False) -> Tensor:
+        """Soft pass mask in [0, 1] for power spectra (batch, bins, channels); inplace: computed in power's memory."""
+        if not inplace:
+            log_power = torch.log(power + self.eps)
+            return torch.sigmoid(self.sharpness * (log_power - self.log_threshold(log_power)))
+        log_power = power.add_(self.eps).log_()
+        return log_power.sub_(self.log_threshold(log_power)).mul_(self.sharpness).sigmoid_()
 
     def _filter(self, seq: Tensor) -> Tensor:
-        """Filter (batch, n, channels) sequences that are all valid, along dim 1."""
+        """Filter (batch, n, channels) sequences that are all valid, along dim 1 (in place without autograd)."""
         spec = torch.fft.rfft(seq, dim=1, norm="ortho")
-        power = spec.real.square() + spec.imag.square()
-        return torch.fft.irfft(spec * self.mask(power), n=seq.shape[1], dim=1, norm="ortho")
+        if torch.is_grad_enabled():
+            power = spec.real.square() + spec.imag.square()
+            return torch.fft.irfft(spec * self.mask(power), n=seq.shape[1], dim=1, norm="ortho")
+        power = spec.real.square().addcmul_(spec.imag, spec.imag)
+        return torch.fft.irfft(spec.mul_(self.mask(power, inplace=True)), n=seq.shape[1], dim=1, norm="ortho")
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x (batch, seqlen, channels), lengths (batch,) valid frames -> same shape, padding zeroed."""
