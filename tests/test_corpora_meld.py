@@ -6,10 +6,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
+from media import write_mp4
 
 from tfmamba.cli import main
 from tfmamba.corpora.folds import load_folds
@@ -28,24 +28,12 @@ TOTAL_ROWS = sum(rows for rows, _ in README_COUNTS.values())
 pytestmark = pytest.mark.skipif(not REAL_CSVS.is_dir(), reason="needs the real MELD CSVs in /work/shared/datasets/meld")
 
 
-def write_mp4(path: Path, seconds: float, rate: int = 16000, channels: int = 1) -> None:
+def write_clip(path: Path, seconds: float, rate: int = 16000, channels: int = 1) -> None:
     """A real AAC-in-mp4 clip (audio only) of a noisy tone."""
     rng = np.random.default_rng(len(path.name))
     t = np.arange(int(seconds * rate)) / rate
     mono = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.normal(size=t.size)
-    data = np.repeat(mono[None, :], channels, axis=0).astype(np.float32)
-    layout = "mono" if channels == 1 else "stereo"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = layout
-        for start in range(0, data.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, start : start + 1024]), format="fltp", layout=layout)
-            frame.sample_rate = rate
-            frame.pts = start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    write_mp4(path, np.repeat(mono[None, :], channels, axis=0).astype(np.float32), rate)
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +45,16 @@ def meld_root(tmp_path_factory) -> Path:
         folder.mkdir(parents=True)
     for name in ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv"):
         shutil.copy(REAL_CSVS / name, root / name)
-    write_mp4(train / "dia0_utt0.mp4", 1.0)
-    write_mp4(train / "dia0_utt1.mp4", 1.5, rate=44100, channels=2)
+    write_clip(train / "dia0_utt0.mp4", 1.0)
+    write_clip(train / "dia0_utt1.mp4", 1.5, rate=44100, channels=2)
     (train / "dia125_utt3.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
-    write_mp4(train / "dia9999_utt0.mp4", 1.0)  # a clip with no row
+    write_clip(train / "dia9999_utt0.mp4", 1.0)  # a clip with no row
     (train / "notes.txt").write_text("not a clip")
-    write_mp4(dev / "dia0_utt0.mp4", 2.0, rate=48000)
-    write_mp4(dev / "dia0_utt1.mp4", 0.8)
-    write_mp4(test / "dia0_utt0.mp4", 1.2, rate=8000)
-    write_mp4(test / "dia0_utt1.mp4", 2.5)
-    write_mp4(test / "dia38_utt4.mp4", 65.0, rate=8000)  # wrongly cut: over the 60 s cap
+    write_clip(dev / "dia0_utt0.mp4", 2.0, rate=48000)
+    write_clip(dev / "dia0_utt1.mp4", 0.8)
+    write_clip(test / "dia0_utt0.mp4", 1.2, rate=8000)
+    write_clip(test / "dia0_utt1.mp4", 2.5)
+    write_clip(test / "dia38_utt4.mp4", 65.0, rate=8000)  # wrongly cut: over the 60 s cap
     (test / "dia220_utt0.mp4").write_bytes(b"")
     return root
 

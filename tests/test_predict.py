@@ -9,11 +9,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile
 import torch
+from media import write_mp4
 
 from tfmamba.checkpoint import save_weights
 from tfmamba.cli import main
@@ -61,22 +61,6 @@ def speechlike(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     wave = sum(np.sin(k * phase) / k for k in range(1, 6)) * envelope * 0.5
     return wave.astype(np.float32)
 
-
-def write_mp4(path: Path, channels: np.ndarray, rate: int) -> Path:
-    """AAC in an mp4 container; `channels` is (n_channels, n_samples) float32."""
-    layout = "mono" if channels.shape[0] == 1 else "stereo"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = layout
-        for start in range(0, channels.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels[:, start:start + 1024]),
-                                               format="fltp", layout=layout)
-            frame.sample_rate, frame.pts = rate, start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -35,15 +34,6 @@ logger = logging.getLogger(__name__)
 SKIP_REASONS = {"path": "no path", "label": "no label", "session": "no session", "split": "no split"}
 CHECKED_COLUMNS = ("label", "session", "split")
 LINES_SHOWN = 3
-
-
-@dataclass
-class LabelTable:
-    """A checked label CSV: the usable rows, the class order and the skipped rows."""
-
-    table: pd.DataFrame
-    labels: list[str]
-    problems: list[Problem] = field(default_factory=list)
 
 
 def parse_label_map(entries: Iterable[str] | None) -> dict[str, str]:
@@ -64,7 +54,7 @@ def read_label_csv(
     csv_path: str | Path,
     labels: list[str] | None = None,
     label_map: Mapping[str, str] | None = None,
-) -> LabelTable:
+) -> BuildResult:
     """Parse and check the CSV (no audio access); returns the usable rows, class order and skips."""
     csv_path = Path(csv_path).resolve()
     table = _read_table(csv_path)
@@ -76,7 +66,7 @@ def read_label_csv(
     _refuse_variants(table, csv_path)
     table, problems = _skip_empty_cells(table, csv_path.parent)
     table = _normalise(table, csv_path)
-    return LabelTable(table, list(given.values()) or sorted(table["label"].unique()), problems)
+    return BuildResult(table, list(given.values()) or sorted(table["label"].unique()), problems)
 
 
 def _read_table(csv_path: Path) -> pd.DataFrame:
