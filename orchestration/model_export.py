@@ -1,11 +1,18 @@
 """The best trial's model as an MLflow pyfunc model, loadable by URI with its label map and feature spec.
 
-    model = mlflow.pyfunc.load_model("models:/tfmamba-ser/<version>")   # or runs:/<trial run id>/model
+    model = mlflow.pyfunc.load_model("models:/NAME@champion")   # --register NAME; or runs:/<trial run id>/model
     model.predict(["clip.wav", "clip.mp4"])  # audio paths (or a DataFrame with a `path` column) -> DataFrame
     model.predict([features])                # or (frames, dim) arrays of the cache's features
 
 The model wraps a tfmamba output folder (`model.safetensors` + `model.json`); `label_map.json`
-and `feature_spec.json` are logged beside it and copied into the model's metadata.
+and `feature_spec.json` are logged beside it and copied into the model's metadata. The `tfmamba` and
+`orchestration` code travels with the model, so that
+
+    mlflow models serve -m models:/NAME@champion --env-manager local --host 127.0.0.1 --port 5001
+    curl -X POST 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+        -d '{"dataframe_split": {"columns": ["path"], "data": [["/abs/clip.wav"]]}}'
+
+answers with `{"predictions": [{"path": ..., "label": ..., "prob_<label>": ..., "error": ""}]}`.
 """
 
 from __future__ import annotations
@@ -24,9 +31,15 @@ from orchestration import mlflow_runs
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
-REGISTERED_NAME = "tfmamba-ser"
+REGISTERED_NAME = "tfmamba-ser"  # log_best_model's default; the sweep registers only with --register NAME
+ROOT = Path(__file__).resolve().parent.parent
+# Imported by the model at serving time (tfmamba and this module travel as code_paths).
+SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "safetensors", "soundfile", "soxr", "av", "transformers",
+                    "pyyaml", "scikit-learn", "pyarrow")
 # predict takes several input shapes (see its docstring), so it has no type hints for MLflow to validate against.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+# The signature documents the output only (inputs are paths or arrays, see `predict`), so no input example.
+warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
 
 
 class TFMambaPyfunc(mlflow.pyfunc.PythonModel):
@@ -103,10 +116,36 @@ def _as_items(model_input: Any) -> list:
     return items
 
 
+def serving_requirements() -> list[str]:
+    """What the model needs at serving time, pinned to this environment's versions: the `tfmamba` code itself
+    travels with the model (`code_paths`), since no package index serves this project."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in SERVING_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def model_signature(labels: list[str]):
+    """The output columns (label, one `prob_<label>` per class; `path` and `error` for audio input). The input
+    is left open: paths, a DataFrame with `path`, or feature arrays are all accepted (see `predict`)."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    columns = [ColSpec("string", "path", required=False), ColSpec("string", "label"),
+               *[ColSpec("double", f"prob_{label}") for label in labels], ColSpec("string", "error", required=False)]
+    return ModelSignature(inputs=None, outputs=Schema(columns))
+
+
 @mlflow_runs.retried
 def log_best_model(uri: str, run_id: str, fold_run_id: str, registered_name: str | None = REGISTERED_NAME) -> str:
-    """Download the best fold's weights from its run and log them as the pyfunc model of `run_id`, registered
-    as a new version of `registered_name` (`models:/tfmamba-ser/<version>`); returns the logged model's URI.
+    """Download the best fold's weights from its run and log them as the pyfunc model of `run_id` (with the
+    `tfmamba` code, pinned requirements and an output signature, so `mlflow models serve` can run it),
+    registered as a new version of `registered_name` if given; returns the logged model's URI.
     Retried as a whole while the tracking server is unreachable, like every MLflow call of the project."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = mlflow_runs.download_artifacts(uri, fold_run_id, "model", tmp)
@@ -115,6 +154,8 @@ def log_best_model(uri: str, run_id: str, fold_run_id: str, registered_name: str
         (Path(tmp) / "label_map.json").write_text(json.dumps(label_map, indent=1), encoding="utf-8")
         (Path(tmp) / "feature_spec.json").write_text(json.dumps(description["feature"], indent=1), encoding="utf-8")
         mlflow.set_tracking_uri(uri)
+        # MLflow warns that a Python object is pickled; this class is importable code that travels with the model
+        logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
@@ -123,7 +164,9 @@ def log_best_model(uri: str, run_id: str, fold_run_id: str, registered_name: str
                            "feature_spec": str(Path(tmp) / "feature_spec.json")},
                 metadata={"label_map": label_map, "feature_spec": description["feature"],
                           "source_fold_run": fold_run_id},
-                pip_requirements=["torch", "safetensors", "numpy", "pandas", "tfmamba-sweeps"],
+                signature=model_signature(list(description["labels"])),
+                code_paths=[str(ROOT / "tfmamba"), str(ROOT / "orchestration")],
+                pip_requirements=serving_requirements(),
                 registered_model_name=registered_name,
             )
             mlflow.log_dict(label_map, "label_map.json")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import mlflow_runs
+from orchestration.console import trial_label, trial_number
 from orchestration.trial import TIME_ATTR, SweepContext, fold_metric
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class TrialSummary:
     metrics: dict[str, Any]
     error: str | None = None
     folds: list[dict[str, Any]] = field(default_factory=list)  # fold, seed, run_id, status and NODE_TAGS
+    label: str = ""  # `t03 λ=0.32 τ=0.11 ω=0.33 d=16` (console.trial_label), also the trial run's MLflow name
 
 
 @dataclass
@@ -42,6 +44,9 @@ class SweepSummary:
     parallel_slots: int
     interrupted: bool = False
     summary_path: str | None = None
+    registered: Any = None  # registry.Registered, with --register
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # with several: the Pareto search's
+    pareto: list[TrialSummary] = field(default_factory=list)  # its front, best on the first objective first
 
     @property
     def overhead_ratio(self) -> float | None:
@@ -68,8 +73,9 @@ def collect_trials(results, ctx: SweepContext, interrupted: bool = False) -> lis
         else:
             status = "stopped early"
         config = {k: v for k, v in (metrics.get("config") or {}).items()}
+        label = trial_label(trial_number(Path(result.path).name), config)
         trials.append(TrialSummary(trial_id, runs.get(trial_id), status, config, metrics,
-                                   str(result.error) if result.error is not None else None))
+                                   str(result.error) if result.error is not None else None, label=label))
     return trials
 
 
@@ -112,7 +118,10 @@ def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
             continue
         if trial.status == "failed":
             mlflow_runs.set_tags(uri, trial.run_id, {"error": trial.error or "failed"})
-        mlflow_runs.set_tags(uri, trial.run_id, {"outcome": trial.status})
+        mlflow_runs.set_tags(uri, trial.run_id, {"outcome": trial.status}
+                             | ({"pruned": "true"} if trial.status == "stopped early" else {}))
+        if trial.status == "stopped early":
+            continue  # ended when the scheduler stopped it (trial._pruned); a run it left open is closed below
         mlflow_runs.end_run(uri, trial.run_id, "FAILED" if trial.status == "failed" else "FINISHED")
     mlflow_runs.mark_stale_runs(uri, ctx.experiment_id, ctx.sweep_id)
 
@@ -135,8 +144,10 @@ def _metric_name(ctx: SweepContext) -> str:
     return ctx.metric.removeprefix("valid_").removesuffix("_mean").upper()
 
 
-def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int) -> SweepSummary:
-    """Close runs, log the best model once, record the outcome on the sweep run."""
+def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int,
+                 register: str | None = None, objectives: list[tuple[str, str]] | None = None) -> SweepSummary:
+    """Close runs, log the best model once (registered under `register`, if given), record the outcome on the
+    sweep run."""
     from orchestration.model_export import log_best_model
 
     uri = ctx.tracking_uri
@@ -151,16 +162,25 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
     summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots,
                            interrupted)
+    if objectives and len(objectives) > 1:
+        summary.objectives = list(objectives)
+        summary.pareto = pareto_front(complete, objectives, ctx)
     parent_tags = mlflow_runs.get_run(uri, ctx.parent_run_id).data.tags
     if best is not None and best.run_id is not None:
         if parent_tags.get("best_trial_id") == best.trial_id and parent_tags.get("best_model_uri"):
             summary.best_model_uri = parent_tags["best_model_uri"]
         else:
-            summary.best_model_uri = log_best_model(uri, best.run_id, best_fold_run(ctx, best.trial_id))
+            summary.best_model_uri = log_best_model(uri, best.run_id, best_fold_run(ctx, best.trial_id),
+                                                    registered_name=None)
+        if register and parent_tags.get("registered_model_version", "").split("/")[0] != register:
+            summary.registered = _register(summary.best_model_uri, register, best, ctx, parent_tags)
+            mlflow_runs.set_tags(uri, ctx.parent_run_id, {"registered_model_version": f"{register}/{summary.registered.version}"})
         mlflow_runs.set_tags(uri, ctx.parent_run_id, {"best_trial_id": best.trial_id, "best_trial_run_id": best.run_id,
                                                        "best_model_uri": summary.best_model_uri})
+        # the best trial's metrics under the trial runs' own names (BestSoFar logged them stepped as trials ended)
         mlflow_runs.log_metrics(uri, ctx.parent_run_id,
-                                {f"best_{k}": v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))})
+                                {k: v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))},
+                                step=len(trials))
     extra: dict[str, float] = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds,
                                "fold_slots": parallel_slots}
     if summary.overhead_ratio is not None:
@@ -175,6 +195,28 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     status = "KILLED" if interrupted else "FINISHED" if best is not None else "FAILED"
     mlflow_runs.end_run(uri, ctx.parent_run_id, status)
     return summary
+
+
+def pareto_front(complete: list[TrialSummary], objectives: list[tuple[str, str]], ctx: SweepContext
+                 ) -> list[TrialSummary]:
+    """The complete trials no other beats on every objective, tagged `pareto` in MLflow."""
+    from orchestration.pareto import front
+
+    by_id = {t.trial_id: t for t in complete}
+    keep = front({t.trial_id: t.metrics for t in complete}, objectives)
+    for trial in complete:
+        if trial.run_id is not None:
+            mlflow_runs.set_tags(ctx.tracking_uri, trial.run_id, {"pareto": str(trial.trial_id in keep).lower()})
+    return [by_id[k] for k in keep]
+
+
+def _register(model_uri: str, name: str, best: TrialSummary, ctx: SweepContext, parent_tags: dict[str, str]):
+    """The best model as a new version of `name`, tagged with its sweep, trial, objective, corpus and features."""
+    from orchestration.registry import register
+
+    tags = {"sweep": ctx.sweep_id, "trial": best.trial_id, "trial_run": best.run_id or "",
+            "corpus": parent_tags.get("corpus", ""), "feature_extractor": parent_tags.get("cache.extractor", "")}
+    return register(ctx.tracking_uri, model_uri, name, tags, ctx.metric, ctx.mode, float(best.metrics[ctx.metric]))
 
 
 def ui_command(uri: str) -> str:
@@ -198,7 +240,7 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
     name, key = _metric_name(ctx), _metric_name(ctx).lower()
     lines.append(f"Trials (validation {name}, the sweep's metric, mean ± std over the folds each finished):")
     for t in sorted(summary.trials, key=lambda t: -_sign(ctx) * float(t.metrics.get(ctx.metric, -_sign(ctx) * 1e9))):
-        lines.append(f"  {t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
+        lines.append(f"  {t.label or t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
                      f"{_pm(t.metrics, 'valid', key)}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
     best = summary.best
     if summary.interrupted:
@@ -207,7 +249,7 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
         lines.append("No trial finished all its folds; see the errors above and in MLflow.")
     else:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items())
-        lines += [f"Best trial {best.trial_id}: {params}",
+        lines += [f"Best trial {best.label.split(' ')[0] or best.trial_id} ({best.trial_id}): {params}",
                   f"  {'mean ± std over folds':<23}" + "   ".join(f"{k.upper()}" for k in ("wa", "ua", "wf1")),
                   f"  {'valid (optimised ' + name + ')':<23}{_pm(best.metrics, 'valid', 'wa')}   "
                   f"{_pm(best.metrics, 'valid', 'ua')}"
@@ -216,6 +258,18 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
                   f"   {_pm(best.metrics, 'test', 'wf1')}",
                   f"Best model (mlflow.pyfunc.load_model): {summary.best_model_uri}   "
                   f"(also runs:/{best.run_id}/model)"]
+        if summary.registered is not None:
+            reg = summary.registered
+            lines.append(f"Registered as {reg.uri}" + (f", now models:/{reg.name}@champion" if reg.champion else
+                                                      f" (models:/{reg.name}@champion stays on a better version)")
+                         + f"; serve it: mlflow models serve -m models:/{reg.name}@champion --env-manager local")
+    if summary.pareto:
+        names = [name for name, _ in summary.objectives]
+        lines.append(f"Pareto front ({', '.join(f'{n} {m}' for n, m in summary.objectives)}; tagged pareto=true "
+                     "in MLflow, plot: the sweep run's optuna/pareto_front.png):")
+        for t in summary.pareto:
+            lines.append(f"  {t.label or t.trial_id}  " + "  ".join(
+                f"{n}={t.metrics[n]:.4g}" for n in names))
     if summary.overhead_ratio is not None:
         lines.append(f"Fold training {summary.fold_seconds:.0f} s over {summary.parallel_slots} fold slot(s): "
                      f"Ray overhead ratio {summary.overhead_ratio:.2f} "

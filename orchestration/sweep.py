@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 
-from orchestration import launch, options
+from orchestration import console, launch, mlflow_ui, options, pareto, registry, study
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
 from orchestration.resources import plan
@@ -44,7 +44,10 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI (the cluster config sets it to t
 server), else sqlite:///./mlflow.db with artifacts in ./mlartifacts. Browse the results with the
 `mlflow ui ...` command printed at the end.
 Resume an interrupted sweep: the same command plus --resume (and its --name; the newest sweep
-under --storage-path is taken otherwise). Finished trials are not rerun.""",
+under --storage-path is taken otherwise). Finished trials are not rerun.
+Optuna: each sweep is a study named after it, stored in optuna.db beside an SQLite mlflow.db (else
+beside the Tune state); the sweep prints the optuna-dashboard command that shows it. --warm-start
+NAME starts TPE from the finished trials of the earlier sweep NAME (same or overlapping space).""",
     )
     options.add_data_options(parser, manifest_default="default: the demo corpus")
     search = parser.add_argument_group("search")
@@ -54,24 +57,96 @@ under --storage-path is taken otherwise). Finished trials are not rerun.""",
     options.add_overrides_option(search, unit="trial")
     search.add_argument("--num-samples", type=int, default=4, help="trials to run (default: 4)")
     search.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    search.add_argument("--objectives", metavar="METRIC:DIR,...", default=None,
+                        help="search more than one objective, e.g. valid_ua_mean:max,params:min or "
+                             "valid_ua_mean:max,latency_ms:min (the model's parameter count, or one forward pass "
+                             "of 300 frames on the trial's CPU): multi-objective TPE, no early stopping, the "
+                             "Pareto front tagged in MLflow and printed (default: the corpus's validation metric)")
+    search.add_argument("--warm-start", metavar="SWEEP", default=None,
+                        help="seed TPE with the finished trials of the earlier sweep SWEEP (its --name), "
+                             "read from the same Optuna storage; trials outside this space are skipped")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's worker logs and Tune's status tables here (default: one line per trial "
+                             "event; the worker logs stay in Ray's session folder, printed at the start)")
+    search.add_argument("--study-storage", metavar="URL", default=None,
+                        help="Optuna storage URL for the studies (default: optuna.db beside an SQLite "
+                             "mlflow.db, else beside the Tune state)")
     resources = options.add_resource_options(parser, unit="trial")
     resources.add_argument("--trial-retries", type=int, default=0,
                            help="Tune retries of a failed trial; finished folds are kept (default: 0)")
-    options.add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>",
-                               experiment=DEFAULT_EXPERIMENT)
+    where = options.add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>",
+                                       experiment=DEFAULT_EXPERIMENT)
+    where.add_argument("--register", metavar="NAME", default=None,
+                       help="register the best model as a new version of NAME in the MLflow model registry, with "
+                            "the alias 'champion' while it is the best on the sweep's metric (default: not "
+                            f"registered; the demo corpus registers as {registry.DEMO_NAME!r})")
     args = parser.parse_args(argv)
+    if args.register is None and args.manifest is None:
+        args.register = registry.DEMO_NAME
+    if args.register is not None:
+        try:
+            registry.check_name(args.register)
+        except ValueError as err:
+            parser.error(str(err))
     if args.num_samples < 1:
         parser.error("--num-samples must be at least 1")
+    if args.objectives is not None:
+        try:
+            args.objectives = pareto.parse_objectives(args.objectives)
+        except pareto.ObjectiveError as err:
+            parser.error(str(err))
+    if args.warm_start and args.resume:
+        parser.error("--warm-start starts a new sweep; --resume continues one (its study included): pick one")
     options.check_common(parser, args)
     return args
 
 
+def prepare_study(args: argparse.Namespace, name: str, space: SearchSpace, modes: list[str],
+                  storage_url: str) -> None:
+    """Before anything starts: the new sweep's study name must be free in the storage, and `--warm-start`'s
+    finished trials are copied into it (exits naming the problem)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    try:
+        storage = study.open_storage(storage_url)
+        if study.study_exists(storage, name):
+            raise study.StudyError(f"an Optuna study named {name!r} already exists in {storage_url}; pick another "
+                                   f"--name, or delete it: optuna delete-study --storage {storage_url} "
+                                   f"--study-name {name}")
+        if args.warm_start:
+            distributions = OptunaSearch.convert_search_space(space.param_space())
+            copied = study.warm_start(storage, args.warm_start, name, modes, distributions)
+            print(f"Warm start: {copied} finished trial(s) of sweep {args.warm_start} seed this sweep's TPE",
+                  flush=True)
+    except study.StudyError as err:
+        raise SystemExit(f"sweep: {err}") from None
+
+
+def build_searcher(args: argparse.Namespace, where: launch.ResultsLocation, space: SearchSpace, ctx: SweepContext,
+                   max_concurrent: int, storage_url: str, objectives: list[pareto.Objective]):
+    """Optuna's multivariate TPE over the study stored at `storage_url` and named after the sweep; a trial
+    stopped before its last fold is told to Optuna as PRUNED. With several objectives the searcher holds the
+    space and the metrics itself (Tune's TuneConfig takes one metric only)."""
+    from orchestration.pruned_search import ProjectOptunaSearch
+
+    multi = len(objectives) > 1
+    own = dict(space=ProjectOptunaSearch.convert_search_space(space.param_space()),
+               metric=[name for name, _ in objectives], mode=[mode for _, mode in objectives]) if multi else {}
+    return ProjectOptunaSearch(points_to_evaluate=space.points_to_evaluate or None,
+                               sampler=study.sampler(args.seed, max_concurrent, len(objectives)), study_name=where.name,
+                               storage=study.open_storage(storage_url), n_folds=len(ctx.folds), time_attr=TIME_ATTR,
+                               **own)
+
+
 def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: SearchSpace, ctx: SweepContext,
-                max_concurrent: int, trial_resources: dict[str, float]):
-    """A new Tuner (Optuna's TPE, ASHA over finished folds), or the restored one with --resume."""
+                max_concurrent: int, trial_resources: dict[str, float], storage_url: str,
+                objectives: list[pareto.Objective]):
+    """A new Tuner (Optuna's TPE on a stored study, ASHA over finished folds), or the restored one with --resume
+    (its searcher, and with it the study, comes back from Tune's state)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestration.progress import BestSoFar, ProgressPrinter
 
     trainable = launch.trainable(ctx, trial_resources)
     if args.resume:
@@ -79,23 +154,29 @@ def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: 
     n_folds = len(ctx.folds)
     stopping = space.early_stopping
     scheduler = None
-    if stopping.enabled and n_folds > 1:
+    multi = len(objectives) > 1
+    if stopping.enabled and n_folds > 1 and not multi:  # ASHA ranks trials on one metric
         scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=n_folds, grace_period=min(stopping.grace_period, n_folds),
                                   reduction_factor=stopping.reduction_factor)
-    searcher = OptunaSearch(points_to_evaluate=space.points_to_evaluate or None, seed=args.seed)
+    searcher = build_searcher(args, where, space, ctx, max_concurrent, storage_url, objectives)
     return tune.Tuner(
         trainable,
-        param_space=space.param_space(),
-        tune_config=tune.TuneConfig(metric=ctx.metric, mode=ctx.mode, search_alg=searcher, scheduler=scheduler,
+        param_space=None if multi else space.param_space(),
+        tune_config=tune.TuneConfig(metric=None if multi else ctx.metric, mode=None if multi else ctx.mode,
+                                    search_alg=searcher, scheduler=scheduler,
                                     num_samples=args.num_samples, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=args.trial_retries)),
+        run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1 if args.verbose else 0,
+                                  failure_config=tune.FailureConfig(max_failures=args.trial_retries),
+                                  callbacks=[ProgressPrinter(ctx.metric, ctx.mode, n_folds, args.num_samples),
+                                             BestSoFar(ctx.tracking_uri, ctx.parent_run_id, ctx.metric, ctx.mode,
+                                                       n_folds)]),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     launch.configure_console()
     args = parse_args(argv)
+    console.quiet_ray(args.verbose)
     started = time.monotonic()
     try:
         space = load_search_space(args.space, options.parse_overrides(args.overrides))
@@ -105,31 +186,51 @@ def main(argv: list[str] | None = None) -> int:
     where = launch.results_location(args, lambda: launch.dated_name(space.name), "sweep")
     data = resolve_data(args.manifest, args.cache, options.parse_folds(args.folds, demo=args.manifest is None))
     metric, mode = objective(data.corpus, space)
+    objectives = args.objectives or [(metric, mode)]
+    metric, mode = next((n, m) for n, m in objectives if n not in pareto.COSTS)  # picks the best model
+    study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
+    if not args.resume:
+        prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
     launch.start_ray(args.address, where.tracking_uri)
+    if not args.verbose:
+        print(f"Ray worker logs (fold training output): {console.worker_logs_dir()}/worker-*.out "
+              "(--verbose shows them here)", flush=True)
     launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
     experiment_id, parent_run_id = launch.open_parent_run(
         where, where.name,
-        tags={**data.tags(), "search_space": space.name, "metric": f"{metric} ({mode})"},
+        tags={**data.tags(), "search_space": space.name, "metric": f"{metric} ({mode})",
+              **({"objectives": ", ".join(f"{n} ({m})" for n, m in objectives)} if len(objectives) > 1 else {})},
         params={"num_samples": args.num_samples, "folds": ",".join(map(str, data.folds)),
                 "workers_per_fold": args.workers_per_fold, "seed": args.seed,
                 "gpus_per_worker": args.gpus_per_worker, "base_config": space.base,
                 **{f"fixed.{k}": v for k, v in space.fixed.items()}},
         files={str(space.path): "search_space"},
         texts={"search_space/base_config.yaml": space.base_config().to_yaml()}, resume=args.resume)
+    mlflow_ui.dress_sweep(where.tracking_uri, experiment_id, parent_run_id)
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
                   len(data.folds), args.max_concurrent, args.parallel_folds,
                   max_fold_slots=args.max_fold_slots, joined=args.address is not None)
     ctx = launch.sweep_context(args, where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
-                               metric=metric, mode=mode)
+                               metric=metric, mode=mode, costs=tuple(n for n, _ in objectives if n in pareto.COSTS),
+                               input_dim=int(data.cache_metadata.get("dim", 0)))
     print(f"\nSweep {where.name}: {args.num_samples} trials x {len(data.folds)} folds of {data.corpus}, "
           f"{layout.max_concurrent} trial(s) at once, {layout.parallel_folds} fold(s) per trial at once\n"
           f"  results: {where.tune_path}   MLflow: {where.tracking_uri} (experiment {args.experiment!r}, "
           f"run {parent_run_id})\n"
+          f"  Optuna study {where.name!r}: {study.dashboard_command(study_url)}\n"
           f"  resume after an interruption: python orchestration/sweep.py --resume --name {where.name} "
           f"--storage-path {args.storage_path} ...(same options)\n", flush=True)
-    results = build_tuner(args, where, space, ctx, layout.max_concurrent, layout.trial_resources).fit()
-    summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots)
+    results = build_tuner(args, where, space, ctx, layout.max_concurrent, layout.trial_resources, study_url,
+                          objectives).fit()
+    summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots, args.register,
+                           objectives)
+    try:
+        mlflow_ui.log_study_plots(ctx.tracking_uri, ctx.parent_run_id, study_url, where.name,
+                                  [name for name, _ in objectives])
+    except Exception as err:  # the plots are a convenience; the sweep's results are already safe
+        logger.warning("Optuna plots not logged: %s", err)
     print_summary(summary, ctx, args.experiment, where.tune_path)
+    print(f"Optuna study {where.name!r}: {study.dashboard_command(study_url)}", flush=True)
     report_logging_gaps(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_id)
     if summary.interrupted:
         return 130

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import tempfile
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from orchestration import mlflow_runs
+from orchestration.console import trial_label, trial_number
 from orchestration.fold_worker import FoldTask, train_fold_worker
 from orchestration.search_space import SearchSpace
 
@@ -68,6 +70,9 @@ class SweepContext:
     # so a worker node needs no disk shared with the head (only the cache and the storage path, by URI).
     manifest: Any = None
     splits: dict[int, Any] = field(default_factory=dict)
+    # --objectives beyond the metric (pareto.py): the costs measured once per trial and reported with every fold
+    costs: tuple[str, ...] = ()
+    input_dim: int = 0
 
     def units(self) -> list[Unit]:
         """The fold runs of one trial: each fold once, or once per seed."""
@@ -179,11 +184,13 @@ def _load_done() -> dict[Unit, dict[str, Any]]:
     return {parse_unit(k): v for k, v in data.items()}
 
 
-def _report(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
-    """Send the running summary to Tune (with the finished folds as checkpoint) and MLflow."""
+def _report(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepContext,
+            costs: dict[str, float] | None = None) -> None:
+    """Send the running summary (and the trial's measured `costs`) to Tune, with the finished folds as checkpoint,
+    and to MLflow."""
     from ray import tune
 
-    summary = summarize(done, len(ctx.seeds))
+    summary = summarize(done, len(ctx.seeds)) | (costs or {})
     mlflow_runs.log_metrics(ctx.tracking_uri, trial_run_id, summary, step=len(done))
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / DONE_FILE).write_text(json.dumps({unit_key(k): v for k, v in done.items()}), encoding="utf-8")
@@ -200,41 +207,97 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     ctx = replace(ctx, cache=ctx.row_caches.get(row, ctx.cache)) if row is not None else ctx
     train_config = ctx.space.trial_config(config).to_dict()
     trial_run_id = _trial_run_id(ctx, trial_id)
+    number = trial_number(Path(tune.get_context().get_trial_dir() or "").name)
+    mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"mlflow.runName": trial_label(number, config)})
     mlflow_runs.log_params(ctx.tracking_uri, trial_run_id, {k: train_config.get(k, v) for k, v in config.items()})
     if row is not None or ctx.seeds:  # tags, not params: a resumed grid may read a row's cache from a new place
         mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"cache": ctx.cache, "seeds": ",".join(map(str, ctx.seeds))})
+    costs = _measure_costs(ctx, train_config)
     done = _load_done()
     pending = [unit for unit in ctx.units() if unit not in done]
     if done:
         logger.info("trial %s: fold runs %s already finished, running %s", trial_id,
                     [unit_key(u) for u in done], [unit_key(u) for u in pending])
-    pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel_folds, len(pending) or 1)))
-    futures: dict[Future, Unit] = {pool.submit(run_fold, ctx, trial_id, train_config, *unit): unit
-                                   for unit in pending}
+    if not pending:
+        _finish(done, trial_run_id, ctx, costs)
+        return
+    folds = FoldRunner(lambda unit: run_fold(ctx, trial_id, train_config, *unit))
     try:
-        if not pending:
-            _finish(done, trial_run_id, ctx)
-        while futures:
-            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for future in finished:
-                unit = futures.pop(future)
-                try:
-                    done[unit] = future.result()
-                except Exception as err:
-                    mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(err)})
-                    mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
-                    raise
-                key = ctx.metric.removeprefix("valid_").removesuffix("_mean")
-                logger.info("trial %s: fold %s done (valid %s %.3f, test %s %.3f)", trial_id, unit_key(unit), key,
-                            done[unit]["valid"].get(key, float("nan")), key,
-                            done[unit]["test"].get(key, float("nan")))
-                _finish(done, trial_run_id, ctx)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        while pending or folds.running:
+            while pending and len(folds.running) < max(1, ctx.parallel_folds):
+                folds.start(pending.pop(0))
+            unit, outcome = folds.next_finished()
+            if isinstance(outcome, BaseException):
+                mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(outcome)})
+                mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
+                raise outcome
+            done[unit] = outcome
+            key = ctx.metric.removeprefix("valid_").removesuffix("_mean")
+            logger.info("trial %s: fold %s done (valid %s %.3f, test %s %.3f)", trial_id, unit_key(unit), key,
+                        done[unit]["valid"].get(key, float("nan")), key, done[unit]["test"].get(key, float("nan")))
+            _finish(done, trial_run_id, ctx, costs)  # blocks until Tune's scheduler has seen it; a stop raises SystemExit
+    except SystemExit:
+        if len(done) < len(ctx.units()):  # ASHA also says stop at its last rung, once every fold is done
+            _pruned(ctx, trial_id, trial_run_id, sorted(folds.running, key=unit_key))
+        raise
 
 
-def _finish(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepContext) -> None:
+class FoldRunner:
+    """Fold runs in daemon threads, so that a trial stopped by the scheduler leaves nothing that keeps its
+    process (and with it the fold's Train controller and workers, which it owns) alive."""
+
+    def __init__(self, run: Callable[[Unit], dict[str, Any]]) -> None:
+        self._run = run
+        self._finished: queue.Queue = queue.Queue()
+        self.running: set[Unit] = set()
+
+    def start(self, unit: Unit) -> None:
+        self.running.add(unit)
+        threading.Thread(target=self._target, args=(unit,), name=f"fold-{unit_key(unit)}", daemon=True).start()
+
+    def _target(self, unit: Unit) -> None:
+        try:
+            self._finished.put((unit, self._run(unit)))
+        except BaseException as err:  # handed to the trial's thread, which raises it
+            self._finished.put((unit, err))
+
+    def next_finished(self) -> tuple[Unit, Any]:
+        """The next fold run to end: (unit, its result) or (unit, the exception it raised)."""
+        unit, outcome = self._finished.get()
+        self.running.discard(unit)
+        return unit, outcome
+
+
+def _pruned(ctx: SweepContext, trial_id: str, trial_run_id: str, running: list[Unit]) -> None:
+    """The scheduler stopped this trial: tag its run `pruned` (its partial means stay) and end the fold runs
+    still going as KILLED; their Train runs end with this trial's process."""
+    uri = ctx.tracking_uri
+    try:
+        mlflow_runs.set_tags(uri, trial_run_id, {"pruned": "true", "outcome": "stopped early"})
+        mlflow_runs.end_run(uri, trial_run_id, "FINISHED")
+        if running:
+            logger.info("trial %s: stopped by the scheduler; stopping fold run(s) %s", trial_id,
+                        [unit_key(u) for u in running])
+        for run in mlflow_runs.find_runs(uri, ctx.experiment_id, mlflow_runs.trial_tags(ctx.sweep_id, trial_id)
+                                         | {"run_kind": mlflow_runs.FOLD}, status="RUNNING"):
+            mlflow_runs.set_tags(uri, run.info.run_id, {"pruned": "true"})
+            mlflow_runs.end_run(uri, run.info.run_id, "KILLED")
+    except Exception as err:  # the trial is stopping either way; the sweep's close_runs tidies up after it
+        logger.warning("trial %s: could not mark it pruned in MLflow: %s", trial_id, err)
+
+
+def _finish(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepContext,
+            costs: dict[str, float] | None = None) -> None:
     """Report the finished folds; the trial's run is closed before the last report (Tune may stop the trial there)."""
     if len(done) == len(ctx.units()):
         mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FINISHED")
-    _report(done, trial_run_id, ctx)
+    _report(done, trial_run_id, ctx, costs)
+
+
+def _measure_costs(ctx: SweepContext, train_config: dict[str, Any]) -> dict[str, float]:
+    """The model costs the sweep's objectives name (`params`, `latency_ms`), once per trial."""
+    if not ctx.costs:
+        return {}
+    from orchestration.pareto import measure_costs
+
+    return measure_costs(train_config, len(ctx.manifest.labels), ctx.input_dim, ctx.costs)

@@ -29,9 +29,12 @@ pytestmark = pytest.mark.slow
 
 
 def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
+    """A tiny sweep with --verbose: the tests read the workers' log lines (a user's console gets one line per
+    fold instead; `test_pruning_study_names_registry_and_console` checks that one without --verbose)."""
     sets = [arg for item in TINY for arg in ("--set", item)]
     return [sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache", str(demo.cache),
-            "--folds", "1,2", "--num-samples", "2", "--storage-path", str(storage), "--name", name, *sets, *extra]
+            "--folds", "1,2", "--num-samples", "2", "--storage-path", str(storage), "--name", name, "--verbose",
+            *sets, *extra]
 
 
 def run_sweep(command: list[str], cwd: Path, env: dict | None = None, timeout: float = 480) -> str:
@@ -207,3 +210,53 @@ def test_failed_fold_fails_the_trial_with_its_error(demo, tmp_path: Path) -> Non
     assert [run.info.status for run in tree["trial"] + tree["fold"]] == ["FAILED", "FAILED"]
     for run in tree["trial"] + tree["fold"]:
         assert "the training loss is not finite" in run.data.tags["error"]
+
+
+def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
+    """3 trials x 3 folds, one fold at a time: a trial ASHA stops starts no further fold and is PRUNED in the
+    stored Optuna study and tagged `pruned` in MLflow; trial runs are named by number and values; the best model
+    is registered only under --register's name, as @champion; the console stays short; a second sweep warm-starts
+    from the first's study."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = sweep_command(demo, tmp_path / "ray", "steer", "--mlflow-uri", uri, "--folds", "1,2,3",
+                            "--num-samples", "3", "--parallel-folds", "1", "--register", "test-ser")
+    output = run_sweep([arg for arg in command if arg != "--verbose"], tmp_path)
+    assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in output
+    assert "Failed to query Ray Train Controller" not in output and "Trial status:" not in output
+    assert len(output.splitlines()) < 100, output
+    assert "t01 λ=" in output and "fold 1/3" in output
+    study = optuna.load_study(study_name="steer", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    tree = run_tree(uri, "steer")
+    assert len(tree["trial"]) == len(study.trials) == 3
+    for run in tree["trial"]:
+        folds = [f for f in tree["fold"] if f.data.tags["trial_id"] == run.data.tags["trial_id"]]
+        done = int(run.data.metrics["folds_done"])
+        assert len(folds) == done  # a stopped trial started no further fold
+        assert run.info.run_name.startswith("t0") and "λ=" in run.info.run_name
+        assert (run.data.tags.get("pruned") == "true") == (done < 3)
+        assert "valid_ua_mean" in run.data.metrics  # partial means kept
+    states = sorted(t.state.name for t in study.trials)
+    assert states.count("PRUNED") == sum(r.data.tags.get("pruned") == "true" for r in tree["trial"])
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3
+    client = MlflowClient(uri)
+    assert [m.name for m in client.search_registered_models()] == ["test-ser"]
+    champion = client.get_model_version_by_alias("test-ser", "champion")
+    assert champion.tags["sweep"] == "steer" and champion.tags["corpus"] == "demo"
+    sweep_run = tree["sweep"][0]
+    assert client.get_experiment(sweep_run.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    assert sweep_run.data.tags["mlflow.source.git.commit"]
+    assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= {
+        a.path for a in client.list_artifacts(sweep_run.info.run_id, "optuna")}
+    steps = [m.step for m in client.get_metric_history(sweep_run.info.run_id, "trials_finished")]
+    assert sorted(steps) == [1, 2, 3]
+
+    again = run_sweep(sweep_command(demo, tmp_path / "ray", "warm", "--mlflow-uri", uri, "--num-samples", "1",
+                                    "--folds", "1", "--warm-start", "steer"), tmp_path)
+    assert f"Warm start: {len(study.trials)} finished trial(s) of sweep steer" in again
+    warm = optuna.load_study(study_name="warm", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(warm.trials) == len(study.trials) + 1
+    assert [m.name for m in client.search_registered_models()] == ["test-ser"]  # no --register: nothing new

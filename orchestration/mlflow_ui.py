@@ -1,0 +1,76 @@
+"""What makes a sweep read well in the MLflow UI (3.x): the experiment opens on the model-training view, the
+sweep run carries MLflow's standard source/git tags, best-so-far metrics stepped per finished trial (a Tune
+callback, while the sweep runs) and, at the end, Optuna's optimisation-history, parameter-importance and
+parallel-coordinate plots of the sweep's study as artifacts."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from orchestration import mlflow_runs
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # not the GenAI overview
+PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_tags() -> dict[str, str]:
+    """MLflow's standard source tags (the UI shows them as the run's source and commit)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": Path(sys.argv[0]).name or "sweep.py"}
+    for key, value in (("mlflow.source.git.commit", git("rev-parse", "HEAD")),
+                       ("mlflow.source.git.branch", git("rev-parse", "--abbrev-ref", "HEAD")),
+                       ("mlflow.source.git.repoURL", git("config", "--get", "remote.origin.url"))):
+        if value:
+            tags[key] = value
+    return tags
+
+
+def dress_sweep(uri: str, experiment_id: str, run_id: str) -> None:
+    """The experiment's kind and the sweep run's source tags."""
+    mlflow_runs.retried(lambda: mlflow_runs.client(uri).set_experiment_tag(
+        experiment_id, *next(iter(EXPERIMENT_KIND.items()))))()
+    mlflow_runs.set_tags(uri, run_id, git_tags())
+
+
+def log_study_plots(uri: str, run_id: str, storage_url: str, study_name: str, metric_names: list[str]) -> list[str]:
+    """Optuna's plots of the sweep's study (matplotlib, PNG) under `optuna/` of the sweep run; returns the
+    artifact paths. A plot Optuna cannot draw yet (importance needs 2+ finished trials) is skipped with a note."""
+    import matplotlib
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    logged = []
+    single = len(study.directions) == 1
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" and few-trial notes, once per plot and sweep
+        for name in PLOTS if single else ("pareto_front",):
+            try:
+                kwargs = {"target_name": metric_names[0]} if single else {"target_names": metric_names}
+                axes = getattr(plots, f"plot_{name}")(study, **kwargs)
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+                path = Path(tmp) / f"{name}.png"
+                figure.savefig(path, dpi=110, bbox_inches="tight")
+                plt.close(figure)
+                mlflow_runs.log_artifact(uri, run_id, path, "optuna")
+                logged.append(f"optuna/{name}.png")
+            except Exception as err:  # too few trials for this plot, or nothing finished
+                logger.info("Optuna %s plot skipped: %s", name, str(err).splitlines()[0] if str(err) else err)
+    return logged
