@@ -251,6 +251,10 @@ def test_folded_block_follows_weight_changes():
     with torch.no_grad():
         loaded = model(x, lengths).logits
     assert torch.allclose(loaded, model(x, lengths).logits.detach(), atol=1e-5)
+    with torch.inference_mode():  # weights made here have no version counter: the block runs unfolded
+        built = build_model("tf", num_classes=3, input_dim=20, **SMALL).eval()
+        built.load_state_dict(state)
+        assert torch.allclose(built(x, lengths).logits, loaded, atol=1e-5)
 
 
 def test_frequency_filter_without_lengths_and_in_place():

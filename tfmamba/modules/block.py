@@ -40,22 +40,26 @@ class TFMambaBlock(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x (batch, seqlen, d_model), lengths (batch,) or None (all frames valid) -> (batch, seqlen, d_model)."""
         normed = self.norm(x)
-        if torch.is_grad_enabled():
+        folded = None if torch.is_grad_enabled() else self._folded_weights()
+        if folded is None:
             a = self.first(normed, lengths)
             b = self.second(normed, lengths) if self.second is not None else normed
             return x + self.fuse(torch.cat([a, b], dim=-1))
         inner = [self.first.mix(normed, lengths), self.second.mix(normed, lengths) if self.second is not None else normed]
         out = torch.add(x, self.fuse.bias)
-        for y, weight in zip(inner, self._folded_weights()):
+        for y, weight in zip(inner, folded):
             out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), weight.t())
         return out
 
-    def _folded_weights(self) -> list[Tensor]:
-        """[U_T W_T, U_F W_F] (or U_2 alone for an identity slot), cached until a weight changes."""
+    def _folded_weights(self) -> list[Tensor] | None:
+        """[U_T W_T, U_F W_F] (or U_2 alone for an identity slot), cached until a weight changes; None for weights
+        made under inference_mode, which carry no version counter to tell a change by."""
         d_model = self.fuse.out_features
         parts = [self.fuse.weight[:, :d_model], self.fuse.weight[:, d_model:]]
         outs = [self.first.out_proj.weight, self.second.out_proj.weight if self.second is not None else None]
         tensors = [self.fuse.weight] + [w for w in outs if w is not None]
+        if any(t.is_inference() for t in tensors):
+            return None
         key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._folded is None or self._folded[0] != key:
             self._folded = (key, [u if w is None else u @ w for u, w in zip(parts, outs)])
