@@ -223,7 +223,7 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = sweep_command(demo, tmp_path / "ray", "steer", "--mlflow-uri", uri, "--folds", "1,2,3",
                             "--num-samples", "3", "--parallel-folds", "1", "--register", "test-ser")
-    output = run_sweep([arg for arg in command if arg != "--verbose"], tmp_path)
+    output = run_sweep([arg for arg in command if arg != "--verbose"], tmp_path, timeout=900)
     assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in output
     assert "Failed to query Ray Train Controller" not in output and "Trial status:" not in output
     assert len(output.splitlines()) < 100, output
@@ -260,3 +260,25 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
     warm = optuna.load_study(study_name="warm", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(warm.trials) == len(study.trials) + 1
     assert [m.name for m in client.search_registered_models()] == ["test-ser"]  # no --register: nothing new
+
+
+def test_pareto_search_on_accuracy_and_size(demo, tmp_path: Path) -> None:
+    """--objectives valid_ua_mean:max,params:min: both objectives in the stored study, the params counted per trial,
+    the front tagged in MLflow and printed, the Pareto plot on the sweep run."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    output = run_sweep(sweep_command(demo, tmp_path / "ray", "front", "--mlflow-uri", uri, "--folds", "1",
+                                     "--num-samples", "3", "--objectives", "valid_ua_mean:max,params:min"), tmp_path)
+    assert "Pareto front (valid_ua_mean max, params min" in output
+    study = optuna.load_study(study_name="front", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    tree = run_tree(uri, "front")
+    params = {run.data.tags["trial_id"]: run.data.metrics["params"] for run in tree["trial"]}
+    assert len(params) == 3 and all(p > 1000 for p in params.values())
+    assert sorted(t.values[1] for t in study.trials) == sorted(params.values())
+    on_front = [run for run in tree["trial"] if run.data.tags.get("pareto") == "true"]
+    assert on_front and len(study.best_trials) == len(on_front)
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(tree["sweep"][0].info.run_id, "optuna")}
+    assert artifacts == {"optuna/pareto_front.png"}
