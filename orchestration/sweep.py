@@ -8,8 +8,11 @@ Ray Train, everything tracked in MLflow.
 The metric optimised is the mean over folds of the corpus's validation selection metric
 (`valid_ua_mean`; `valid_wf1_mean` on MELD); test metrics are recorded for every fold and trial
 but never steer the search. ASHA stops trials whose running mean over finished folds falls
-behind. MLflow gets one run per sweep, a nested run per trial and a nested run per fold; the
-best trial's model is logged as a pyfunc model.
+behind (a stopped trial starts no further fold and is PRUNED in Optuna). MLflow gets one run per
+sweep, a nested run per trial (named `t07 λ=0.27 τ=0.33 ω=0.11 d=16`) and a nested run per fold;
+the best trial's model is logged as a pyfunc model, registered only with --register NAME.
+The Optuna study is stored (study.py): optuna-dashboard shows it, --warm-start reuses it.
+--objectives valid_ua_mean:max,params:min searches accuracy against cost (pareto.py).
 """
 
 from __future__ import annotations

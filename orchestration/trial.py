@@ -8,6 +8,12 @@ and std over folds of validation and test WA/UA/WF1; only the validation mean of
 selection metric steers (`objective`: `valid_wf1_mean` on MELD, `valid_ua_mean` elsewhere, the
 metric that also picks each fold's best epoch; `SweepContext.metric`).
 
+A report returns only once Tune's scheduler has judged it, and a new fold starts only after that:
+a trial ASHA stops starts no further fold (the stop arrives as SystemExit from `tune.report`),
+its run is tagged `pruned`, and folds still running end with the trial's process (they run in
+daemon threads; their Train controllers are owned by this process). With `--objectives` naming
+a cost, `params` / `latency_ms` are measured once and sent with every report (pareto.py).
+
 Two options serve the ablation grids: `SweepContext.seeds` repeats every fold once per seed
 (a separate fold run each, tagged `seed`; MELD's one official split over several seeds gives
 mean ± std over seeds), and `row_caches` gives a grid row (the config's `row`) its own feature
