@@ -36,12 +36,15 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> list[str]:
 
 
 def interleaved_seconds(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 1,
-                        repeats: int = 5, repeats_of: Mapping[str, int] | None = None) -> dict[str, float]:
-    """Best (minimum) wall time of each fn over `repeats` rounds in which the fns take turns.
+                        repeats: int = 5, repeats_of: Mapping[str, int] | None = None,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Best (minimum) time of each fn over `repeats` rounds in which the fns take turns.
 
     On a shared machine, timing one candidate after another lets a burst of other work land on one
     of them only; taking turns exposes all to the same load, and the minimum is the run least
-    disturbed by it. `repeats_of` gives slow candidates fewer rounds (they drop out early).
+    disturbed by it. `repeats_of` gives slow candidates fewer rounds (they drop out early). `clock`
+    is wall time by default; `time.thread_time` with torch on one thread counts only the CPU time
+    the work itself took, which other processes' load does not stretch.
     """
     counts = {name: (repeats_of or {}).get(name, repeats) for name in fns}
     for fn in fns.values():
@@ -53,8 +56,8 @@ def interleaved_seconds(fns: Mapping[str, Callable[[], object]], device: torch.d
         for name, fn in fns.items():
             if round_index >= counts[name]:
                 continue
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: min(values) for name, values in times.items()}

@@ -132,11 +132,21 @@ def main() -> int:
     parser.add_argument("--batch-padding", choices=("spread", "none"), default="spread",
                         help="batches > 1: lengths spread over 30-100%% of the frames (default) or all full")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds at batch 1 (half, >= 2, above)")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="wall: wall time with torch's default threads (the deployment figure); thread: torch on "
+                             "one thread, timed by that thread's CPU time, which other processes' load does not "
+                             "stretch (writes latency-<device>-thread.*; CPU only)")
     parser.add_argument("--quick", action="store_true", help="tiny models and lengths (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.clock == "thread" and device.type != "cpu":
+        parser.error("--clock thread measures CPU time: use it with --device cpu")
+    clock = time.perf_counter
+    if args.clock == "thread":
+        torch.set_num_threads(1)
+        clock = time.thread_time
     batched_lengths = args.batched_lengths or ([1000, 2000] if device.type == "cuda" else [1000])
     torch.manual_seed(0)
     d_model, sizes, lengths, batches, repeats = 1024, {}, args.lengths, args.batches, args.repeats
@@ -168,7 +178,8 @@ def main() -> int:
                    "mean_length": float(lens.float().mean()), "load_before": os.getloadavg()[0]}
             calls = candidates(models, feats, lens, padded)
             with torch.no_grad():
-                best = interleaved_seconds(calls, device, warmup=1, repeats=repeats if batch == 1 else max(2, repeats // 2))
+                best = interleaved_seconds(calls, device, warmup=1, repeats=repeats if batch == 1 else max(2, repeats // 2),
+                                           clock=clock)
             row |= {f"{name}_ms": 1e3 * seconds for name, seconds in best.items()}
             row["load_after"] = os.getloadavg()[0]
             for ref in calls:
@@ -186,9 +197,10 @@ def main() -> int:
     profile = profile_tf_mamba(tf_mamba, torch.randn(1, profile_len, d_model, device=device),
                                torch.tensor([profile_len], device=device)) if device.type == "cpu" else {}
 
-    tag = device.type + ("-quick" if args.quick else "")
+    tag = device.type + ("-thread" if args.clock == "thread" else "") + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "latency", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
+    payload = {"benchmark": "latency", "clock": args.clock, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine_info(),
                "params": params, "records": records, "crossover_frames_vs_same_params": crossover,
                "profile_tf_mamba_batch1": {"frames": profile_len, **profile}}
     (args.out / f"latency-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -229,6 +241,9 @@ def markdown(payload: dict, repeats: int, tag: str, device: str) -> list[str]:
              f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
              f"device {m['device']}; best of {repeats} interleaved runs (batch 1), {max(2, repeats // 2)} (larger "
              f"batches); 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the rows.", "",
+             "Clock: " + ("wall time." if payload["clock"] == "wall" else
+                          "CPU time of the one thread torch runs on (`--clock thread`): the work's own time, "
+                          "not stretched by other processes' load."), "",
              "Parameters: " + ", ".join(f"{n} {params[n] / 1e6:.2f} M" for n in params) + ".", "",
              "Transformer calls: *fast* = no mask when nothing is padded (the fused fast path), *masked* = with a "
              "key-padding mask on the padded tensor, *nested* = with the mask, run as a nested tensor without the "
