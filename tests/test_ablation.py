@@ -254,8 +254,8 @@ def test_table2_demo_rows_own_caches_seeds_and_resume(demo, tmp_path: Path) -> N
     markdown = report.read_text(encoding="utf-8")
     assert "mean ± std over folds × seeds" in markdown
     header, *rows = table_rows(markdown)
-    assert header == ["Row", "Features", "Folds", "Seeds", "Params (ours)", "WA ours", "WA paper", "ΔWA", "UA ours",
-                      "UA paper", "ΔUA"]
+    assert header == ["Row", "Features", "Folds", "Seeds", "Params (ours)", "WA ours", "WA paper", "ΔWA", "WA vs above",
+                      "WA vs full", "UA ours", "UA paper", "ΔUA", "UA vs above", "UA vs full"]
     assert [row[0] for row in rows] == ["fbank", "tiny-wavlm (paper: WavLM-base)"]
     assert [(row[2], row[3], row[header.index("UA paper")]) for row in rows] == [("1", "2", "n/a"),
                                                                                   ("1", "2", "70.3")]
