@@ -10,7 +10,8 @@
 # ARTIFACTS  s3://BUCKET/mlflow, gs://BUCKET/mlflow (or a folder)
 # HOST/PORT  where the server listens (default: this node's private address, 5000; never 0.0.0.0)
 #
-# Idempotent: a server already answering on HOST:PORT is left alone. Logs: ~/mlflow/server.log, ~/mlflow/pg.log.
+# Idempotent: a server already answering on HOST:PORT is left alone. Logs: ~/mlflow/server.log and, head-local,
+# $MLFLOW_PG_DATA/server.log.
 set -euo pipefail
 backend=${1:?usage: mlflow-server.sh BACKEND ARTIFACTS [HOST] [PORT]}
 artifacts=${2:?usage: mlflow-server.sh BACKEND ARTIFACTS [HOST] [PORT]}
@@ -48,7 +49,7 @@ if [ "$backend" = head-local ]; then
         as_postgres "$pg_bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
     fi
     if ! "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"; then
-        as_postgres "$pg_bin/pg_ctl" -D "$data" -l "$logs/pg.log" -w \
+        as_postgres "$pg_bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
             -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=$data" start >/dev/null
     fi
     as_postgres "$pg_bin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -tc \
@@ -61,13 +62,8 @@ nohup mlflow server --host "$host" --port "$port" --backend-store-uri "$backend"
     --artifacts-destination "$artifacts" --serve-artifacts --workers 4 \
     --allowed-hosts "localhost:$port,127.0.0.1:$port,$host:$port" > "$logs/server.log" 2>&1 &
 for _ in $(seq 1 180); do
-    healthy() {
-    python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
-        "http://$host:$port/health" >/dev/null 2>&1
-}
-
-if healthy; then
-        echo "mlflow-server.sh: tracking server on http://$host:$port (backend ${backend%%@*}@..., artifacts $artifacts)"
+    if healthy; then
+        echo "mlflow-server.sh: tracking server on http://$host:$port (backend store on ${backend#*@}, artifacts $artifacts)"
         exit 0
     fi
     sleep 1

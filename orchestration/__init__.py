@@ -16,7 +16,7 @@ Modules, one job each (no module imports an entry script):
     sweep_data.py    the manifest, its folds and feature cache (or the demo corpus)
     resources.py     how many trials and folds run at once
     trial.py         the Tune trainable: one `TorchTrainer` per fold, running mean/std reports
-    fold_worker.py   what a Train worker runs: `tfmamba.train.train_fold` with a Ray `Reporter`
+    fold_worker.py   what a Train worker runs: `tfmamba.training.fold.train_fold` with a Ray `Reporter`
     mlflow_runs.py   the one door to MLflow (bounded retries): the sweep -> trial -> fold run tree
     model_export.py  the best model as an MLflow pyfunc model
     results.py       after the search: close runs, pick the best trial, print the summary

@@ -7,7 +7,7 @@ tracked in MLflow, then a table and a plot beside the paper's numbers.
     python orchestration/ablation.py --table 2 --manifest data/iemocap --caches-root caches/iemocap
     python orchestration/ablation.py --manifest data/meld --cache caches/meld/wavlm-large --seeds 5
 
-The rows come from search_spaces/table3.yaml (variant and CMDT weight per row) or table2.yaml
+The rows come from grids/table3.yaml (variant and CMDT weight per row) or table2.yaml
 (one feature cache per pre-trained model), the rest from the base training config: `paper`, or
 `demo` with --demo. Each row is one Tune trial running the sweep's trial machinery: a
 TorchTrainer per fold (and per seed with --seeds), folds in parallel. MLflow gets one parent run
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""Give --manifest and --cache (a prepared corpus and its feature cache), or --demo.
 Table II rows name their own caches: --manifest with --caches-root (and --row-cache ROW=PATH), see
-search_spaces/table2.yaml. MELD has one official split: repeat it over seeds with --seeds 5.
+grids/table2.yaml. MELD has one official split: repeat it over seeds with --seeds 5.
 Resume an interrupted grid: the same command plus --resume (and its --name; else the newest grid
 under --storage-path); finished rows are not rerun and write no new MLflow runs.
 MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
@@ -57,7 +57,7 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
                       help="the paper's table: 3 (ablation, the default) or 2 (pre-trained models); "
                            "the same as --grid table3 / table2")
     grid.add_argument("--grid", default=None,
-                      help="grid file: a name in search_spaces/ or a YAML path (default: table3)")
+                      help="grid file: a name in grids/ or a YAML path (default: table3)")
     grid.add_argument("--rows", default=None, help="run only these rows, e.g. wavlm-large,hubert-large")
     grid.add_argument("--seeds", default=None,
                       help="repeat every fold over seeds: a count N (seeds 0..N-1) or a list like 0,1,2; each "

@@ -1,4 +1,4 @@
-"""What each Ray Train worker runs: `tfmamba.train.train_fold` on one fold, reporting through Ray.
+"""What each Ray Train worker runs: `tfmamba.training.fold.train_fold` on one fold, reporting through Ray.
 
 `RayReporter` adapts the library's `Reporter` protocol to Ray Train: every epoch goes to
 `ray.train.report` with the epoch's checkpoint folder (so `Result.metrics` is set and a
@@ -47,7 +47,7 @@ class FoldTask:
 
 
 class RayReporter:
-    """`tfmamba.train.Reporter` on top of `ray.train.report` / `ray.train.get_checkpoint`.
+    """`tfmamba.training.fold.Reporter` on top of `ray.train.report` / `ray.train.get_checkpoint`.
 
     Rank 0's epoch curves go to MLflow with one attempt per epoch, so a down tracking server never
     slows training: rows that fail wait in `pending` (with their time) and go out, oldest first, with

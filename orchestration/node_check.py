@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tfmamba.locations import is_uri
+from orchestration.preflight import local_path
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +27,6 @@ WAIT_FOR_NODE_SECONDS = 600.0
 
 class NodeCheckError(RuntimeError):
     """Nodes that cannot read what folds need; one line per node and location, with what to do."""
-
-
-def _local_folder(location: str) -> Path | None:
-    if location.startswith("file://"):
-        return Path(location[len("file://"):])
-    return None if is_uri(location) else Path(location)
 
 
 def _tracking_target(tracking_uri: str) -> tuple[str, str]:
@@ -86,11 +80,11 @@ def check_fold_nodes(caches: dict[str, str], shared: dict[str, str], tracking_ur
     if kind == "file":
         shared = {**shared, f"the MLflow store {tracking_uri}": target}
     probes = {what: str(folder / METADATA) for what, cache in caches.items()
-              if (folder := _local_folder(cache)) is not None}
+              if (folder := local_path(cache)) is not None}
     written: list[Path] = []
     token = uuid.uuid4().hex
     for what, location in shared.items():
-        folder = _local_folder(location)
+        folder = local_path(location)
         if folder is None:
             continue
         folder.mkdir(parents=True, exist_ok=True)

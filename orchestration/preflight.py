@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from orchestration import mlflow_runs
+from tfmamba.locations import is_uri
 
 DEFAULT_MIN_FREE_GB = 1.0
 GIB = 1024**3
@@ -33,7 +34,7 @@ def local_path(location: str) -> Path | None:
     """The local path of a plain path or a file:// URI; None for a remote URI."""
     if location.startswith("file://"):
         return Path(unquote(urlparse(location).path))
-    if "://" in location:
+    if is_uri(location):
         return None
     return Path(location)
 

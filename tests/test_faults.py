@@ -25,6 +25,8 @@ from orchestration.fold_worker import FoldTask, RayReporter
 from orchestration.preflight import PreflightError, check_local, check_outputs, check_remote
 from tfmamba.corpora.folds import Fold
 
+from test_sweep import run_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "orchestration" / "sweep.py"
 EPOCHS = 5
@@ -54,18 +56,6 @@ def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache", str(demo.cache),
             "--folds", "1", "--num-samples", "1", "--storage-path", str(storage), "--name", name,
             "--min-free-gb", "0.1", *sets, *extra]
-
-
-def run_tree(uri: str, name: str) -> dict[str, list]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tfmamba-sweeps")
-    runs = client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{name}'", max_results=1000)
-    tree: dict[str, list] = {"sweep": [], "trial": [], "fold": []}
-    for run in runs:
-        tree[run.data.tags["run_kind"]].append(run)
-    return tree
 
 
 def check_one_run_each(uri: str, name: str) -> dict[str, list]:
