@@ -120,8 +120,10 @@ def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
             mlflow_runs.set_tags(uri, trial.run_id, {"error": trial.error or "failed"})
         mlflow_runs.set_tags(uri, trial.run_id, {"outcome": trial.status}
                              | ({"pruned": "true"} if trial.status == "stopped early" else {}))
-        if trial.status == "stopped early":
-            continue  # ended when the scheduler stopped it (trial._pruned); a run it left open is closed below
+        if trial.status == "stopped early":  # ended when the scheduler stopped it (trial._pruned), unless the
+            if mlflow_runs.get_run(uri, trial.run_id).info.status == "RUNNING":  # trial's process went first
+                mlflow_runs.end_run(uri, trial.run_id, "FINISHED")
+            continue
         mlflow_runs.end_run(uri, trial.run_id, "FAILED" if trial.status == "failed" else "FINISHED")
     mlflow_runs.mark_stale_runs(uri, ctx.experiment_id, ctx.sweep_id)
 

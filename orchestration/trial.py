@@ -163,6 +163,10 @@ def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int
     try:
         result = trainer.fit()
     except Exception as err:
+        if _STOPPING.is_set():  # the scheduler stopped this trial; its Train run ended with it, no fault
+            mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"pruned": "true"})
+            mlflow_runs.end_run(ctx.tracking_uri, run_id, "KILLED")
+            raise
         mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"error": f"{type(err).__name__}: {err}"})
         mlflow_runs.end_run(ctx.tracking_uri, run_id, "FAILED")
         raise RuntimeError(f"trial {trial_id}, fold {fold} failed: {err}") from err
@@ -209,6 +213,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trial_id = tune.get_context().get_trial_id()
+    _STOPPING.clear()  # Tune starts one actor per trial (reuse_actors=False); cleared all the same
     row = config.get(ROW_KEY)
     ctx = replace(ctx, cache=ctx.row_caches.get(row, ctx.cache)) if row is not None else ctx
     train_config = ctx.space.trial_config(config).to_dict()
@@ -244,8 +249,14 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             _finish(done, trial_run_id, ctx, costs)  # blocks until Tune's scheduler has seen it; a stop raises SystemExit
     except SystemExit:
         if len(done) < len(ctx.units()):  # ASHA also says stop at its last rung, once every fold is done
+            _STOPPING.set()
             _pruned(ctx, trial_id, trial_run_id, sorted(folds.running, key=unit_key))
         raise
+
+
+# Set when the scheduler stops this trial (one trial per Tune actor process): a fold run that fails from then on
+# failed because its trial is going away, and is recorded as KILLED, not FAILED.
+_STOPPING = threading.Event()
 
 
 class FoldRunner:
