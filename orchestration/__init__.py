@@ -20,6 +20,13 @@ Modules, one job each (no module imports an entry script):
     mlflow_runs.py   the one door to MLflow (bounded retries): the sweep -> trial -> fold run tree
     model_export.py  the best model as an MLflow pyfunc model
     results.py       after the search: close runs, pick the best trial, print the summary
+    study.py         the sweep's stored Optuna study (TPE sampler, --warm-start, optuna-dashboard)
+    pruned_search.py OptunaSearch telling Optuna a trial stopped by ASHA is PRUNED
+    pareto.py        --objectives: accuracy against cost (params, latency), the Pareto front
+    registry.py      --register: the model registry version, alias `champion`, its tags
+    mlflow_ui.py     what the MLflow UI shows: experiment view, run names, Optuna plots
+    progress.py      Tune callbacks: one console line per trial event, best-so-far on the sweep run
+    console.py       quiet Ray consoles (worker logs to files) unless --verbose
 """
 
 import sys as _sys

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 ATTEMPTS_TAG = "attempt_nodes"  # the Ray node of each attempt of the fold, in order
 RESUMED_TAG = "resumed_from_epoch"
+SYSTEM_METRICS_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,13 @@ def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if rank == 0:
         record_attempt(task, node)
     store = FeatureStore.open(task.cache)
-    result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank),
-                        manifest=task.manifest, out_dir=task.out_dir, progress=False)
+    monitor = system_metrics(task) if rank == 0 else None
+    try:
+        result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank),
+                            manifest=task.manifest, out_dir=task.out_dir, progress=False)
+    finally:
+        if monitor is not None:
+            monitor.finish()
     outcome = result.to_dict() | node
     if rank == 0:
         mlflow_runs.set_tags(task.tracking_uri, task.run_id, node)
@@ -208,3 +214,20 @@ def record_attempt(task: FoldTask, node: dict[str, str]) -> None:
         mlflow_runs.set_tags(task.tracking_uri, task.run_id, {**node, ATTEMPTS_TAG: ",".join(attempts)})
     except Exception as err:  # tracking trouble must not stop training; the final report tags the node again
         logger.warning("fold %d: could not tag its node in MLflow: %s", task.fold, err)
+
+
+def system_metrics(task: FoldTask):
+    """MLflow's system-metrics monitor on the fold's run (`system/cpu_utilization_percentage`, memory, disk,
+    network, and GPU where pynvml sees one), published every `SYSTEM_METRICS_SECONDS`
+    ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins) from a daemon thread of rank 0 (a fold shorter than that
+    logs none); None when it cannot start (tracking trouble must not stop training)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(task.run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=True,
+                                       tracking_uri=task.tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as err:
+        logger.warning("fold %d: system metrics are not logged: %s", task.fold, err)
+        return None

@@ -120,9 +120,12 @@ def check_best_model(uri: str, tree: dict[str, list], demo) -> None:
 
 def test_sweep_sqlite_end_to_end(demo, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    output = run_sweep(sweep_command(demo, tmp_path / "ray", "e2e", "--mlflow-uri", uri), tmp_path)
+    output = run_sweep(sweep_command(demo, tmp_path / "ray", "e2e", "--mlflow-uri", uri), tmp_path,
+                       env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})  # the tiny folds train for seconds
     assert "Best trial" in output and "mlflow ui --backend-store-uri" in output
     tree = check_tree(uri, "e2e", tmp_path / "ray")
+    for run in tree["fold"]:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     check_best_model(uri, tree, demo)
     assert (tmp_path / "mlartifacts").is_dir()
 
