@@ -65,6 +65,7 @@ class RayReporter:
         self.pending: list[tuple[int, int, dict[str, float]]] = []  # (step, time in ms, values)
         self.gap_epochs: list[int] = []
         self.gap_started: float | None = None
+        self.logged_before: set[int] = set()  # epochs in MLflow when this attempt resumed
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train
@@ -121,6 +122,7 @@ class RayReporter:
         except Exception as err:
             logger.warning("fold %d: cannot check which epochs MLflow has (%s)", self.task.fold, err)
             return
+        self.logged_before = set(logged)
         missing = [row for row in history if int(row["epoch"]) not in logged]
         if missing:
             logger.info("fold %d: logging epochs %s of the checkpoint that MLflow lacks", self.task.fold,
@@ -132,6 +134,8 @@ class RayReporter:
 
     def _log(self, metrics: dict[str, float]) -> None:
         step = int(metrics.get("epoch", 0))
+        if step in self.logged_before and not (metrics.get("done") or metrics.get("failed")):
+            return  # a lost attempt logged this epoch after the checkpoint this one resumed from: once per epoch
         values = {k: v for k, v in metrics.items() if k not in ("epoch", "done")}
         if metrics.get("done"):  # the final report repeats the last epoch's row; only its test metrics are new
             values = {k: v for k, v in values.items() if k.startswith("test_")}

@@ -55,7 +55,7 @@ def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
     sets = [arg for item in SETTINGS for arg in ("--set", item)]
     return [sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache", str(demo.cache),
             "--folds", "1", "--num-samples", "1", "--storage-path", str(storage), "--name", name,
-            "--min-free-gb", "0.1", *sets, *extra]
+            "--min-free-gb", "0.1", "--verbose", *sets, *extra]  # the tests read worker log lines
 
 
 def check_one_run_each(uri: str, name: str) -> dict[str, list]:
