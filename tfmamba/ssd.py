@@ -99,6 +99,17 @@ def _mul_into(out: Tensor, a: Tensor, b: Tensor, inplace: bool) -> None:
         out.copy_(a * b)
 
 
+def _decay_matrix(acs: Tensor, causal: Tensor, inplace: bool) -> Tensor:
+    """exp(acs_i - acs_j) on and below the diagonal, 1 above it (the caller zeroes those with C.B^T).
+
+    The upper triangle is set to 0 before the exp, not to -inf after it: exp(-inf) takes the slow
+    path of the vectorised exp (~10x the time of finite inputs on an AVX-512 CPU), and a product
+    with the 0/1 mask is cheaper than `masked_fill`. Values on and below the diagonal are exact.
+    """
+    scores = acs.unsqueeze(-1) - acs.unsqueeze(-2)
+    return scores.mul_(causal).exp_() if inplace else (scores * causal).exp()
+
+
 def ssd_scan_sequential(
     x: Tensor,
     dt: Tensor,
@@ -183,9 +194,9 @@ def ssd_scan(
     if pad:
         xdt[:, :, l:].zero_()
     _mul_into(xdt[:, :, :l], xs.transpose(1, 2), dt_hm[:, :, :l, None], inplace)
-    scores = acs.unsqueeze(-1) - acs.unsqueeze(-2)  # (b, h, c, q, q)
-    scores.masked_fill_(~torch.ones(q, q, dtype=torch.bool, device=x.device).tril(), float("-inf")).exp_()
-    cb = (Cg @ Bg.transpose(-1, -2)).unsqueeze(2)  # (b, g, 1, c, q, q)
+    causal = torch.ones(q, q, dtype=cd, device=x.device).tril()
+    scores = _decay_matrix(acs, causal, inplace)  # (b, h, c, q, q)
+    cb = (Cg @ Bg.transpose(-1, -2)).mul_(causal).unsqueeze(2)  # (b, g, 1, c, q, q), zero above the diagonal
     scores = scores.view(b, g, hg, c, q, q)
     scores = scores.mul_(cb) if inplace else scores * cb
     y_diag = scores @ xdt.view(b, g, hg, c, q, p)  # (b, g, hg, c, q, p)
