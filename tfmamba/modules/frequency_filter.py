@@ -38,6 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _std_mean_over_bins(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Population std and mean of x (batch, bins, channels) over the bins, as two plain reductions.
+
+    `torch.std_mean` over a non-innermost dim runs a strided Welford pass ~8x slower on a CPU; the
+    two-pass form (mean, then the mean square of the deviations) is as accurate in float32.
+    """
+    mean = x.mean(1, keepdim=True)
+    return (x - mean).square().mean(1).sqrt(), mean.squeeze(1)
+
+
 class FrequencyFilter(nn.Module):
     """Soft power-threshold filter along time; the per-channel threshold omega is learned from the spectrum."""
 
@@ -81,7 +91,7 @@ class FrequencyFilter(nn.Module):
         """log omega for log power spectra (batch, bins, channels) -> (batch, 1, channels)."""
         base = torch.log(self.omega).expand(log_power.shape[0], -1)
         if self.head is not None:
-            std, mean = torch.std_mean(log_power, dim=1, correction=0)
+            std, mean = _std_mean_over_bins(log_power)
             base = base + self.head(torch.cat([mean, std], dim=-1).to(self.head[0].weight.dtype)).float()
         return base.unsqueeze(1)
 
