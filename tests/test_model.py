@@ -268,3 +268,23 @@ def test_frequency_filter_without_lengths_and_in_place():
     with torch.no_grad():
         assert torch.allclose(filt(x), reference.detach(), atol=1e-6)
         assert torch.allclose(filt(x, torch.tensor([23, 23])), reference.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 3, 4, 9])
+def test_conv_without_autograd_is_nn_conv1d(seqlen):
+    """The shifted multiply-adds that replace `nn.Conv1d` at inference give its causal output, short inputs too."""
+    torch.manual_seed(0)
+    mixer = TemporalBranch(16, d_state=8, headdim=8)
+    xbc = torch.randn(2, seqlen, mixer.conv_dim + 5)[..., 2 : 2 + mixer.conv_dim]  # a strided view, as from in_proj
+    reference = mixer.conv_silu(xbc)
+    with torch.no_grad():
+        assert torch.allclose(mixer.conv_silu(xbc), reference, atol=1e-6)
+
+
+def test_filter_statistics_are_torch_std_mean():
+    from tfmamba.modules.frequency_filter import _std_mean_over_bins
+
+    log_power = torch.randn(3, 41, 7) * 3 - 5
+    std, mean = _std_mean_over_bins(log_power)
+    ref_std, ref_mean = torch.std_mean(log_power, dim=1, correction=0)
+    assert torch.allclose(std, ref_std, atol=1e-5) and torch.allclose(mean, ref_mean, atol=1e-5)

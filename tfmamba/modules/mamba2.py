@@ -84,12 +84,31 @@ class Mamba2Mixer(nn.Module):
         """u (batch, seqlen, d_model); lengths (batch,) valid frames for a frequency filter (None: all valid)."""
         return self.out_proj(self.mix(u, lengths))
 
+    def conv_silu(self, xbc: Tensor) -> Tensor:
+        """SiLU of the causal depthwise conv along time of xbc (batch, seqlen, conv_dim), in that layout.
+
+        Without autograd the conv is d_conv shifted multiply-adds on the (time, channel) layout, not
+        `nn.Conv1d`: a depthwise conv has no reuse for a conv kernel to exploit, and this skips the
+        kernel's transposes (the same sums, in another order).
+        """
+        seqlen = xbc.shape[1]
+        if torch.is_grad_enabled():
+            return F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
+        taps = self.conv1d.weight[:, 0, :].t()  # (d_conv, conv_dim); tap d_conv - 1 reads frame t itself
+        last = self.d_conv - 1
+        out = torch.addcmul(self.conv1d.bias, xbc, taps[last]) if self.conv1d.bias is not None else xbc * taps[last]
+        for k in range(last):
+            shift = last - k
+            if shift < seqlen:
+                out[:, shift:].addcmul_(xbc[:, : seqlen - shift], taps[k])
+        return F.silu(out, inplace=True)
+
     def mix(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Everything before `out_proj`: (batch, seqlen, d_model) -> the gated, normalised SSD output (batch, seqlen, d_inner)."""
         batch, seqlen, _ = u.shape
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if self.conv1d is not None:
-            xbc = F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
+            xbc = self.conv_silu(xbc)
         if self.xbc_filter is not None:
             xbc = self.xbc_filter(xbc, lengths)
         x, B, C = torch.split(xbc, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
