@@ -35,6 +35,8 @@ SWEEP, TRIAL, FOLD = "sweep", "trial", "fold"
 # Files of a fold's output folder that go to its MLflow run (model files under model/).
 FOLD_FILES = ("confusion.png", "history.csv", "metrics.json", "train_config.yaml")
 MODEL_FILES = ("model.safetensors", "model.json")
+# A trial's progress counters (trial.summarize): logged after its scores, so no MLflow view opens on them.
+BOOKKEEPING_METRICS = ("folds_done", "runs_done", "seeds")
 ENV_RETRY_SECONDS = "TFMAMBA_MLFLOW_RETRY_SECONDS"
 # Tags of a fold run whose epoch metrics were buffered while the server was down (set by fold_worker.RayReporter).
 GAP_TAG, GAP_SECONDS_TAG = "mlflow_gap_epochs", "mlflow_gap_seconds"
@@ -276,6 +278,17 @@ def log_fold_outputs(uri: str, run_id: str, out_dir: str | Path) -> None:
     for name in MODEL_FILES:
         if (out_dir / name).exists():
             mlflow_client.log_artifact(run_id, str(out_dir / name), artifact_path="model")
+
+
+def objective_first(metrics: Mapping[str, Any], objective: str) -> dict[str, Any]:
+    """`metrics` reordered for a trial run: `objective` first, the bookkeeping counters last.
+
+    MLflow lists a run's metrics in the order they were first logged (its `latest_metrics` rows), and the
+    UI's run comparison opens its parallel-coordinates plot on the first metric the compared runs share:
+    logged in this order, that is the sweep's objective, not `folds_done`."""
+    first = {objective: metrics[objective]} if objective in metrics else {}
+    last = {key: metrics[key] for key in BOOKKEEPING_METRICS if key in metrics and key != objective}
+    return first | {k: v for k, v in metrics.items() if k not in first and k not in last} | last
 
 
 def fold_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:

@@ -201,7 +201,7 @@ def _report(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepConte
     from ray import tune
 
     summary = summarize(done, len(ctx.seeds)) | (costs or {})
-    mlflow_runs.log_metrics(ctx.tracking_uri, trial_run_id, summary, step=len(done))
+    mlflow_runs.log_metrics(ctx.tracking_uri, trial_run_id, mlflow_runs.objective_first(summary, ctx.metric), step=len(done))
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / DONE_FILE).write_text(json.dumps({unit_key(k): v for k, v in done.items()}), encoding="utf-8")
         tune.report(summary, checkpoint=tune.Checkpoint.from_directory(folder))

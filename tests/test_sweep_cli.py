@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestration import mlflow_runs
 from orchestration.resources import fold_slots
 from orchestration.options import parse_folds
 from orchestration.sweep import parse_args
@@ -66,6 +67,19 @@ def test_summary_is_mean_and_std_over_folds() -> None:
     assert summary["test_ua_mean"] == pytest.approx(0.7) and summary["folds_done"] == 2
     assert summary["train_seconds_sum"] == 5.0
     assert train_run_name("s", "abc", 3) == "s-abc-fold3"
+
+def test_a_trial_run_logs_its_objective_first_and_its_counters_last(tmp_path: Path) -> None:
+    """MLflow lists a run's metrics in first-logged order, and its run comparison opens on the first shared one."""
+    summary = summarize({1: {"valid": {"ua": 0.5, "wf1": 0.4}, "test": {"ua": 0.6}}}) | {"params": 1000.0}
+    ordered = mlflow_runs.objective_first(summary, "valid_wf1_mean")
+    assert ordered == summary and list(ordered)[0] == "valid_wf1_mean"
+    assert list(ordered)[-3:] == list(mlflow_runs.BOOKKEEPING_METRICS)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = mlflow_runs.client(uri).create_run(mlflow_runs.ensure_experiment(uri, "order")).info.run_id
+    mlflow_runs.log_metrics(uri, run_id, ordered, step=1)
+    mlflow_runs.log_metrics(uri, run_id, summary, step=2)
+    assert list(mlflow_runs.get_run(uri, run_id).data.metrics) == list(ordered)
+
 
 
 def test_fold_slots_at_the_cluster_largest_from_the_launcher_config(tmp_path: Path) -> None:
