@@ -68,6 +68,7 @@ def test_summary_is_mean_and_std_over_folds() -> None:
     assert summary["train_seconds_sum"] == 5.0
     assert train_run_name("s", "abc", 3) == "s-abc-fold3"
 
+
 def test_a_trial_run_logs_its_objective_first_and_its_counters_last(tmp_path: Path) -> None:
     """MLflow lists a run's metrics in first-logged order, and its run comparison opens on the first shared one."""
     summary = summarize({1: {"valid": {"ua": 0.5, "wf1": 0.4}, "test": {"ua": 0.6}}}) | {"params": 1000.0}
@@ -79,7 +80,6 @@ def test_a_trial_run_logs_its_objective_first_and_its_counters_last(tmp_path: Pa
     mlflow_runs.log_metrics(uri, run_id, ordered, step=1)
     mlflow_runs.log_metrics(uri, run_id, summary, step=2)
     assert list(mlflow_runs.get_run(uri, run_id).data.metrics) == list(ordered)
-
 
 
 def test_fold_slots_at_the_cluster_largest_from_the_launcher_config(tmp_path: Path) -> None:
