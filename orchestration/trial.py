@@ -98,7 +98,9 @@ def objective(corpus: str, space: SearchSpace | None = None) -> tuple[str, str]:
 
 def fold_metric(metric: str) -> str:
     """The fold run's MLflow metric behind a sweep metric: `valid_wf1_mean` -> `valid_wf1_best` (its best epoch's)."""
-    return metric.removesuffix("_mean") + "_best"
+    from tfmamba.metrics import best_name
+
+    return best_name(metric.removesuffix("_mean"))
 
 
 def train_run_name(sweep_id: str, trial_id: str, fold: int, seed: int | None = None) -> str:

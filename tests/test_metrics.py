@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tfmamba.metrics import Metrics, compute_metrics, plot_confusion
+from tfmamba.metrics import Metrics, best_name, compute_metrics, plot_confusion, with_current_names
 
 
 def test_imbalanced_case_wa_differs_from_ua() -> None:
@@ -70,6 +70,16 @@ def test_to_dict_prefix() -> None:
     m = compute_metrics([0, 1], [0, 0], ["x", "y"])
     assert m.to_dict() == {"wa": 0.5, "ua": 0.5, "wf1": m.wf1}
     assert set(m.to_dict("val/")) == {"val/wa", "val/ua", "val/wf1"}
+
+
+def test_a_metric_at_its_best_epoch_has_one_name_and_old_rows_are_renamed() -> None:
+    assert best_name("valid_ua") == "valid_ua_best" and best_name("valid_wf1") == "valid_wf1_best"
+    old = {"epoch": 2.0, "valid_ua": 0.5, "best_valid_ua": 0.6, "best_epoch": 1.0, "lr": 1e-3}
+    assert with_current_names(old) == {"epoch": 2.0, "valid_ua": 0.5, "valid_ua_best": 0.6, "best_epoch": 1.0,
+                                       "lr": 1e-3}
+    assert list(with_current_names(old)) == ["epoch", "valid_ua", "valid_ua_best", "best_epoch", "lr"]
+    current = {"epoch": 1.0, "valid_wf1": 0.4, "valid_wf1_best": 0.4}
+    assert with_current_names(current) == current
 
 
 def test_metrics_is_frozen() -> None:

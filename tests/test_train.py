@@ -106,7 +106,7 @@ def test_outputs_reports_and_the_saved_model(tmp_path):
     epochs, final = recorder.calls[:-1], recorder.calls[-1]
     assert [m["epoch"] for m, _ in epochs] == [1, 2, 3]
     expected = {"epoch", "train_loss", "train_ce", "train_cmdt", "valid_loss", "valid_wa", "valid_ua", "valid_wf1",
-                "best_valid_ua", "lr"}
+                "valid_ua_best", "lr"}
     assert all(set(m) == expected and folder == out / "checkpoints/last" for m, folder in epochs)
     assert all(m["train_cmdt"] > 0 for m, _ in epochs)
     assert final[0]["done"] == 1 and final[0]["best_epoch"] == result.best_epoch and final[1] is None
@@ -153,6 +153,12 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         run(tmp_path, "cut", config, Recorder(stop_after=2))
     _, _, _, progress = load_checkpoint(tmp_path / "cut/checkpoints/last")
     assert progress["epoch"] == 2 and not (tmp_path / "cut/metrics.json").exists()
+    # Written as before the running best was renamed (best_valid_ua, now valid_ua_best): it still resumes.
+    saved = tmp_path / "cut/checkpoints/last/progress.json"
+    old = json.loads(saved.read_text())
+    old["history"] = [{k.replace("valid_ua_best", "best_valid_ua"): v for k, v in row.items()}
+                      for row in old["history"]]
+    saved.write_text(json.dumps(old))
     recorder = Recorder()
     resumed = run(tmp_path, "cut", config, recorder)
     assert [m["epoch"] for m, _ in recorder.calls[:-1]] == [3, 4]
@@ -255,9 +261,9 @@ def test_the_best_epoch_is_selected_on_the_corpus_metric(tmp_path, corpus, metri
     assert result.select_metric == metric
     values = [row[metric] for row in result.history]
     assert result.best_epoch == 1 + int(np.argmax(values))  # the first epoch with the best value
-    assert all(f"best_{metric}" in m for m, _ in recorder.calls[:-1])
-    assert recorder.calls[-2][0][f"best_{metric}"] == max(values)
-    other = "best_valid_ua" if metric == "valid_wf1" else "best_valid_wf1"
+    assert all(f"{metric}_best" in m for m, _ in recorder.calls[:-1])
+    assert recorder.calls[-2][0][f"{metric}_best"] == max(values)
+    other = "valid_ua_best" if metric == "valid_wf1" else "valid_wf1_best"
     assert all(other not in m for m, _ in recorder.calls)
 
 

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tfmamba.errors import DataError
+from tfmamba.metrics import with_current_names
 
 logger = logging.getLogger(__name__)
 
@@ -114,4 +115,5 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Te
         progress = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))
     except (OSError, RuntimeError, json.JSONDecodeError, EOFError) as err:
         raise DataError(f"{folder}: unreadable checkpoint ({err})") from err
+    progress["history"] = [with_current_names(row) for row in progress.get("history", [])]
     return load_weights(folder / WEIGHTS), load_weights(folder / BEST), state, progress

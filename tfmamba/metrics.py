@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-__all__ = ["Metrics", "compute_metrics", "plot_confusion"]
+__all__ = ["Metrics", "best_name", "compute_metrics", "plot_confusion", "with_current_names"]
+
+BEST_SUFFIX = "_best"
+LEGACY_BEST_PREFIX = "best_"  # the running best's name before it matched the fold summary: best_valid_ua
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,23 @@ class Metrics:
     def to_dict(self, prefix: str = "") -> dict[str, float]:
         """The three scalar scores keyed ``prefix + name``, ready for a metrics logger."""
         return {f"{prefix}wa": self.wa, f"{prefix}ua": self.ua, f"{prefix}wf1": self.wf1}
+
+
+def best_name(metric: str) -> str:
+    """The name of `metric` at its best epoch: `valid_ua` -> `valid_ua_best`. One name for one concept: a fold's
+    running best logged per epoch, its summary metric and what a sweep averages into `valid_ua_mean`."""
+    return metric + BEST_SUFFIX
+
+
+def with_current_names(row: dict[str, float]) -> dict[str, float]:
+    """An epoch row with the running best under `best_name`: a checkpoint written before the rename has
+    `best_valid_ua` beside `valid_ua`."""
+    renamed = {}
+    for key, value in row.items():
+        metric = key.removeprefix(LEGACY_BEST_PREFIX)
+        legacy = metric != key and metric.startswith("valid_") and metric in row
+        renamed[best_name(metric) if legacy else key] = value
+    return renamed
 
 
 def _to_index_array(values: Any, name: str) -> np.ndarray:

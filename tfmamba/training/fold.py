@@ -32,7 +32,7 @@ from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError, TrainingError
 from tfmamba.features.dataset import FeatureDataset
 from tfmamba.features.store import FeatureStore
-from tfmamba.metrics import compute_metrics
+from tfmamba.metrics import best_name, compute_metrics
 from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm, input_norm
@@ -159,7 +159,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             if state.improves(row[select], higher_is_better):
                 state.best_epoch, state.best_value = epoch, row[select]
                 best_weights = cpu_state_dict(model)
-            row |= {f"best_{select}": float(state.best_value), "lr": float(scheduler.get_last_lr()[0])}
+            row |= {best_name(select): float(state.best_value), "lr": float(scheduler.get_last_lr()[0])}
             state.history.append(row)
             state.stopped_early = bool(config.patience) and epoch - state.best_epoch >= config.patience
             state.seconds = seconds_before + time.monotonic() - started
