@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from logged_model import log_model
 from media import write_mp4
 
 from tfmamba.checkpoint import save_weights
@@ -231,26 +232,20 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from orchestration.model_export import log_best_model
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logged = log_model(tmp_path, model_dir, "predict", registered_name="tfmamba-ser")
+    uri, model_uri = logged.uri, logged.model_uri
     client = MlflowClient(uri)
-    experiment = client.create_experiment("predict", artifact_location=(tmp_path / "artifacts").as_uri())
-    fold_run, trial_run = client.create_run(experiment), client.create_run(experiment)
-    for name in ("model.safetensors", "model.json"):
-        client.log_artifact(fold_run.info.run_id, str(model_dir / name), artifact_path="model")
-    model_uri = log_best_model(uri, trial_run.info.run_id, fold_run.info.run_id)
     mlflow.set_tracking_uri(uri)
     (registered,) = client.search_model_versions("name='tfmamba-ser'")
     version = registered.version
     wave = speechlike(1.5, seed=4)
     reference = Predictor.load(model_dir, device="cpu").predict_wave(wave, 16000)
-    for ref in (f"runs:/{fold_run.info.run_id}/model", f"runs:/{trial_run.info.run_id}/model", model_uri,
+    for ref in (f"runs:/{logged.fold_run_id}/model", f"runs:/{logged.trial_run_id}/model", model_uri,
                 f"models:/tfmamba-ser/{version}"):
         loaded = Predictor.load(ref, device="cpu", tracking_uri=uri)
         assert loaded.predict_wave(wave, 16000).probabilities == pytest.approx(reference.probabilities, abs=1e-6)
     with pytest.raises(DataError, match="could not download"):
-        Predictor.load(f"runs:/{fold_run.info.run_id}/nothing-here", tracking_uri=uri)
+        Predictor.load(f"runs:/{logged.fold_run_id}/nothing-here", tracking_uri=uri)
     served = mlflow.pyfunc.load_model(f"models:/tfmamba-ser/{version}")
     features = Predictor.load(model_dir, device="cpu").extractor([wave])[0]
     frame = served.predict([features])

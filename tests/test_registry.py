@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
+from logged_model import log_model
 from servers import free_port
 from test_predict import LABELS, speechlike, write_model_folder
 from orchestration.registry import CHAMPION, check_name, register
@@ -30,20 +31,9 @@ def test_register_names_are_checked() -> None:
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """A tiny fbank model logged as the pyfunc model of a trial run in a fresh SQLite MLflow (no registration)."""
-    from mlflow.tracking import MlflowClient
-
-    from orchestration.model_export import log_best_model
-
     root = tmp_path_factory.mktemp("registry")
-    model_dir = write_model_folder(root / "fold-1")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("registry", artifact_location=(root / "artifacts").as_uri())
-    fold_run, trial_run = client.create_run(experiment), client.create_run(experiment)
-    for name in ("model.safetensors", "model.json"):
-        client.log_artifact(fold_run.info.run_id, str(model_dir / name), artifact_path="model")
-    model_uri = log_best_model(uri, trial_run.info.run_id, fold_run.info.run_id, registered_name=None)
-    return root, uri, model_uri
+    logged = log_model(root, write_model_folder(root / "fold-1"), "registry", registered_name=None)
+    return root, logged.uri, logged.model_uri
 
 
 @pytest.mark.slow
