@@ -228,11 +228,14 @@ def ssd_scan(
             prev = torch.stack(entering, dim=2).view(b, g, c, n, hg * p)
 
         # 3. Read the entering state out at every position: exp(acs_i) C_i . S_k, then add y_diag.
-        y = (Cg @ prev).view(b, g, c, q, hg, p)
+        #    In place, the read-out goes into x*dt's memory (dead after step 1) and one pass scales and adds.
         read = torch.exp(acs).view(b, g, hg, c, q).permute(0, 1, 3, 4, 2).unsqueeze(-1)
-        y = y.mul_(read) if inplace else y * read
         y_diag = y_diag.permute(0, 1, 3, 4, 2, 5)
-        y = y.add_(y_diag) if inplace else y + y_diag
+        if inplace:
+            y = torch.matmul(Cg, prev, out=xdt.view(b, g, c, q, hg * p)).view(b, g, c, q, hg, p)
+            y = torch.addcmul(y_diag, y, read, out=y)
+        else:
+            y = (Cg @ prev).view(b, g, c, q, hg, p) * read + y_diag
     else:
         y = y_diag.permute(0, 1, 3, 4, 2, 5)
     y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, lp, h, p)[:, :l]  # token-major; a view when g == 1
