@@ -6,10 +6,12 @@ back from MLflow and compares:
 
 - the sweep's wall time vs the sum of its folds' training time divided by the fold slots
   (the ratio `ray_overhead_ratio`: 1.0 would mean Ray, Tune and MLflow cost nothing);
-- per fold: the fold run's MLflow duration (TorchTrainer start-up, worker imports, data
-  loading, logging) minus the training loop's own `train_seconds`;
+- per fold: the fold run's MLflow duration minus the training loop's own `train_seconds`, for
+  a lane's first fold (which waits for the lane's TorchTrainer to start: worker processes,
+  imports, the process group) and for the folds after it on the same warm workers (data
+  loading, model set-up, logging);
 - a `TorchTrainer.fit()` of an empty training loop (one worker reporting one checkpoint),
-  timed on its own: the start-up floor every fold pays.
+  timed on its own: the start-up every lane (one per fold slot of a trial) pays once.
 
 Writes benchmarks/results/sweep_overhead.json and .md (or under --out).
 
@@ -104,8 +106,13 @@ def read_sweep(uri: str) -> dict:
         duration = (run.info.end_time - run.info.start_time) / 1e3
         train = float(run.data.metrics.get("train_seconds", 0.0))
         folds.append({"trial_id": run.data.tags.get("trial_id"), "fold": int(run.data.tags.get("fold", 0)),
+                      "lane_position": int(run.data.tags.get("lane_position", 1)),
                       "run_seconds": duration, "train_seconds": train, "overhead_seconds": duration - train})
     return {"sweep_metrics": dict(sweep.data.metrics), "folds": sorted(folds, key=lambda f: (f["trial_id"], f["fold"]))}
+
+
+def seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
 
 
 def main() -> int:
@@ -141,6 +148,8 @@ def main() -> int:
     slots = int(metrics["fold_slots"])
     fold_train = metrics["fold_train_seconds_sum"]
     overheads = [f["overhead_seconds"] for f in folds]
+    first = [f["overhead_seconds"] for f in folds if f["lane_position"] == 1]
+    warm = [f["overhead_seconds"] for f in folds if f["lane_position"] > 1]
     results = {
         "sizes": {"trials": args.trials, "folds": args.folds, "epochs": args.epochs, "max_frames": args.max_frames,
                   "fold_slots": slots, "quick": args.quick},
@@ -153,6 +162,8 @@ def main() -> int:
         "process_overhead_ratio": wall / (fold_train / slots) if fold_train else None,
         "fold_runs": len(folds),
         "fold_overhead_median_seconds": statistics.median(overheads),
+        "fold_overhead_first_on_lane_median_seconds": statistics.median(first) if first else None,
+        "fold_overhead_warm_median_seconds": statistics.median(warm) if warm else None,
         "fold_train_median_seconds": statistics.median(f["train_seconds"] for f in folds),
         "folds": folds,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -178,6 +189,8 @@ def main() -> int:
         ["**overhead ratio** (sweep wall / (sum / slots))", f"**{ratio:.2f}**" if ratio else "n/a"],
         ["overhead ratio with process start", f"{results['process_overhead_ratio']:.2f}"],
         ["per fold: MLflow run duration - training (median)", f"{results['fold_overhead_median_seconds']:.1f} s"],
+        [f"... a lane's first fold (median of {len(first)})", seconds(results["fold_overhead_first_on_lane_median_seconds"])],
+        [f"... later folds on warm workers (median of {len(warm)})", seconds(results["fold_overhead_warm_median_seconds"])],
         ["per fold: training (median)", f"{results['fold_train_median_seconds']:.1f} s"],
         ["empty `TorchTrainer.fit()` (median of runs)",
          f"{results['trainer_startup_median_seconds']:.1f} s ({', '.join(f'{s:.1f}' for s in startup)})"],

@@ -1,10 +1,13 @@
-"""What each Ray Train worker runs: `tfmamba.training.fold.train_fold` on one fold, reporting through Ray.
+"""What each Ray Train worker runs: the folds its lane is handed (`fold_lanes`), each with
+`tfmamba.training.fold.train_fold`, reporting through Ray.
 
+`train_lane_worker` is a lane's `train_loop_per_worker`: it imports, opens the feature cache and
+measures the trial's costs once, then claims folds from the trial's dispatcher until told to stop.
 `RayReporter` adapts the library's `Reporter` protocol to Ray Train: every epoch goes to
-`ray.train.report` with the epoch's checkpoint folder (so `Result.metrics` is set and a
-restarted run resumes from `ray.train.get_checkpoint()`), and rank 0 also logs the epoch's
-curves to the fold's MLflow run. The worker returns `FoldResult.to_dict()`, which the trial
-reads from `Result.return_value`.
+`ray.train.report` with the epoch's checkpoint folder, marked with the fold it belongs to (a
+restarted worker group resumes its fold from `ray.train.get_checkpoint()` only if that is its
+fold's), and rank 0 also logs the epoch's curves to the fold's MLflow run. Rank 0 hands each
+fold's `FoldResult` dict to the dispatcher, which passes it to the trial.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ logger = logging.getLogger(__name__)
 ATTEMPTS_TAG = "attempt_nodes"  # the Ray node of each attempt of the fold, in order
 RESUMED_TAG = "resumed_from_epoch"
 SYSTEM_METRICS_SECONDS = 10.0
+FOLD_MARKER = "ray_fold_key.txt"  # in each reported checkpoint: which fold of the lane it belongs to
 
 
 @dataclass(frozen=True)
 class FoldTask:
-    """Everything a worker needs (it travels in `train_loop_config`): the fold's utterance lists and the
-    manifest themselves, so the worker reads no file of the head's; the cache by URI or a path every node sees."""
+    """Everything a worker needs for one fold: the fold's utterance lists and the manifest themselves (the
+    manifest travels once per lane in `train_loop_config`, the rest per fold through the dispatcher), so the
+    worker reads no file of the head's; the cache by URI or a path every node sees."""
 
     config: dict[str, Any]
     split: Fold
@@ -38,6 +43,7 @@ class FoldTask:
     out_dir: str
     tracking_uri: str
     run_id: str
+    key: str = ""  # the fold run's key in its trial (`trial.unit_key`), marks its checkpoints
 
     @property
     def fold(self) -> int:
@@ -70,14 +76,19 @@ class RayReporter:
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir is not None else None
-        ray.train.report(dict(metrics), checkpoint=checkpoint)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            (Path(checkpoint_dir) / FOLD_MARKER).write_text(self.task.key, encoding="utf-8")
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        ray.train.report(dict(metrics) | {"fold": self.task.fold}, checkpoint=checkpoint)  # the lane's fold now
         if self.rank == 0:
             self._log(metrics)
 
     def resume_dir(self) -> Path | None:
-        """Ray's latest checkpoint of this fold (None: `train_fold` falls back to the output folder's own);
-        rank 0 first logs the epochs of the checkpoint it will resume from that MLflow lacks."""
+        """Ray's latest checkpoint of the lane if it is this fold's (None: `train_fold` falls back to the output
+        folder's own); rank 0 first logs the epochs of the checkpoint it will resume from that MLflow lacks."""
+        import shutil
+
         import ray.train
 
         from tfmamba.checkpoint import has_checkpoint
@@ -88,6 +99,11 @@ class RayReporter:
         if checkpoint is not None:
             target = Path(self.task.out_dir) / f".resume-rank{self.rank}"
             folder = Path(checkpoint.to_directory(str(target)))
+            marker = folder / FOLD_MARKER
+            if not marker.is_file() or marker.read_text(encoding="utf-8") != self.task.key:
+                shutil.rmtree(folder, ignore_errors=True)  # the lane's checkpoint of an earlier fold
+                folder = None
+        if folder is not None:
             logger.info("fold %d: resuming from Ray checkpoint %s", self.task.fold, checkpoint.path)
             if self.rank == 0:
                 self._tag_resume(folder)
@@ -173,26 +189,60 @@ class RayReporter:
         return True
 
 
-def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """The `train_loop_per_worker` of the fold's TorchTrainer; its `FoldResult` dict also names the node
-    (Ray node id, IP, hostname) this worker ran on, and rank 0 tags the fold's MLflow run with them."""
+@dataclass(frozen=True)
+class LaneTask:
+    """What a lane's workers share (their `train_loop_config`): the dispatcher to claim folds from, the manifest,
+    the cache, where MLflow is, and the costs (`pareto.COSTS`) to measure once on this lane's device."""
+
+    lane: str  # `fold_lanes.lane_name`
+    dispatcher: Any
+    manifest: Manifest
+    cache: str
+    tracking_uri: str
+    costs: tuple[str, ...] = ()
+    cost_config: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """The `train_loop_per_worker` of a lane's TorchTrainer: train the folds the dispatcher hands this lane, one
+    after another, until it says stop; rank 0 hands each fold's `FoldResult` dict (plus the node it ran on and the
+    trial's measured costs) to the dispatcher. Returns how many folds this attempt trained."""
     import socket
 
     import ray
     import ray.train
 
-    from tfmamba.config import TrainConfig
+    from orchestration.fold_lanes import claim
     from tfmamba.features.store import FeatureStore
-    from tfmamba.training.fold import train_fold
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    task = FoldTask(**loop_config)
+    lane = LaneTask(**loop_config)
     rank = ray.train.get_context().get_world_rank()
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname()}
+    store = FeatureStore.open(lane.cache)
+    costs = lane_costs(lane, store.dim) if rank == 0 else {}
+    trained, last = 0, None
+    while (assignment := claim(lane.dispatcher, lane.lane, last)) is not None:
+        task = FoldTask(**assignment, manifest=lane.manifest, cache=lane.cache, tracking_uri=lane.tracking_uri)
+        outcome = train_one_fold(task, store, rank, node)
+        if rank == 0:
+            ray.get(lane.dispatcher.finish.remote(lane.lane, task.key, outcome | {"costs": costs}))
+        trained, last = trained + 1, task.key
+    return {"lane": lane.lane, "folds": trained}
+
+
+def train_one_fold(task: FoldTask, store: Any, rank: int, node: dict[str, str]) -> dict[str, Any]:
+    """Train one fold on this worker; its `FoldResult` dict names the node (Ray node id, IP, hostname) too, and
+    rank 0 tags the fold's MLflow run with it and logs the fold's summary metrics and outputs."""
+    from tfmamba.config import TrainConfig
+    from tfmamba.training.fold import train_fold
+
     if rank == 0:
         record_attempt(task, node)
-    store = FeatureStore.open(task.cache)
     monitor = system_metrics(task) if rank == 0 else None
     try:
         result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank),
@@ -207,6 +257,16 @@ def train_fold_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                                 step=result.epochs_run)
         mlflow_runs.log_fold_outputs(task.tracking_uri, task.run_id, task.out_dir)
     return outcome
+
+
+def lane_costs(lane: LaneTask, input_dim: int) -> dict[str, float]:
+    """The trial's model costs its objectives name, measured once on this worker's device (pareto.py)."""
+    if not lane.costs or lane.cost_config is None:
+        return {}
+    from orchestration.pareto import measure_costs
+    from tfmamba.device import pick_device
+
+    return measure_costs(lane.cost_config, len(lane.manifest.labels), input_dim, lane.costs, pick_device(None))
 
 
 def record_attempt(task: FoldTask, node: dict[str, str]) -> None:

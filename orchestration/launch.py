@@ -89,13 +89,20 @@ def newest_run(storage: str) -> str:
     return runs[-1].parent.name
 
 
+# Train's controller checks its workers every 2 s by default, so a lane's Train run ended up to 2 s (and on 2 cores
+# ~4 s) after its last fold; 0.5 s costs one small call per worker and lane (a value in the environment wins).
+TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
 def start_ray(address: str | None, tracking_uri: str) -> None:
     """Join the cluster at `address`, or start a private local Ray (with the trial-driver resource); the
-    Ray workers get the MLflow URI and bounded MLflow HTTP settings. Exits with one line if joining fails."""
+    Ray workers get the MLflow URI, bounded MLflow HTTP settings and Train's poll interval. Exits with one line
+    if joining fails."""
     import ray
 
     env = {mlflow_runs.ENV_URI: tracking_uri, "PYTHONUNBUFFERED": "1", **mlflow_runs.http_env(),
-           mlflow_runs.ENV_RETRY_SECONDS: str(mlflow_runs.default_retry_seconds())}
+           mlflow_runs.ENV_RETRY_SECONDS: str(mlflow_runs.default_retry_seconds()),
+           **{key: os.environ.get(key, value) for key, value in TRAIN_POLL_ENV.items()}}
     runtime_env = {"env_vars": env}
     if address is None:
         session = start_private_ray(os.cpu_count(), {DRIVER_RESOURCE: 1000}, runtime_env)
@@ -183,7 +190,9 @@ def dated_name(prefix: str) -> str:
 
 def sweep_context(args: argparse.Namespace, where: ResultsLocation, data: Any, space: Any, experiment_id: str,
                   parent_run_id: str, parallel_folds: int, **extra: Any):
-    """What every trial of this sweep or grid shares, from the command's options and what was set up."""
+    """What every trial of this sweep or grid shares, from the command's options and what was set up; starts the
+    sweep's fold dispatcher (Ray must be up)."""
+    from orchestration.fold_lanes import start_dispatcher
     from orchestration.trial import SweepContext
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.corpora.folds import load_folds
@@ -195,4 +204,5 @@ def sweep_context(args: argparse.Namespace, where: ResultsLocation, data: Any, s
                         tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                         workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
                         gpus_per_worker=args.gpus_per_worker, parallel_folds=parallel_folds,
-                        fold_retries=args.fold_retries, manifest=manifest, splits=splits, **extra)
+                        fold_retries=args.fold_retries, manifest=manifest, splits=splits,
+                        dispatcher=start_dispatcher(where.name), **extra)

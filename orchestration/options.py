@@ -55,7 +55,8 @@ def add_resource_options(parser: argparse.ArgumentParser, unit: str) -> argparse
     resources.add_argument("--address", default=None, help=ADDRESS_HELP)
     resources.add_argument("--fold-retries", type=int, default=DEFAULT_FOLD_RETRIES,
                            help="restarts of a fold whose Train worker died or failed, from its last epoch checkpoint "
-                                f"(default: {DEFAULT_FOLD_RETRIES}; node preemptions are retried without limit)")
+                                f"(default: {DEFAULT_FOLD_RETRIES}; a trial's lane, which trains several of its "
+                                "folds, may spend them on any of those; node preemptions are retried without limit)")
     return resources
 
 

@@ -2,9 +2,9 @@
 multi-objective (Optuna's multi-objective TPE), and the trials no other trial beats on every objective form the
 Pareto front, tagged `pareto` in MLflow and printed in the summary.
 
-The costs are measured once per trial, before its folds: `params` counts the model's parameters, `latency_ms`
-times one forward pass of a fixed 1 x 300-frame input (the median of 5 after 2 warm-up passes) on the trial
-driver's device (its CPU; the folds' GPU, if any, is not the trial driver's).
+The costs are measured once per trial by the fold workers (each lane of the trial, before its first fold, on the
+device it trains on; the trial reports the first it gets): `params` counts the model's parameters, `latency_ms`
+times one forward pass of a fixed 1 x 300-frame input (the median of 5 after 2 warm-up passes).
 """
 
 from __future__ import annotations
@@ -49,28 +49,31 @@ def parse_objectives(text: str) -> list[Objective]:
     return objectives
 
 
-def measure_costs(train_config: dict[str, Any], num_classes: int, input_dim: int, which: Iterable[str]
-                  ) -> dict[str, float]:
-    """The trial's model costs named in `which` (see the module docstring)."""
+def measure_costs(train_config: dict[str, Any], num_classes: int, input_dim: int, which: Iterable[str],
+                  device: Any = "cpu") -> dict[str, float]:
+    """The trial's model costs named in `which` (see the module docstring), the latency on `device`."""
     import torch
 
     from tfmamba.config import TrainConfig
     from tfmamba.model import TFMamba, count_parameters
 
     which = set(which)
-    model = TFMamba(TrainConfig.from_dict(train_config).model_config(num_classes, input_dim)).eval()
+    device = torch.device(device)
+    model = TFMamba(TrainConfig.from_dict(train_config).model_config(num_classes, input_dim)).to(device).eval()
     costs: dict[str, float] = {}
     if "params" in which:
         costs["params"] = float(count_parameters(model))
     if "latency_ms" in which:
         generator = torch.Generator().manual_seed(0)
-        features = torch.randn(1, LATENCY_FRAMES, input_dim, generator=generator)
-        lengths = torch.tensor([LATENCY_FRAMES])
+        features = torch.randn(1, LATENCY_FRAMES, input_dim, generator=generator).to(device)
+        lengths = torch.tensor([LATENCY_FRAMES], device=device)
         times = []
         with torch.no_grad():
             for attempt in range(7):
                 started = time.perf_counter()
                 model(features, lengths)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 if attempt >= 2:
                     times.append((time.perf_counter() - started) * 1000)
         costs["latency_ms"] = statistics.median(times)

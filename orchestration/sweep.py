@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                   len(data.folds), args.max_concurrent, args.parallel_folds,
                   max_fold_slots=args.max_fold_slots, joined=args.address is not None)
     ctx = launch.sweep_context(args, where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
-                               metric=metric, mode=mode, costs=tuple(n for n, _ in objectives if n in pareto.COSTS),
-                               input_dim=int(data.cache_metadata.get("dim", 0)))
+                               metric=metric, mode=mode, costs=tuple(n for n, _ in objectives if n in pareto.COSTS))
     print(f"\nSweep {where.name}: {args.num_samples} trials x {len(data.folds)} folds of {data.corpus}, "
           f"{layout.max_concurrent} trial(s) at once, {layout.parallel_folds} fold(s) per trial at once\n"
           f"  results: {where.tune_path}   MLflow: {where.tracking_uri} (experiment {args.experiment!r}, "

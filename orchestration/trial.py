@@ -1,18 +1,20 @@
-"""One Tune trial = one k-fold cross-validation: a `TorchTrainer` per fold, folds in parallel.
+"""One Tune trial = one k-fold cross-validation on warm Ray Train workers, folds in parallel.
 
 `run_trial` is the Tune function trainable (Ray Train V2 pattern: the trial is only a driver
-that launches Train runs). After each fold it reports the running mean over finished folds
+that launches Train runs): one `TorchTrainer` per fold slot of the trial (a lane, `fold_lanes`)
+trains the folds handed to it one after another, each fold with its own MLflow run and its
+checkpoints. After each fold it reports the running mean over finished folds
 to Tune (`folds_done` is the scheduler's time axis), with a small checkpoint listing the
 finished folds, so a retried or restored trial skips them. The last report holds the mean
 and std over folds of validation and test WA/UA/WF1; only the validation mean of the corpus's
 selection metric steers (`objective`: `valid_wf1_mean` on MELD, `valid_ua_mean` elsewhere, the
 metric that also picks each fold's best epoch; `SweepContext.metric`).
 
-A report returns only once Tune's scheduler has judged it, and a new fold starts only after that:
-a trial ASHA stops starts no further fold (the stop arrives as SystemExit from `tune.report`),
-its run is tagged `pruned`, and folds still running end with the trial's process (they run in
-daemon threads; their Train controllers are owned by this process). With `--objectives` naming
-a cost, `params` / `latency_ms` are measured once and sent with every report (pareto.py).
+A report returns only once Tune's scheduler has judged it, and a lane gets its next fold only after
+that: a trial ASHA stops starts no further fold (the stop arrives as SystemExit from `tune.report`),
+its run is tagged `pruned`, and folds still running end with the trial's process (the lanes' Train
+controllers and the dispatcher are owned by it). With `--objectives` naming a cost, `params` /
+`latency_ms` are measured once per lane on its workers' device and sent with every report (pareto.py).
 
 Two options serve the ablation grids: `SweepContext.seeds` repeats every fold once per seed
 (a separate fold run each, tagged `seed`; MELD's one official split over several seeds gives
@@ -24,18 +26,17 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import tempfile
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from orchestration import mlflow_runs
 from orchestration.console import trial_label, trial_number
-from orchestration.fold_worker import FoldTask, train_fold_worker
+from orchestration.fold_lanes import FoldLanes, lane_name
+from orchestration.fold_worker import LaneTask, train_lane_worker
 from orchestration.search_space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ class SweepContext:
     # so a worker node needs no disk shared with the head (only the cache and the storage path, by URI).
     manifest: Any = None
     splits: dict[int, Any] = field(default_factory=dict)
-    # --objectives beyond the metric (pareto.py): the costs measured once per trial and reported with every fold
+    # --objectives beyond the metric (pareto.py): the costs the lanes measure and the trial reports with every fold
     costs: tuple[str, ...] = ()
-    input_dim: int = 0
+    dispatcher: str = ""  # the name of the sweep's `fold_lanes.FoldDispatcher` actor
 
     def units(self) -> list[Unit]:
         """The fold runs of one trial: each fold once, or once per seed."""
@@ -103,9 +104,9 @@ def fold_metric(metric: str) -> str:
     return best_name(metric.removesuffix("_mean"))
 
 
-def train_run_name(sweep_id: str, trial_id: str, fold: int, seed: int | None = None) -> str:
-    """The Train run's name: deterministic, so a restarted fold resumes its own run and no other."""
-    return f"{sweep_id}-{trial_id}-fold{fold}" + ("" if seed is None else f"-seed{seed}")
+def lane_run_name(sweep_id: str, trial_id: str, lane: int) -> str:
+    """A lane's Train run name: deterministic, so a restored trial's lane resumes its own run and no other."""
+    return f"{sweep_id}-{trial_id}-lane{lane}"
 
 
 def unit_key(unit: Unit) -> str:
@@ -132,13 +133,10 @@ def summarize(results: dict[Any, dict[str, Any]], seeds: int = 1) -> dict[str, f
     return summary
 
 
-def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int,
-             seed: int | None = None) -> dict[str, Any]:
-    """Train one fold (with `seed`, if given) on a `TorchTrainer`; returns its `FoldResult` dict, raises with the
-    fold's error."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+def fold_assignment(ctx: SweepContext, trial_id: str, config: dict[str, Any], unit: Unit) -> dict[str, Any]:
+    """Open fold run `unit`'s MLflow run (found again if a retry made it before) and return what its lane's
+    workers need for it (`fold_worker.FoldTask` without what the lane already has)."""
+    fold, seed = unit
     suffix = "" if seed is None else f"-seed{seed}"
     tags = mlflow_runs.fold_tags(ctx.sweep_id, trial_id, fold) | ({} if seed is None else {"seed": str(seed)})
     config = config if seed is None else {**config, "seed": seed}
@@ -146,36 +144,34 @@ def run_fold(ctx: SweepContext, trial_id: str, config: dict[str, Any], fold: int
                                            parent_run_id=_trial_run_id(ctx, trial_id))
     mlflow_runs.log_params(ctx.tracking_uri, run_id, {**config, "fold": fold})
     out_dir = Path(ctx.out_root) / trial_id / f"fold{fold}{suffix}"
-    task = FoldTask(config=config, split=ctx.splits[fold], manifest=ctx.manifest, cache=ctx.cache,
-                    out_dir=str(out_dir), tracking_uri=ctx.tracking_uri, run_id=run_id)
+    return {"key": unit_key(unit), "config": config, "split": ctx.splits[fold], "out_dir": str(out_dir),
+            "run_id": run_id}
+
+
+def fit_lane(ctx: SweepContext, trial_id: str, config: dict[str, Any], lane: int, dispatcher: Any,
+             folds: int) -> Any:
+    """Run lane `lane` of the trial: a `TorchTrainer` whose workers train the folds `dispatcher` hands them.
+    Train restarts a failed worker group up to `--fold-retries` times per fold the trial has (`folds`)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     use_gpu = ctx.gpus_per_worker > 0
     resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
+    task = LaneTask(lane=lane_name(trial_id, lane), dispatcher=dispatcher, manifest=ctx.manifest, cache=ctx.cache,
+                    tracking_uri=ctx.tracking_uri, costs=ctx.costs, cost_config=config)
     trainer = TorchTrainer(
-        train_fold_worker,
+        train_lane_worker,
         train_loop_config=task.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.workers_per_fold, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=train_run_name(ctx.sweep_id, trial_id, fold, seed),
+            name=lane_run_name(ctx.sweep_id, trial_id, lane),
             storage_path=ctx.train_storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=ctx.fold_retries),
+            failure_config=ray.train.FailureConfig(max_failures=ctx.fold_retries * folds),
         ),
     )
-    try:
-        result = trainer.fit()
-    except Exception as err:
-        if _STOPPING.is_set():  # the scheduler stopped this trial; its Train run ended with it, no fault
-            mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"pruned": "true"})
-            mlflow_runs.end_run(ctx.tracking_uri, run_id, "KILLED")
-            raise
-        mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"error": f"{type(err).__name__}: {err}"})
-        mlflow_runs.end_run(ctx.tracking_uri, run_id, "FAILED")
-        raise RuntimeError(f"trial {trial_id}, fold {fold} failed: {err}") from err
-    outcome = result.return_value
-    mlflow_runs.set_tags(ctx.tracking_uri, run_id, {"train_run": result.path, "out_dir": str(out_dir)})
-    mlflow_runs.end_run(ctx.tracking_uri, run_id, "FINISHED")
-    return outcome
+    return trainer.fit()
 
 
 def _trial_run_id(ctx: SweepContext, trial_id: str) -> str:
@@ -215,7 +211,6 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trial_id = tune.get_context().get_trial_id()
-    _STOPPING.clear()  # Tune starts one actor per trial (reuse_actors=False); cleared all the same
     row = config.get(ROW_KEY)
     ctx = replace(ctx, cache=ctx.row_caches.get(row, ctx.cache)) if row is not None else ctx
     train_config = ctx.space.trial_config(config).to_dict()
@@ -225,66 +220,84 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     mlflow_runs.log_params(ctx.tracking_uri, trial_run_id, {k: train_config.get(k, v) for k, v in config.items()})
     if row is not None or ctx.seeds:  # tags, not params: a resumed grid may read a row's cache from a new place
         mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"cache": ctx.cache, "seeds": ",".join(map(str, ctx.seeds))})
-    costs = _measure_costs(ctx, train_config)
     done = _load_done()
     pending = [unit for unit in ctx.units() if unit not in done]
     if done:
         logger.info("trial %s: fold runs %s already finished, running %s", trial_id,
                     [unit_key(u) for u in done], [unit_key(u) for u in pending])
     if not pending:
-        _finish(done, trial_run_id, ctx, costs)
+        _finish(done, trial_run_id, ctx, _costs(done))
         return
-    folds = FoldRunner(lambda unit: run_fold(ctx, trial_id, train_config, *unit))
+    _cross_validate(ctx, trial_id, train_config, trial_run_id, done, pending)
+
+
+def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, Any], trial_run_id: str,
+                    done: dict[Unit, dict[str, Any]], pending: list[Unit]) -> None:
+    """Train the `pending` fold runs on the trial's lanes, reporting to Tune after each; a lane gets its next
+    fold only once the scheduler has judged the last report."""
+    lanes = FoldLanes(trial_id, min(max(1, ctx.parallel_folds), len(pending)), ctx.dispatcher,
+                      lambda lane, dispatcher: fit_lane(ctx, trial_id, train_config, lane, dispatcher, len(ctx.units())))
+    runs: dict[str, str] = {}  # unit key -> its fold run's id
+    placed: dict[str, dict[str, str]] = {}  # unit key -> its lane and place on it (1 = the lane's first fold)
+
+    def assign(lane: int) -> None:
+        task = fold_assignment(ctx, trial_id, train_config, pending.pop(0))
+        runs[task["key"]] = task["run_id"]
+        placed[task["key"]] = {"lane": str(lane), "lane_position": str(1 + sum(p["lane"] == str(lane)
+                                                                                for p in placed.values()))}
+        lanes.assign(lane, task)
+
     try:
-        while pending or folds.running:
-            while pending and len(folds.running) < max(1, ctx.parallel_folds):
-                folds.start(pending.pop(0))
-            unit, outcome = folds.next_finished()
-            if isinstance(outcome, BaseException):
-                mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(outcome)})
-                mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
-                raise outcome
-            done[unit] = outcome
+        for lane in range(lanes.lanes):
+            assign(lane)
+        while lanes.busy:
+            event = lanes.next_event()
+            if event.key is None:
+                if event.lane in lanes.busy:  # its Train run ended (for good) during a fold
+                    _lane_failed(ctx, trial_id, trial_run_id, lanes.busy[event.lane], runs, event.error)
+                continue
+            unit = parse_unit(event.key)
+            mlflow_runs.set_tags(ctx.tracking_uri, runs[event.key],
+                                 {"train_run": f"{ctx.train_storage}/{lane_run_name(ctx.sweep_id, trial_id, event.lane)}",
+                                  "out_dir": event.outcome["out_dir"], **placed[event.key]})
+            mlflow_runs.end_run(ctx.tracking_uri, runs[event.key], "FINISHED")
+            done[unit] = event.outcome
             key = ctx.metric.removeprefix("valid_").removesuffix("_mean")
-            logger.info("trial %s: fold %s done (valid %s %.3f, test %s %.3f)", trial_id, unit_key(unit), key,
+            logger.info("trial %s: fold %s done (valid %s %.3f, test %s %.3f)", trial_id, event.key, key,
                         done[unit]["valid"].get(key, float("nan")), key, done[unit]["test"].get(key, float("nan")))
-            _finish(done, trial_run_id, ctx, costs)  # blocks until Tune's scheduler has seen it; a stop raises SystemExit
+            if not pending:
+                lanes.stop(event.lane)
+            _finish(done, trial_run_id, ctx, _costs(done))  # blocks until Tune's scheduler has seen it; a stop raises SystemExit
+            if pending:
+                assign(event.lane)
     except SystemExit:
         if len(done) < len(ctx.units()):  # ASHA also says stop at its last rung, once every fold is done
-            _STOPPING.set()
-            _pruned(ctx, trial_id, trial_run_id, sorted(folds.running, key=unit_key))
+            _pruned(ctx, trial_id, trial_run_id, sorted(lanes.busy.values()))
+        lanes.dispatcher.forget.remote(trial_id)
         raise
+    lanes.close(LANE_END_SECONDS)
 
 
-# Set when the scheduler stops this trial (one trial per Tune actor process): a fold run that fails from then on
-# failed because its trial is going away, and is recorded as KILLED, not FAILED.
-_STOPPING = threading.Event()
+LANE_END_SECONDS = 120.0  # how long a finished trial waits for its lanes' Train runs to wind down
 
 
-class FoldRunner:
-    """Fold runs in daemon threads, so that a trial stopped by the scheduler leaves nothing that keeps its
-    process (and with it the fold's Train controller and workers, which it owns) alive."""
+def _costs(done: dict[Unit, dict[str, Any]]) -> dict[str, float]:
+    """The trial's measured costs, as its lanes sent them with their folds' results."""
+    return next((outcome["costs"] for outcome in done.values() if outcome.get("costs")), {})
 
-    def __init__(self, run: Callable[[Unit], dict[str, Any]]) -> None:
-        self._run = run
-        self._finished: queue.Queue = queue.Queue()
-        self.running: set[Unit] = set()
 
-    def start(self, unit: Unit) -> None:
-        self.running.add(unit)
-        threading.Thread(target=self._target, args=(unit,), name=f"fold-{unit_key(unit)}", daemon=True).start()
-
-    def _target(self, unit: Unit) -> None:
-        try:
-            self._finished.put((unit, self._run(unit)))
-        except BaseException as err:  # handed to the trial's thread, which raises it
-            self._finished.put((unit, err))
-
-    def next_finished(self) -> tuple[Unit, Any]:
-        """The next fold run to end: (unit, its result) or (unit, the exception it raised)."""
-        unit, outcome = self._finished.get()
-        self.running.discard(unit)
-        return unit, outcome
+def _lane_failed(ctx: SweepContext, trial_id: str, trial_run_id: str, key: str, runs: dict[str, str],
+                 error: BaseException | None) -> None:
+    """A lane's Train run failed for good (its retries spent) while training fold run `key`: that fold run and the
+    trial fail."""
+    fold, _ = parse_unit(key)
+    message = f"{type(error).__name__}: {error}" if error is not None else "its Train run ended before the fold did"
+    mlflow_runs.set_tags(ctx.tracking_uri, runs[key], {"error": message})
+    mlflow_runs.end_run(ctx.tracking_uri, runs[key], "FAILED")
+    failure = RuntimeError(f"trial {trial_id}, fold {fold} failed: {message}")
+    mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(failure)})
+    mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
+    raise failure from error
 
 
 def _pruned(ctx: SweepContext, trial_id: str, trial_run_id: str, running: list[Unit]) -> None:
@@ -311,12 +324,3 @@ def _finish(done: dict[Unit, dict[str, Any]], trial_run_id: str, ctx: SweepConte
     if len(done) == len(ctx.units()):
         mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FINISHED")
     _report(done, trial_run_id, ctx, costs)
-
-
-def _measure_costs(ctx: SweepContext, train_config: dict[str, Any]) -> dict[str, float]:
-    """The model costs the sweep's objectives name (`params`, `latency_ms`), once per trial."""
-    if not ctx.costs:
-        return {}
-    from orchestration.pareto import measure_costs
-
-    return measure_costs(train_config, len(ctx.manifest.labels), ctx.input_dim, ctx.costs)

@@ -94,14 +94,13 @@ def test_table2_grid_rows_caches_and_paper_numbers(tmp_path: Path) -> None:
 
 def test_seeds_repeat_each_fold_and_aggregate() -> None:
     from orchestration.rows import parse_seeds
-    from orchestration.trial import SweepContext, parse_unit, summarize, train_run_name, unit_key
+    from orchestration.trial import SweepContext, parse_unit, summarize, unit_key
 
     assert parse_seeds("3") == (0, 1, 2) and parse_seeds("4,7") == (4, 7) and parse_seeds(None) == ()
     ctx = SweepContext("s", None, "m", "c", (1,), "o", "t", "u", "e", "p", seeds=(0, 1))
     assert ctx.units() == [(1, 0), (1, 1)] and SweepContext("s", None, "m", "c", (1, 2), "o", "t", "u", "e",
                                                             "p").units() == [(1, None), (2, None)]
     assert [parse_unit(unit_key(u)) for u in [(1, 0), (3, None)]] == [(1, 0), (3, None)]
-    assert train_run_name("s", "t", 1, 2) == "s-t-fold1-seed2" and train_run_name("s", "t", 1) == "s-t-fold1"
     runs = {(1, 0): {"test": {"wf1": 0.40}}, (1, 1): {"test": {"wf1": 0.46}}}
     summary = summarize(runs, seeds=2)
     assert summary["folds_done"] == 1 and summary["runs_done"] == 2 and summary["seeds"] == 2

@@ -1,8 +1,8 @@
 """Sweep faults on a local Ray with real MLflow: a killed Train worker, a tracking server that goes away,
 results that cannot be written; and the best model of such a sweep predicting held-out clips.
 
-The end-to-end tests run `python orchestration/sweep.py` (1 trial x 1 fold x 5 epochs of a tiny model
-on a 24-clips-per-speaker demo corpus), break something while the fold trains, and read the outcome
+The end-to-end tests run `python orchestration/sweep.py` (1 trial x 1 or 2 folds x 5 epochs of a tiny
+model on a 24-clips-per-speaker demo corpus), break something while a fold trains, and read the outcome
 back from the sweep's output, its files and MLflow.
 """
 
@@ -58,15 +58,16 @@ def sweep_command(demo, storage: Path, name: str, *extra: str) -> list[str]:
             "--min-free-gb", "0.1", "--verbose", *sets, *extra]  # the tests read worker log lines
 
 
-def check_one_run_each(uri: str, name: str) -> dict[str, list]:
-    """One sweep, trial and fold run, all FINISHED, and one curve point per epoch."""
+def check_one_run_each(uri: str, name: str, folds: int = 1) -> dict[str, list]:
+    """One sweep and trial run and `folds` fold runs, all FINISHED, and one curve point per epoch."""
     from mlflow.tracking import MlflowClient
 
     tree = run_tree(uri, name)
-    assert [len(tree[k]) for k in ("sweep", "trial", "fold")] == [1, 1, 1]
-    assert [run.info.status for kind in tree.values() for run in kind] == ["FINISHED"] * 3
-    curve = MlflowClient(uri).get_metric_history(tree["fold"][0].info.run_id, "valid_ua")
-    assert sorted(m.step for m in curve) == list(range(1, EPOCHS + 1))
+    assert [len(tree[k]) for k in ("sweep", "trial", "fold")] == [1, 1, folds]
+    assert [run.info.status for kind in tree.values() for run in kind] == ["FINISHED"] * (2 + folds)
+    for fold in tree["fold"]:
+        curve = MlflowClient(uri).get_metric_history(fold.info.run_id, "valid_ua")
+        assert sorted(m.step for m in curve) == list(range(1, EPOCHS + 1))
     return tree
 
 
@@ -79,9 +80,9 @@ def wait_for(condition, driver: subprocess.Popen, what: str, timeout: float = 30
     return found
 
 
-def checkpointed_epoch(storage: Path, name: str) -> int:
-    """The newest epoch whose checkpoint the Train controller has registered (what `get_checkpoint()` gives a
-    restarted worker), 0 if none. A checkpoint folder alone is not enough: the controller may not have
+def checkpointed_epoch(storage: Path, name: str, fold: int = 1) -> int:
+    """The newest epoch of `fold` whose checkpoint the Train controller has registered (what `get_checkpoint()`
+    gives a restarted worker), 0 if none. A checkpoint folder alone is not enough: the controller may not have
     collected the report yet."""
     epochs = []
     for path in (storage / f"{name}-train").glob("*/checkpoint_manager_snapshot.json"):
@@ -89,15 +90,15 @@ def checkpointed_epoch(storage: Path, name: str) -> int:
             latest = json.loads(path.read_text())["latest_checkpoint_result"]
         except (OSError, ValueError, KeyError):  # being written
             continue
-        if latest:
+        if latest and latest["metrics"].get("fold") == fold:
             epochs.append(int(latest["metrics"]["epoch"]))
     return max(epochs, default=0)
 
 
-def saved_epoch(storage: Path, name: str) -> int:
-    """The newest epoch the fold wrote to its own output folder (reported right after), 0 if none."""
+def saved_epoch(storage: Path, name: str, fold: int = 1) -> int:
+    """The newest epoch `fold` wrote to its own output folder (reported right after), 0 if none."""
     epochs = []
-    for path in (storage / f"{name}-outputs").glob("*/fold1/checkpoints/last/progress.json"):
+    for path in (storage / f"{name}-outputs").glob(f"*/fold{fold}/checkpoints/last/progress.json"):
         try:
             epochs.append(json.loads(path.read_text())["epoch"])
         except (OSError, ValueError):  # being replaced
@@ -151,18 +152,25 @@ def finish(driver: subprocess.Popen, log: Path, timeout: float = 480) -> str:
 # ---- 1. a Train worker killed mid-fold ---------------------------------------------------------------
 
 
+KILLED_FOLD = 2  # the trial's second fold, on the workers that trained its first (one lane)
+
+
 @pytest.fixture(scope="module")
 def killed_worker_sweep(demo, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A sweep whose Train worker is SIGKILLed after its epoch-1 checkpoint; the default --fold-retries restarts it."""
+    """A 2-fold sweep on one lane whose Train worker is SIGKILLed after fold 2's epoch-1 checkpoint; the default
+    --fold-retries restarts it."""
     folder = tmp_path_factory.mktemp("killed")
     uri, storage = f"sqlite:///{folder / 'mlflow.db'}", folder / "ray"
     started = time.monotonic()
-    driver = subprocess.Popen(sweep_command(demo, storage, "killed", "--mlflow-uri", uri), cwd=folder, text=True,
+    command = sweep_command(demo, storage, "killed", "--mlflow-uri", uri, "--folds", f"1,{KILLED_FOLD}",
+                            "--parallel-folds", "1")
+    driver = subprocess.Popen(command, cwd=folder, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: checkpointed_epoch(storage, "killed") >= 1, driver, "the epoch-1 checkpoint")
+        wait_for(lambda: checkpointed_epoch(storage, "killed", KILLED_FOLD) >= 1, driver, "fold 2's epoch-1 checkpoint")
         workers = wait_for(lambda: train_worker_pids(driver.pid), driver, "the Train worker's pid", timeout=10)
-        killed_at, registered = saved_epoch(storage, "killed"), checkpointed_epoch(storage, "killed")
+        killed_at = saved_epoch(storage, "killed", KILLED_FOLD)
+        registered = checkpointed_epoch(storage, "killed", KILLED_FOLD)
         os.kill(workers[0], signal.SIGKILL)
         output = finish(driver, folder / "sweep.log")
     finally:
@@ -186,16 +194,21 @@ def test_killed_worker_resumes_its_fold_from_the_last_checkpoint(killed_worker_s
     assert sweep["killed_at"] < EPOCHS, "the worker was killed after its fold had finished"
     assert "[FailurePolicy] RETRY" in output and "ActorDiedError" in output  # Ray saw the worker die, restarted it
     resumed = [int(line.rsplit("(epoch ", 1)[1].split(")")[0]) for line in output.splitlines()
-               if "resuming fold 1 from" in line]
+               if f"resuming fold {KILLED_FOLD} from" in line]
     assert len(resumed) == 1 and sweep["registered"] <= resumed[0] < EPOCHS, output[-6000:]
-    assert "fold 1: resuming from Ray checkpoint" in output  # get_checkpoint(), not only the local folder
-    tree = check_one_run_each(sweep["uri"], "killed")
-    out_dir = Path(tree["fold"][0].data.tags["out_dir"])
+    # get_checkpoint(), not only the local folder; and the lane's checkpoint of fold 2, not of fold 1
+    assert f"fold {KILLED_FOLD}: resuming from Ray checkpoint" in output
+    starts = [line for line in output.splitlines() if "fold 1 (session-1)" in line]
+    assert len(starts) == 1 and "from scratch" in starts[0] and "resuming fold 1" not in output  # fold 1 trained once
+    tree = check_one_run_each(sweep["uri"], "killed", folds=2)
+    runs = {int(run.data.tags["fold"]): run for run in tree["fold"]}
+    assert runs[1].data.tags["lane_position"] == "1" and runs[KILLED_FOLD].data.tags["lane_position"] == "2"
+    out_dir = Path(runs[KILLED_FOLD].data.tags["out_dir"])
     interrupted = json.loads((out_dir / "metrics.json").read_text())
     assert interrupted["status"] == "ok" and interrupted["epochs_run"] == EPOCHS
 
     manifest = read_manifest(demo.manifest_dir)
-    fold = next(f for f in load_folds(demo.manifest_dir, manifest) if f.index == 1)
+    fold = next(f for f in load_folds(demo.manifest_dir, manifest) if f.index == KILLED_FOLD)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the 1-CPU Ray worker
     try:
@@ -229,8 +242,9 @@ def test_best_model_predicts_held_out_clips_above_chance(killed_worker_sweep, de
     tree = run_tree(killed_worker_sweep["uri"], "killed")
     mlflow.set_tracking_uri(killed_worker_sweep["uri"])
     model = mlflow.pyfunc.load_model(tree["sweep"][0].data.tags["best_model_uri"])
+    source = mlflow.get_run(model.metadata.metadata["source_fold_run"]).data.tags["fold"]
     manifest = read_manifest(demo.manifest_dir)
-    fold = next(f for f in load_folds(demo.manifest_dir, manifest) if f.index == 1)
+    fold = next(f for f in load_folds(demo.manifest_dir, manifest) if f.index == int(source))
     clips = manifest.table.set_index("utt_id").loc[fold.test]
     predicted = model.predict(clips["path"].tolist())
     assert list(predicted["error"]) == [""] * len(clips)
@@ -238,7 +252,7 @@ def test_best_model_predicts_held_out_clips_above_chance(killed_worker_sweep, de
     truth = [labels.index(label) for label in clips["label"]]
     ua = compute_metrics(truth, [labels.index(label) for label in predicted["label"]], labels).ua
     constant = compute_metrics(truth, [truth[0]] * len(truth), labels).ua
-    print(f"best model: UA {ua:.3f} on fold 1's {len(truth)} held-out clips (one class always: {constant:.3f})")
+    print(f"best model: UA {ua:.3f} on fold {source}'s {len(truth)} held-out clips (one class always: {constant:.3f})")
     assert constant == pytest.approx(0.25)
     assert ua > CHANCE_MARGIN
 
