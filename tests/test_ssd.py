@@ -171,3 +171,21 @@ def test_in_place_path_matches_the_autograd_path_float32(b, l, h, p, g, n, chunk
     assert torch.allclose(fast, graph.detach(), atol=1e-5)
     reference = ssd_scan_sequential(**inp, chunk_size=chunk, **extras)
     assert torch.allclose(fast, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("b,l,h,p,g,n,chunk", [(2, 37, 4, 3, 2, 5, 8), (1, 130, 8, 4, 1, 6, 64), (3, 5, 6, 4, 3, 7, 16)])
+def test_chunk_by_chunk_and_all_chunks_at_once_agree(monkeypatch, b, l, h, p, g, n, chunk):
+    """Without autograd a CPU scans one chunk at a time and a GPU all chunks at once: both give the recurrence."""
+    import tfmamba.ssd as ssd_module
+
+    inp = make_inputs(b, l, h, p, g, n, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(2)
+    extras = dict(D=torch.randn(h, generator=gen), z=torch.randn(b, l, h, p, generator=gen),
+                  dt_bias=torch.randn(h, generator=gen), dt_softplus=True)
+    with torch.no_grad():
+        by_chunk = ssd_scan(**inp, chunk_size=chunk, **extras)
+        monkeypatch.setattr(ssd_module, "_scan_by_chunk", lambda device: False)
+        at_once = ssd_scan(**inp, chunk_size=chunk, **extras)
+    reference = ssd_scan_sequential(**inp, chunk_size=chunk, **extras)
+    assert torch.allclose(by_chunk, at_once, atol=1e-5)
+    assert torch.allclose(by_chunk, reference, atol=1e-4)

@@ -167,7 +167,8 @@ def ssd_scan(
     such array is written once, in the layout its consumer wants: x*dt head-major for the in-chunk
     products, x*dt*decay token-major for the chunk states (one matmul over all heads of a group),
     and the output token-major, built in place. Without autograd the elementwise steps run in place
-    (`out=`, `mul_`); with it, the same steps run out of place.
+    (`out=`, `mul_`), and on a CPU one chunk at a time (`_ssd_scan_by_chunk`: temporaries the size
+    of a chunk, which stay in cache); with autograd, the same steps run out of place.
     """
     b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
     if chunk_size < 1:
@@ -179,6 +180,8 @@ def ssd_scan(
     c = math.ceil(l / q)
     lp, pad, hg = c * q, c * q - l, h // g
     xs, Bs, Cs = x.to(cd), B.to(cd), C.to(cd)
+    if inplace and _scan_by_chunk(x.device):
+        return _skip_and_gate(_ssd_scan_by_chunk(xs, dt, A.to(cd), Bs, Cs, q, D), xs, None, z, inplace=True)
     if pad:
         dt, Bs, Cs = F.pad(dt, (0, 0, 0, pad)), F.pad(Bs, (0, 0, 0, 0, 0, pad)), F.pad(Cs, (0, 0, 0, 0, 0, pad))
 
@@ -240,6 +243,63 @@ def ssd_scan(
         y = y_diag.permute(0, 1, 3, 4, 2, 5)
     y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, lp, h, p)[:, :l]  # token-major; a view when g == 1
     return _skip_and_gate(y, xs, D, z, inplace)
+
+
+def _scan_by_chunk(device: torch.device) -> bool:
+    """Whether `ssd_scan` without autograd runs chunk by chunk (CPU: cache-sized temporaries) rather than
+    all chunks at once (GPU: few large kernels)."""
+    return device.type == "cpu"
+
+
+def _chunk_log_decays(dt: Tensor, A: Tensor, q: int) -> Tensor:
+    """Log-decays cumulated inside each chunk of q frames, (batch, nheads, chunks, q); the tail chunk padded with dt = 0."""
+    b, l, h = dt.shape
+    c = math.ceil(l / q)
+    return (F.pad(dt, (0, 0, 0, c * q - l)).permute(0, 2, 1) * A[:, None]).reshape(b, h, c, q).cumsum(-1)
+
+
+def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, q: int, D: Tensor | None) -> Tensor:
+    """The chunked SSD one chunk at a time (CPU, no autograd): y + D x, (batch, seqlen, nheads, headdim) token-major.
+
+    The same products as `ssd_scan`'s batched form, but every temporary is one chunk's (~0.5 MB at
+    the model's shapes) and stays in the CPU's L2 cache, and the state passed between chunks is one
+    (dstate x heads*headdim) array instead of one per chunk: large arrays are only read (x, B, C)
+    and written (y) once. The tail chunk is simply shorter, so nothing is padded.
+    """
+    b, l, h, p = xs.shape
+    g, n = Bs.shape[2], Bs.shape[3]
+    hg = h // g
+    acs = _chunk_log_decays(dt, A, q)  # (b, h, c, q)
+    c = acs.shape[2]
+    read = acs.exp()
+    into_state = torch.exp(acs[..., -1:] - acs).mul_(F.pad(dt, (0, 0, 0, c * q - l)).permute(0, 2, 1).view(b, h, c, q))
+    chunk_decay = read[..., -1].view(b, g, hg, c)
+    causal = torch.ones(q, q, dtype=xs.dtype, device=xs.device).tril()
+    d = None if D is None else (D.to(xs.dtype)[:, None] if D.dim() == 1 else D.to(xs.dtype))
+    y = xs.new_empty(b, l, h, p)
+    state = xs.new_zeros(b * g, n, hg * p)
+    for k in range(c):
+        lo, hi = k * q, min(l, (k + 1) * q)
+        m = hi - lo
+        x_k, mask = xs[:, lo:hi], causal[:m, :m]
+        B_k, C_k = Bs[:, lo:hi].transpose(1, 2), Cs[:, lo:hi].transpose(1, 2)  # (b, g, m, n)
+        scores = _decay_matrix(acs[:, :, k, :m], mask, inplace=True).view(b, g, hg, m, m)
+        scores.mul_((C_k @ B_k.transpose(-1, -2)).mul_(mask).unsqueeze(2))
+        xdt = x_k.permute(0, 2, 1, 3) * dt[:, lo:hi].permute(0, 2, 1)[..., None]  # (b, h, m, p) head-major
+        y_diag = (scores @ xdt.view(b, g, hg, m, p)).permute(0, 1, 3, 2, 4)  # (b, g, m, hg, p)
+        y_k = y[:, lo:hi].view(b, m, g, hg, p).permute(0, 2, 1, 3, 4)
+        if k == 0:
+            y_k.copy_(y_diag)
+        else:
+            from_state = (C_k @ state.view(b, g, n, hg * p)).view(b, g, m, hg, p)
+            torch.addcmul(y_diag, from_state, read[:, :, k, :m].view(b, g, hg, m, 1).transpose(2, 3), out=y_k)
+        if d is not None:
+            y[:, lo:hi].addcmul_(x_k, d)
+        if k < c - 1:
+            xw = (x_k * into_state[:, :, k].transpose(1, 2)[..., None]).view(b, m, g, hg * p).transpose(1, 2)
+            state.view(b, g, n, hg, p).mul_(chunk_decay[:, :, :, k, None, None].transpose(2, 3))
+            state.baddbmm_(B_k.transpose(-1, -2).reshape(b * g, n, m), xw.reshape(b * g, m, hg * p))
+    return y
 
 
 _MAMBA_SCAN: Callable[..., Tensor] | None = None
