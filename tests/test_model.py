@@ -288,3 +288,15 @@ def test_filter_statistics_are_torch_std_mean():
     std, mean = _std_mean_over_bins(log_power)
     ref_std, ref_mean = torch.std_mean(log_power, dim=1, correction=0)
     assert torch.allclose(std, ref_std, atol=1e-5) and torch.allclose(mean, ref_mean, atol=1e-5)
+
+
+def test_frequency_filter_in_place_over_several_transpose_tiles():
+    """Sequences longer than the channels-first copy's tile (256 frames) filter as the autograd path does."""
+    torch.manual_seed(0)
+    filt = FrequencyFilter(5, filter_init=0.3, hidden=4)
+    with torch.no_grad():
+        filt.head[2].weight.normal_()
+    x = torch.randn(2, 601, 7)[..., 1:6]  # a strided view, as the projection's [x, B, C] part is
+    reference = filt(x)
+    with torch.no_grad():
+        assert torch.allclose(filt(x), reference.detach(), atol=1e-6)

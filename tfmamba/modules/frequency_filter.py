@@ -48,6 +48,19 @@ def _std_mean_over_bins(x: Tensor) -> tuple[Tensor, Tensor]:
     return (x - mean).square().mean(1).sqrt(), mean.squeeze(1)
 
 
+def _channels_first(seq: Tensor, tile: int = 256) -> Tensor:
+    """(batch, n, channels) -> a contiguous (batch, channels, n) copy, `tile` frames at a time.
+
+    The real FFT along a strided time axis is slow on a CPU once the frames span more pages than the
+    TLB holds (MKL: 5 ms at 1000 frames x 2304 channels, 140 ms at 4000), and so is one transposing
+    copy; copied a tile at a time, then transformed along contiguous memory, it is ~2x faster at 4000.
+    """
+    out = seq.new_empty(seq.shape[0], seq.shape[2], seq.shape[1])
+    for start in range(0, seq.shape[1], tile):
+        out[:, :, start : start + tile].copy_(seq[:, start : start + tile].transpose(1, 2))
+    return out
+
+
 class FrequencyFilter(nn.Module):
     """Soft power-threshold filter along time; the per-channel threshold omega is learned from the spectrum."""
 
@@ -105,10 +118,11 @@ class FrequencyFilter(nn.Module):
 
     def _filter(self, seq: Tensor) -> Tensor:
         """Filter (batch, n, channels) sequences that are all valid, along dim 1 (in place without autograd)."""
-        spec = torch.fft.rfft(seq, dim=1, norm="ortho")
         if torch.is_grad_enabled():
+            spec = torch.fft.rfft(seq, dim=1, norm="ortho")
             power = spec.real.square() + spec.imag.square()
             return torch.fft.irfft(spec * self.mask(power), n=seq.shape[1], dim=1, norm="ortho")
+        spec = torch.fft.rfft(_channels_first(seq), dim=-1, norm="ortho").transpose(1, 2)  # (batch, bins, channels)
         power = spec.real.square().addcmul_(spec.imag, spec.imag)
         return torch.fft.irfft(spec.mul_(self.mask(power, inplace=True)), n=seq.shape[1], dim=1, norm="ortho")
 
