@@ -300,3 +300,18 @@ def test_frequency_filter_in_place_over_several_transpose_tiles():
     reference = filt(x)
     with torch.no_grad():
         assert torch.allclose(filt(x), reference.detach(), atol=1e-6)
+
+
+def test_gated_rmsnorm_in_place_is_the_autograd_form():
+    """The gated RMSNorm without autograd (in silu(z)'s memory, vecdot) gives the out-of-place result."""
+    from tfmamba.modules.norm import RMSNormGated
+
+    torch.manual_seed(0)
+    norm = RMSNormGated(48)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x, z = torch.randn(2, 9, 48), torch.randn(2, 9, 60)[..., 5:53]  # z a strided view, as from in_proj
+    reference = norm(x, z)
+    with torch.no_grad():
+        assert torch.allclose(norm(x, z), reference, atol=1e-5)
+        assert torch.allclose(norm(x), norm._reference(x, None), atol=1e-5)
