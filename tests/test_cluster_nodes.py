@@ -55,8 +55,11 @@ FAKE_CLUSTER = {
 
 
 def ray_env(ray_tmp: Path) -> dict[str, str]:
+    """A cluster's own temp dir, no authentication, and no drain on SIGTERM: `ray start --block` would first ask the
+    GCS to drain its node and wait for that up to RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S (30 s), and the GCS, in the
+    same process group, is going away too."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    return env | {"RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    return env | {"RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
 class Processes:
