@@ -75,6 +75,8 @@ class Processes:
         return process
 
     def stop(self) -> None:
+        """SIGTERM each group; once its `ray start` has stopped its own node, SIGKILL what is left in the group (the
+        raylets and workers of the nodes Ray's fake provider started, which can outlive their GCS)."""
         for process in reversed(self.started):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -82,7 +84,11 @@ class Processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                pass
+            try:
                 os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the group is empty
+                pass
 
 
 def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
