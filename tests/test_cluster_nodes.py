@@ -215,10 +215,10 @@ def test_a_node_lost_mid_fold(tmp_path: Path, ray_tmp: Path, processes: Processe
     processes.start(head_command(port), env, tmp_path / "head.log")
     address = f"127.0.0.1:{port}"
     wait_for_nodes(address, env, 1)
-    for name in ("a", "b"):
+    for count, name in enumerate(("a", "b"), start=2):  # one at a time: two raylets starting at once may bind one port
         processes.start([str(RAY), "start", "--address", address, "--num-cpus", "1", "--block"], env,
                         tmp_path / f"node-{name}.log")
-    wait_for_nodes(address, env, 3)
+        wait_for_nodes(address, env, count)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     driver = subprocess.Popen(slow_fold_command(demo, tmp_path / "ray", "lost", "--address", address,
                                                 "--mlflow-uri", uri),
