@@ -131,6 +131,7 @@ class RayReporter:
         import json
 
         from tfmamba.checkpoint import PROGRESS
+        from tfmamba.metrics import with_current_names
 
         history = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))["history"]
         try:
@@ -144,8 +145,8 @@ class RayReporter:
             logger.info("fold %d: logging epochs %s of the checkpoint that MLflow lacks", self.task.fold,
                         [int(row["epoch"]) for row in missing])
             now = int(time.time() * 1000)
-            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"})
-                             for row in missing]
+            rows = [with_current_names(row) for row in missing]
+            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"}) for row in rows]
             self.flush()
 
     def _log(self, metrics: dict[str, float]) -> None:

@@ -267,6 +267,8 @@ def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, An
                         done[unit]["valid"].get(key, float("nan")), key, done[unit]["test"].get(key, float("nan")))
             if not pending:
                 lanes.stop(event.lane)
+                if not lanes.busy:  # the lanes' Train runs end, and free their resources, before the last report:
+                    lanes.close(LANE_END_SECONDS)  # Tune may end this process as soon as it has that report
             _finish(done, trial_run_id, ctx, _costs(done))  # blocks until Tune's scheduler has seen it; a stop raises SystemExit
             if pending:
                 assign(event.lane)
@@ -275,7 +277,6 @@ def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, An
             _pruned(ctx, trial_id, trial_run_id, sorted(lanes.busy.values()))
         lanes.dispatcher.forget.remote(trial_id)
         raise
-    lanes.close(LANE_END_SECONDS)
 
 
 LANE_END_SECONDS = 120.0  # how long a finished trial waits for its lanes' Train runs to wind down
