@@ -8,17 +8,26 @@ previous one (a pruned trial starts no new fold), and a lane's workers `claim` t
 its own MLflow run and its fault tolerance: the lane's Train run reports a checkpoint per epoch, marked with the
 fold it belongs to, and a worker group that Train restarts (a lost node, a killed worker) claims the fold it was
 on and resumes it from that checkpoint (`FailureConfig` per lane).
+
+A trial that Tune stops (ASHA) ends with its process, which takes its lanes' Train controllers with it;
+the placement groups holding their workers' CPUs/GPUs belong to the sweep's job, and Ray Train's own
+cleaner needs the dashboard's state API, which a private local Ray does not run. So the dispatcher
+watches each trial's driver actor and removes the placement groups of a trial whose driver is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+logger = logging.getLogger(__name__)
+
 STOP = None  # what `claim` returns when the lane has no more folds
+WATCH_SECONDS = 1.0  # how often the dispatcher looks for trials whose driver is gone
 
 
 class FoldDispatcher:
@@ -28,6 +37,7 @@ class FoldDispatcher:
     the lane's newest assignment that is neither `last` (the fold the caller just trained) nor finished, waiting
     for one, or STOP once the lane is stopped. A worker that Train restarted passes `last=None` and gets the fold
     it was on, if unfinished. Finished folds' outcomes wait per trial for `next_result`; `forget` drops a trial.
+    `watch` / `placed` record a trial's driver actor and each lane's placement group, for `_release_orphans`.
     """
 
     def __init__(self) -> None:
@@ -36,6 +46,17 @@ class FoldDispatcher:
         self._finished: set[tuple[str, str]] = set()  # (lane, fold key)
         self._changed = asyncio.Condition()
         self._results: dict[str, asyncio.Queue] = {}
+        self._drivers: dict[str, str] = {}  # trial id -> its driver's actor id
+        self._groups: dict[str, str] = {}  # lane -> the placement group id its workers run in
+        self._watcher: asyncio.Task | None = None
+
+    async def watch(self, trial_id: str, actor_id: str) -> None:
+        self._drivers[trial_id] = actor_id
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_drivers())
+
+    async def placed(self, lane: str, group_id: str) -> None:
+        self._groups[lane] = group_id
 
     async def assign(self, lane: str, task: dict[str, Any]) -> None:
         async with self._changed:
@@ -81,6 +102,37 @@ class FoldDispatcher:
             self._stopped = {lane for lane in self._stopped if trial_of(lane) != trial_id}
             self._finished = {item for item in self._finished if trial_of(item[0]) != trial_id}
             self._results.pop(trial_id, None)
+            self._drivers.pop(trial_id, None)
+            self._groups = {lane: group for lane, group in self._groups.items() if trial_of(lane) != trial_id}
+
+    async def _watch_drivers(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                await self._release_orphans()
+            except Exception as err:  # keep watching; a GCS hiccup is not the end of the sweep
+                logger.warning("could not check the trials' drivers: %s", err)
+
+    async def _release_orphans(self) -> None:
+        """Remove the placement groups of the lanes of every trial whose driver actor is dead (stopped by Tune or
+        lost), so their CPUs/GPUs go to the next trial, and forget the trial."""
+        import ray
+        from ray._private.state import actors
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        for trial_id, actor_id in list(self._drivers.items()):
+            state = await asyncio.to_thread(actors, actor_id)
+            if state.get("State") != "DEAD":
+                continue
+            for lane, group_id in self._groups.items():
+                if trial_of(lane) != trial_id:
+                    continue
+                group = PlacementGroup(PlacementGroupID.from_hex(group_id))
+                if ray.util.placement_group_table(group).get("state") != "REMOVED":
+                    await asyncio.to_thread(remove_placement_group, group)
+                    logger.info("lane %s: its trial's driver is gone; removed placement group %s", lane, group_id)
+            await self.forget(trial_id)
 
     def _queue(self, trial_id: str) -> asyncio.Queue:
         return self._results.setdefault(trial_id, asyncio.Queue())
@@ -133,6 +185,7 @@ class FoldLanes:
         self._events: queue.Queue[LaneEvent] = queue.Queue()
         self.dispatcher = ray.get_actor(dispatcher_name)
         ray.get(self.dispatcher.forget.remote(trial_id))  # what an earlier attempt of this trial left there
+        ray.get(self.dispatcher.watch.remote(trial_id, ray.get_runtime_context().get_actor_id()))
         self._threads = [threading.Thread(target=self._fit, args=(lane, fit_lane), name=f"lane-{lane}", daemon=True)
                          for lane in range(lanes)]
         threading.Thread(target=self._pump, name="lane-results", daemon=True).start()
@@ -181,6 +234,15 @@ class FoldLanes:
             except Exception:  # the sweep is ending
                 return
             self._events.put(LaneEvent(int(lane.rpartition(":")[2]), key, outcome))
+
+
+def register_placement_group(dispatcher: Any, lane: str) -> None:
+    """A lane's worker tells the dispatcher which placement group its worker group runs in (see the module doc)."""
+    import ray
+
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        ray.get(dispatcher.placed.remote(lane, group.id.hex()))
 
 
 def claim(dispatcher: Any, lane: str, last: str | None) -> dict[str, Any] | None:

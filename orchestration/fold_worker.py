@@ -216,7 +216,7 @@ def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
 
-    from orchestration.fold_lanes import claim
+    from orchestration.fold_lanes import claim, register_placement_group
     from tfmamba.features.store import FeatureStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -224,6 +224,8 @@ def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     rank = ray.train.get_context().get_world_rank()
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname()}
+    if rank == 0:
+        register_placement_group(lane.dispatcher, lane.lane)
     store = FeatureStore.open(lane.cache)
     costs = lane_costs(lane, store.dim) if rank == 0 else {}
     trained, last = 0, None

@@ -72,3 +72,53 @@ def test_a_waiting_worker_wakes_on_its_next_fold() -> None:
         assert (await asyncio.wait_for(waiting, 1))["key"] == "2"
 
     asyncio.run(scenario())
+
+
+def test_a_stopped_trials_placement_groups_are_released(monkeypatch) -> None:
+    """A trial's driver ends with its lanes' Train controllers, whose placement groups belong to the sweep's
+    job: the dispatcher removes them once the driver is gone, so the CPUs go to the next trial."""
+    import time
+
+    import ray
+
+    from orchestration.fold_lanes import register_placement_group, start_dispatcher
+    from orchestration.ray_cluster import start_private_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    start_private_ray(2, {}, {})
+    try:
+        name = start_dispatcher("test")
+
+        @ray.remote(num_cpus=1)
+        class Worker:  # a Train worker: runs in its lane's placement group and says which one
+            def register(self, lane: str) -> None:
+                register_placement_group(ray.get_actor(name), lane)
+
+        @ray.remote(num_cpus=0)
+        class Controller:  # a Train controller: makes the placement group, owned by the trial's driver
+            def start(self, lane: str) -> None:
+                from ray.util.placement_group import placement_group
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                group = placement_group([{"CPU": 1}])
+                ray.get(group.ready())
+                self.worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
+                ray.get(self.worker.register.remote(lane))
+
+        @ray.remote(num_cpus=0)
+        class Trial:  # the trial's driver
+            def start(self) -> None:
+                ray.get(ray.get_actor(name).watch.remote("t1", ray.get_runtime_context().get_actor_id()))
+                self.controller = Controller.remote()
+                ray.get(self.controller.start.remote(lane_name("t1", 0)))
+
+        trial = Trial.remote()
+        ray.get(trial.start.remote())
+        assert ray.available_resources().get("CPU", 0) <= 1  # the lane's placement group holds a CPU
+        ray.kill(trial)  # Tune stopping the trial
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0) < 2:
+            assert time.monotonic() < deadline, f"the CPU was not released: {ray.available_resources()}"
+            time.sleep(0.5)
+    finally:
+        ray.shutdown()
