@@ -115,11 +115,9 @@ class RayReporter:
     def _tag_resume(self, folder: Path) -> None:
         """Say on the fold's run that this attempt resumed from an earlier one's checkpoint (a worker or its node
         was lost: a spot reclaim, a crash), and from which epoch."""
-        import json
+        from tfmamba.checkpoint import read_progress
 
-        from tfmamba.checkpoint import PROGRESS
-
-        epoch = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))["epoch"]
+        epoch = read_progress(folder)["epoch"]
         try:
             mlflow_runs.set_tags(self.task.tracking_uri, self.task.run_id, {RESUMED_TAG: epoch}, retry_seconds=0)
         except Exception as err:
@@ -128,12 +126,9 @@ class RayReporter:
     def _log_missing_epochs(self, folder: Path) -> None:
         """Log the checkpoint's epochs MLflow lacks: a worker killed after its report to Ray and before its
         MLflow call would otherwise leave a hole in the curves."""
-        import json
+        from tfmamba.checkpoint import read_progress
 
-        from tfmamba.checkpoint import PROGRESS
-        from tfmamba.metrics import with_current_names
-
-        history = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))["history"]
+        history = read_progress(folder)["history"]
         try:
             logged = mlflow_runs.logged_steps(self.task.tracking_uri, self.task.run_id, "valid_ua", retry_seconds=0)
         except Exception as err:
@@ -145,8 +140,8 @@ class RayReporter:
             logger.info("fold %d: logging epochs %s of the checkpoint that MLflow lacks", self.task.fold,
                         [int(row["epoch"]) for row in missing])
             now = int(time.time() * 1000)
-            rows = [with_current_names(row) for row in missing]
-            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"}) for row in rows]
+            self.pending += [(int(row["epoch"]), now, {k: v for k, v in row.items() if k != "epoch"})
+                             for row in missing]
             self.flush()
 
     def _log(self, metrics: dict[str, float]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -239,12 +240,13 @@ def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, An
                       lambda lane, dispatcher: fit_lane(ctx, trial_id, train_config, lane, dispatcher, len(ctx.units())))
     runs: dict[str, str] = {}  # unit key -> its fold run's id
     placed: dict[str, dict[str, str]] = {}  # unit key -> its lane and place on it (1 = the lane's first fold)
+    per_lane: Counter[int] = Counter()
 
     def assign(lane: int) -> None:
         task = fold_assignment(ctx, trial_id, train_config, pending.pop(0))
         runs[task["key"]] = task["run_id"]
-        placed[task["key"]] = {"lane": str(lane), "lane_position": str(1 + sum(p["lane"] == str(lane)
-                                                                                for p in placed.values()))}
+        per_lane[lane] += 1
+        placed[task["key"]] = {"lane": str(lane), "lane_position": str(per_lane[lane])}
         lanes.assign(lane, task)
 
     try:
@@ -275,8 +277,7 @@ def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, An
     except SystemExit:
         if len(done) < len(ctx.units()):  # ASHA also says stop at its last rung, once every fold is done
             _pruned(ctx, trial_id, trial_run_id, sorted(lanes.busy.values()))
-        lanes.dispatcher.forget.remote(trial_id)
-        raise
+        raise  # the dispatcher releases the lanes' placement groups once this process is gone, then forgets them
 
 
 LANE_END_SECONDS = 120.0  # how long a finished trial waits for its lanes' Train runs to wind down

@@ -157,13 +157,21 @@ def test_mamba_ssm_matches_torch_on_cuda(seqlen):
     assert err / scale < 5e-3
 
 
-@pytest.mark.parametrize("b,l,h,p,g,n,chunk", [(2, 37, 4, 3, 2, 5, 8), (1, 130, 8, 4, 1, 6, 64), (3, 5, 6, 4, 3, 7, 16)])
+FAST_PATH_SHAPES = [(2, 37, 4, 3, 2, 5, 8), (1, 130, 8, 4, 1, 6, 64), (3, 5, 6, 4, 3, 7, 16)]
+
+
+def mixer_extras(b, l, h, p, seed):
+    """What the mixer passes beside the scan's inputs: D, the gate z, dt's bias and softplus."""
+    gen = torch.Generator().manual_seed(seed)
+    return dict(D=torch.randn(h, generator=gen), z=torch.randn(b, l, h, p, generator=gen),
+                dt_bias=torch.randn(h, generator=gen), dt_softplus=True)
+
+
+@pytest.mark.parametrize("b,l,h,p,g,n,chunk", FAST_PATH_SHAPES)
 def test_in_place_path_matches_the_autograd_path_float32(b, l, h, p, g, n, chunk):
     """Without autograd the chunked scan runs its elementwise steps in place; with it, out of place: same result."""
     inp = make_inputs(b, l, h, p, g, n, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    extras = dict(D=torch.randn(h, generator=gen), z=torch.randn(b, l, h, p, generator=gen),
-                  dt_bias=torch.randn(h, generator=gen), dt_softplus=True)
+    extras = mixer_extras(b, l, h, p, seed=1)
     with torch.no_grad():
         fast = ssd_scan(**inp, chunk_size=chunk, **extras)
     graph = ssd_scan(**{k: v.clone().requires_grad_(True) for k, v in inp.items()}, chunk_size=chunk, **extras)
@@ -173,15 +181,13 @@ def test_in_place_path_matches_the_autograd_path_float32(b, l, h, p, g, n, chunk
     assert torch.allclose(fast, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("b,l,h,p,g,n,chunk", [(2, 37, 4, 3, 2, 5, 8), (1, 130, 8, 4, 1, 6, 64), (3, 5, 6, 4, 3, 7, 16)])
+@pytest.mark.parametrize("b,l,h,p,g,n,chunk", FAST_PATH_SHAPES)
 def test_chunk_by_chunk_and_all_chunks_at_once_agree(monkeypatch, b, l, h, p, g, n, chunk):
     """Without autograd a CPU scans one chunk at a time and a GPU all chunks at once: both give the recurrence."""
     import tfmamba.ssd as ssd_module
 
     inp = make_inputs(b, l, h, p, g, n, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(2)
-    extras = dict(D=torch.randn(h, generator=gen), z=torch.randn(b, l, h, p, generator=gen),
-                  dt_bias=torch.randn(h, generator=gen), dt_softplus=True)
+    extras = mixer_extras(b, l, h, p, seed=2)
     with torch.no_grad():
         by_chunk = ssd_scan(**inp, chunk_size=chunk, **extras)
         monkeypatch.setattr(ssd_module, "_scan_by_chunk", lambda device: False)

@@ -105,6 +105,14 @@ def has_checkpoint(folder: str | Path | None) -> bool:
     return folder is not None and all((Path(folder) / name).is_file() for name in (WEIGHTS, BEST, STATE, PROGRESS))
 
 
+def read_progress(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint's progress record (epoch, history, best epoch, ...), its history under the current metric
+    names; without loading the weights."""
+    progress = json.loads((Path(folder) / PROGRESS).read_text(encoding="utf-8"))
+    progress["history"] = [with_current_names(row) for row in progress.get("history", [])]
+    return progress
+
+
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any], dict[str, Any]]:
     """(weights, best weights, state, progress) of a checkpoint folder; DataError if it is incomplete or corrupt."""
     folder = Path(folder)
@@ -112,8 +120,7 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Te
         raise DataError(f"{folder}: not a complete checkpoint (needs {WEIGHTS}, {BEST}, {STATE}, {PROGRESS})")
     try:
         state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-        progress = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))
+        progress = read_progress(folder)
     except (OSError, RuntimeError, json.JSONDecodeError, EOFError) as err:
         raise DataError(f"{folder}: unreadable checkpoint ({err})") from err
-    progress["history"] = [with_current_names(row) for row in progress.get("history", [])]
     return load_weights(folder / WEIGHTS), load_weights(folder / BEST), state, progress

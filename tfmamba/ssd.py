@@ -251,13 +251,6 @@ def _scan_by_chunk(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _chunk_log_decays(dt: Tensor, A: Tensor, q: int) -> Tensor:
-    """Log-decays cumulated inside each chunk of q frames, (batch, nheads, chunks, q); the tail chunk padded with dt = 0."""
-    b, l, h = dt.shape
-    c = math.ceil(l / q)
-    return (F.pad(dt, (0, 0, 0, c * q - l)).permute(0, 2, 1) * A[:, None]).reshape(b, h, c, q).cumsum(-1)
-
-
 def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor, q: int, D: Tensor | None) -> Tensor:
     """The chunked SSD one chunk at a time (CPU, no autograd): y + D x, (batch, seqlen, nheads, headdim) token-major.
 
@@ -269,10 +262,11 @@ def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor
     b, l, h, p = xs.shape
     g, n = Bs.shape[2], Bs.shape[3]
     hg = h // g
-    acs = _chunk_log_decays(dt, A, q)  # (b, h, c, q)
-    c = acs.shape[2]
+    c = math.ceil(l / q)
+    dt_chunks = F.pad(dt, (0, 0, 0, c * q - l)).permute(0, 2, 1).reshape(b, h, c, q)  # the tail padded with dt = 0
+    acs = (dt_chunks * A[:, None, None]).cumsum(-1)  # log-decays cumulated inside each chunk
     read = acs.exp()
-    into_state = torch.exp(acs[..., -1:] - acs).mul_(F.pad(dt, (0, 0, 0, c * q - l)).permute(0, 2, 1).view(b, h, c, q))
+    into_state = torch.exp(acs[..., -1:] - acs).mul_(dt_chunks)
     chunk_decay = read[..., -1].view(b, g, hg, c)
     causal = torch.ones(q, q, dtype=xs.dtype, device=xs.device).tril()
     d = None if D is None else (D.to(xs.dtype)[:, None] if D.dim() == 1 else D.to(xs.dtype))
