@@ -258,6 +258,11 @@ def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor
     the model's shapes) and stays in the CPU's L2 cache, and the state passed between chunks is one
     (dstate x heads*headdim) array instead of one per chunk: large arrays are only read (x, B, C)
     and written (y) once. The tail chunk is simply shorter, so nothing is padded.
+
+    Inside a chunk, dt scales the columns of the (chunk x chunk) scores rather than x, and a per-head
+    D sits on their diagonal: y_diag = (scores dt_j + D I) @ x reads x where it lies (no head-major
+    copy of x * dt) and adds the skip in the same matmul. Each op costs its dispatch (~5-10 us, which
+    threads do not shorten), so per-chunk views come from one `split`/`unbind` each.
     """
     b, l, h, p = xs.shape
     g, n = Bs.shape[2], Bs.shape[3]
@@ -266,32 +271,40 @@ def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor
     dt_chunks = F.pad(dt, (0, 0, 0, c * q - l)).permute(0, 2, 1).reshape(b, h, c, q)  # the tail padded with dt = 0
     acs = (dt_chunks * A[:, None, None]).cumsum(-1)  # log-decays cumulated inside each chunk
     read = acs.exp()
-    into_state = torch.exp(acs[..., -1:] - acs).mul_(dt_chunks)
-    chunk_decay = read[..., -1].view(b, g, hg, c)
+    into_state = torch.exp(acs[..., -1:] - acs).mul_(dt_chunks).permute(0, 2, 3, 1)[..., None]  # (b, c, q, h, 1)
+    chunk_decay = read[..., -1].view(b, g, hg, c).permute(3, 0, 1, 2)[..., None, :, None]  # (c, b, g, 1, hg, 1)
+    read = read.view(b, g, hg, c, q).permute(3, 0, 1, 4, 2)[..., None]  # (c, b, g, q, hg, 1)
     causal = torch.ones(q, q, dtype=xs.dtype, device=xs.device).tril()
-    d = None if D is None else (D.to(xs.dtype)[:, None] if D.dim() == 1 else D.to(xs.dtype))
+    d = None if D is None else D.to(xs.dtype)
+    diag_d = d is not None and d.dim() == 1
+    if diag_d:
+        d = d[:, None].expand(b, h, q)
     y = xs.new_empty(b, l, h, p)
     state = xs.new_zeros(b * g, n, hg * p)
-    for k in range(c):
-        lo, hi = k * q, min(l, (k + 1) * q)
-        m = hi - lo
-        x_k, mask = xs[:, lo:hi], causal[:m, :m]
-        B_k, C_k = Bs[:, lo:hi].transpose(1, 2), Cs[:, lo:hi].transpose(1, 2)  # (b, g, m, n)
-        scores = _decay_matrix(acs[:, :, k, :m], mask, inplace=True).view(b, g, hg, m, m)
-        scores.mul_((C_k @ B_k.transpose(-1, -2)).mul_(mask).unsqueeze(2))
-        xdt = x_k.permute(0, 2, 1, 3) * dt[:, lo:hi].permute(0, 2, 1)[..., None]  # (b, h, m, p) head-major
-        y_diag = (scores @ xdt.view(b, g, hg, m, p)).permute(0, 1, 3, 2, 4)  # (b, g, m, hg, p)
-        y_k = y[:, lo:hi].view(b, m, g, hg, p).permute(0, 2, 1, 3, 4)
+    steps = state.view(b, g, n, hg, p)
+    x_chunks = xs.split(q, dim=1)
+    B_chunks = Bs.transpose(1, 2).split(q, dim=2)  # (b, g, m, n) each
+    C_chunks = Cs.transpose(1, 2).split(q, dim=2)
+    y_chunks = y.view(b, l, g, hg, p).permute(0, 2, 1, 3, 4).split(q, dim=2)  # (b, g, m, hg, p) views of y
+    for k, (x_k, B_k, C_k, y_k) in enumerate(zip(x_chunks, B_chunks, C_chunks, y_chunks)):
+        m = x_k.shape[1]
+        mask = causal if m == q else causal[:m, :m]
+        acs_k, dt_k = (acs[:, :, k], dt_chunks[:, :, k]) if m == q else (acs[:, :, k, :m], dt_chunks[:, :, k, :m])
+        scores = _decay_matrix(acs_k, mask, inplace=True).mul_(dt_k.unsqueeze(-2))  # (b, h, m, m), columns * dt_j
+        scores.view(b, g, hg, m, m).mul_((C_k @ B_k.transpose(-1, -2)).mul_(mask).unsqueeze(2))
+        if diag_d:
+            scores.diagonal(dim1=-2, dim2=-1).add_(d if m == q else d[..., :m])
+        y_diag = (scores.view(b, g, hg, m, m) @ x_k.permute(0, 2, 1, 3).view(b, g, hg, m, p)).permute(0, 1, 3, 2, 4)
         if k == 0:
             y_k.copy_(y_diag)
         else:
             from_state = (C_k @ state.view(b, g, n, hg * p)).view(b, g, m, hg, p)
-            torch.addcmul(y_diag, from_state, read[:, :, k, :m].view(b, g, hg, m, 1).transpose(2, 3), out=y_k)
-        if d is not None:
-            y[:, lo:hi].addcmul_(x_k, d)
+            torch.addcmul(y_diag, from_state, read[k] if m == q else read[k, :, :, :m], out=y_k)
+        if d is not None and not diag_d:
+            y[:, k * q : k * q + m].addcmul_(x_k, d)
         if k < c - 1:
-            xw = (x_k * into_state[:, :, k].transpose(1, 2)[..., None]).view(b, m, g, hg * p).transpose(1, 2)
-            state.view(b, g, n, hg, p).mul_(chunk_decay[:, :, :, k, None, None].transpose(2, 3))
+            xw = (x_k * into_state[:, k]).view(b, m, g, hg * p).transpose(1, 2)
+            steps.mul_(chunk_decay[k])
             state.baddbmm_(B_k.transpose(-1, -2).reshape(b * g, n, m), xw.reshape(b * g, m, hg * p))
     return y
 
