@@ -120,7 +120,7 @@ class Mamba2Mixer(nn.Module):
             dt_softplus=True,
             backend=self.ssd_backend,
         )
-        return self.norm(y.flatten(-2).to(u.dtype), z)
+        return self.norm(y.flatten(-2).to(u.dtype), z, inplace=True)  # y and z are this call's own
 
 
 class TemporalBranch(Mamba2Mixer):

@@ -26,16 +26,26 @@ class RMSNormGated(nn.Module):
             raise ValueError(f"dim ({dim}) must be a multiple of group_size ({self.group_size})")
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
-    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        """rmsnorm(x * silu(z)) * weight over each group of x (..., dim), in float32; returns x's dtype."""
-        if torch.is_grad_enabled() or self.group_size != x.shape[-1]:
-            return self._reference(x, z)
-        gated = F.silu(z.float()).mul_(x) if z is not None else x.float().clone()
-        mean_square = torch.linalg.vecdot(gated, gated).unsqueeze(-1).div_(gated.shape[-1])
-        scale = mean_square.add_(self.eps).rsqrt_()
-        return gated.mul_(scale).mul_(self.weight).to(x.dtype)
+    def forward(self, x: Tensor, z: Tensor | None = None, inplace: bool = False, scale: bool = True) -> Tensor:
+        """rmsnorm(x * silu(z)) * weight over each group of x (..., dim), in float32; returns x's dtype.
 
-    def _reference(self, x: Tensor, z: Tensor | None) -> Tensor:
+        Without autograd: `inplace` lets float32 x and z be overwritten (silu(z) in z's memory, the result in
+        x's: no new (..., dim) arrays, whose first touch costs page faults); `scale=False` leaves out the
+        final `* weight` (for a caller that has multiplied it into the next projection).
+        """
+        if torch.is_grad_enabled() or self.group_size != x.shape[-1]:
+            return self._reference(x, z, scale)
+        if inplace and x.dtype == torch.float32 and x.is_contiguous() and (z is None or z.dtype == torch.float32):
+            gated = x.mul_(F.silu(z, inplace=True)) if z is not None else x
+        else:
+            gated = F.silu(z.float()).mul_(x) if z is not None else x.float().clone()
+        # The sum of squares of each row as a batch of (1 x dim) @ (dim x 1) products: one pass, no temporary.
+        rows = gated.reshape(-1, 1, gated.shape[-1])
+        mean_square = torch.bmm(rows, rows.transpose(1, 2)).view(*gated.shape[:-1], 1).div_(gated.shape[-1])
+        gated = gated.mul_(mean_square.add_(self.eps).rsqrt_())
+        return (gated.mul_(self.weight) if scale else gated).to(x.dtype)
+
+    def _reference(self, x: Tensor, z: Tensor | None, scale: bool = True) -> Tensor:
         """Out of place, for autograd and grouped norms."""
         dtype = x.dtype
         x = x.float()
@@ -43,4 +53,5 @@ class RMSNormGated(nn.Module):
             x = x * F.silu(z.float())
         groups = x.unflatten(-1, (-1, self.group_size))
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (groups.flatten(-2) * self.weight.float()).to(dtype)
+        out = groups.flatten(-2)
+        return (out * self.weight.float() if scale else out).to(dtype)
