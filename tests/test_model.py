@@ -243,6 +243,7 @@ def test_folded_block_follows_weight_changes():
         before = model(x, lengths).logits
         model.block.fuse.weight.mul_(1.5)
         model.block.second.out_proj.weight.add_(0.1)
+        model.block.first.norm.weight.mul_(0.5)  # folded into out_proj too
         after = model(x, lengths).logits
     assert not torch.allclose(before, after)
     assert torch.allclose(after, model(x, lengths).logits.detach(), atol=1e-5)

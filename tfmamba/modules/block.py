@@ -18,7 +18,9 @@ class TFMambaBlock(nn.Module):
     Inference (no autograd) multiplies the fusion into the branches' output projections once:
     fuse(Concat(W_T y_T, W_F y_F)) = (U_T W_T) y_T + (U_F W_F) y_F + bias, with U = [U_T | U_F]
     the fusion's weight, saves the fusion's matmul per frame (2 D^2 of the block's ~13 D^2 FLOPs)
-    and the concat. The products are cached and rebuilt whenever a weight changes.
+    and the concat. The gated RMSNorms' weights (a per-channel scale just before W) are multiplied in
+    too, which saves a pass over each branch's output. The products are cached and rebuilt whenever a
+    weight changes.
     """
 
     def __init__(
@@ -45,22 +47,26 @@ class TFMambaBlock(nn.Module):
             a = self.first(normed, lengths)
             b = self.second(normed, lengths) if self.second is not None else normed
             return x + self.fuse(torch.cat([a, b], dim=-1))
-        inner = [self.first.mix(normed, lengths), self.second.mix(normed, lengths) if self.second is not None else normed]
+        inner = [self.first.mix(normed, lengths, norm_weight=False),
+                 self.second.mix(normed, lengths, norm_weight=False) if self.second is not None else normed]
         out = torch.add(x, self.fuse.bias)
         for y, weight in zip(inner, folded):
             out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), weight.t())
         return out
 
     def _folded_weights(self) -> list[Tensor] | None:
-        """[U_T W_T, U_F W_F] (or U_2 alone for an identity slot), cached until a weight changes; None for weights
-        made under inference_mode, which carry no version counter to tell a change by."""
+        """[U_T W_T diag(g_T), U_F W_F diag(g_F)] (g: the branch's RMSNorm weight; U_2 alone for an identity slot),
+        cached until a weight changes; None for weights made under inference_mode, which carry no version
+        counter to tell a change by."""
         d_model = self.fuse.out_features
         parts = [self.fuse.weight[:, :d_model], self.fuse.weight[:, d_model:]]
-        outs = [self.first.out_proj.weight, self.second.out_proj.weight if self.second is not None else None]
-        tensors = [self.fuse.weight] + [w for w in outs if w is not None]
+        branches = [self.first, self.second]
+        outs = [None if b is None else (b.out_proj.weight, b.norm.weight) for b in branches]
+        tensors = [self.fuse.weight] + [w for pair in outs if pair is not None for w in pair]
         if any(t.is_inference() for t in tensors):
             return None
         key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._folded is None or self._folded[0] != key:
-            self._folded = (key, [u if w is None else u @ w for u, w in zip(parts, outs)])
+            self._folded = (key, [u if pair is None else u @ (pair[0] * pair[1].to(pair[0].dtype))
+                                  for u, pair in zip(parts, outs)])
         return self._folded[1]

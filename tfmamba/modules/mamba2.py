@@ -99,8 +99,9 @@ class Mamba2Mixer(nn.Module):
                        padding=(0, self.d_conv - 1), groups=self.conv_dim)[..., :seqlen]
         return F.silu(out.permute(0, 2, 3, 1).reshape(xbc.shape), inplace=True)
 
-    def mix(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Everything before `out_proj`: (batch, seqlen, d_model) -> the gated, normalised SSD output (batch, seqlen, d_inner)."""
+    def mix(self, u: Tensor, lengths: Tensor | None = None, norm_weight: bool = True) -> Tensor:
+        """Everything before `out_proj`: (batch, seqlen, d_model) -> the gated, normalised SSD output (batch, seqlen, d_inner);
+        `norm_weight=False` leaves out the norm's final per-channel weight (for a caller that folds it into out_proj)."""
         batch, seqlen, _ = u.shape
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if self.conv1d is not None:
@@ -120,7 +121,7 @@ class Mamba2Mixer(nn.Module):
             dt_softplus=True,
             backend=self.ssd_backend,
         )
-        return self.norm(y.flatten(-2).to(u.dtype), z, inplace=True)  # y and z are this call's own
+        return self.norm(y.flatten(-2).to(u.dtype), z, inplace=True, scale=norm_weight)  # y and z are this call's own
 
 
 class TemporalBranch(Mamba2Mixer):
