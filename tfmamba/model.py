@@ -186,6 +186,9 @@ class TFMamba(nn.Module):
         seqlen = features.shape[1]
         mask = lengths_to_mask(lengths, seqlen)
         if features.device.type == "cpu" and not torch.is_grad_enabled():
+            if features.shape[0] == 1 and int(lengths[0]) == seqlen:  # one utterance, nothing padded
+                x = self.sequence(features, None)
+                return ModelOutput(self.classifier(x.mean(1)), x, mask)
             x = self._each_utterance(features, lengths)
         else:
             unpadded = features.device.type == "cpu" and bool((lengths >= seqlen).all())
