@@ -282,30 +282,35 @@ def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor
     y = xs.new_empty(b, l, h, p)
     state = xs.new_zeros(b * g, n, hg * p)
     steps = state.view(b, g, n, hg, p)
-    x_chunks = xs.split(q, dim=1)
-    B_chunks = Bs.transpose(1, 2).split(q, dim=2)  # (b, g, m, n) each
-    C_chunks = Cs.transpose(1, 2).split(q, dim=2)
+    # Per-chunk operands as 3-D batches for `torch.bmm` (views when batch == 1), each list from one split.
+    x_chunks = xs.split(q, dim=1)  # (b, m, h, p) token-major
+    xh_chunks = xs.permute(0, 2, 1, 3).split(q, dim=2)  # (b, h, m, p) head-major views of the same memory
+    C3 = Cs.transpose(1, 2).reshape(b * g, l, n)
+    B3 = Bs.transpose(1, 2).reshape(b * g, l, n)
+    C_chunks, B_chunks, Bt_chunks = C3.split(q, dim=1), B3.split(q, dim=1), B3.transpose(1, 2).split(q, dim=2)
     y_chunks = y.view(b, l, g, hg, p).permute(0, 2, 1, 3, 4).split(q, dim=2)  # (b, g, m, hg, p) views of y
-    for k, (x_k, B_k, C_k, y_k) in enumerate(zip(x_chunks, B_chunks, C_chunks, y_chunks)):
+    for k in range(c):
+        x_k, C_k, B_k, y_k = x_chunks[k], C_chunks[k], B_chunks[k], y_chunks[k]
         m = x_k.shape[1]
         mask = causal if m == q else causal[:m, :m]
         acs_k, dt_k = (acs[:, :, k], dt_chunks[:, :, k]) if m == q else (acs[:, :, k, :m], dt_chunks[:, :, k, :m])
         scores = _decay_matrix(acs_k, mask, inplace=True).mul_(dt_k.unsqueeze(-2))  # (b, h, m, m), columns * dt_j
-        scores.view(b, g, hg, m, m).mul_((C_k @ B_k.transpose(-1, -2)).mul_(mask).unsqueeze(2))
+        scores.view(b * g, hg, m, m).mul_(torch.bmm(C_k, B_k.transpose(1, 2)).mul_(mask).unsqueeze(1))
         if diag_d:
             scores.diagonal(dim1=-2, dim2=-1).add_(d if m == q else d[..., :m])
-        y_diag = (scores.view(b, g, hg, m, m) @ x_k.permute(0, 2, 1, 3).view(b, g, hg, m, p)).permute(0, 1, 3, 2, 4)
+        y_diag = torch.bmm(scores.view(b * h, m, m), xh_chunks[k].reshape(b * h, m, p))
+        y_diag = y_diag.view(b, g, hg, m, p).permute(0, 1, 3, 2, 4)
         if k == 0:
             y_k.copy_(y_diag)
         else:
-            from_state = (C_k @ state.view(b, g, n, hg * p)).view(b, g, m, hg, p)
+            from_state = torch.bmm(C_k, state).view(b, g, m, hg, p)
             torch.addcmul(y_diag, from_state, read[k] if m == q else read[k, :, :, :m], out=y_k)
         if d is not None and not diag_d:
             y[:, k * q : k * q + m].addcmul_(x_k, d)
         if k < c - 1:
-            xw = (x_k * into_state[:, k]).view(b, m, g, hg * p).transpose(1, 2)
+            xw = (x_k * into_state[:, k]).view(b, m, g, hg * p).transpose(1, 2).reshape(b * g, m, hg * p)
             steps.mul_(chunk_decay[k])
-            state.baddbmm_(B_k.transpose(-1, -2).reshape(b * g, n, m), xw.reshape(b * g, m, hg * p))
+            state.baddbmm_(Bt_chunks[k], xw)
     return y
 
 
