@@ -24,6 +24,7 @@ import time
 from dataclasses import replace
 
 from orchestration import launch, mlflow_runs, options
+from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                   len(data.folds) * max(1, len(seeds)), args.max_concurrent, args.parallel_folds,
                   max_fold_slots=args.max_fold_slots, joined=args.address is not None)
     ctx = launch.sweep_context(args, where, data, grid.space, experiment_id, parent_run_id, layout.parallel_folds,
-                               seeds=seeds, row_caches={row: cache for row, (cache, _) in caches.items()},
+                               layout.parallel_slots, len(grid.rows) * len(data.folds) * max(1, len(seeds)), seeds=seeds, row_caches={row: cache for row, (cache, _) in caches.items()},
                                metric=metric, mode=mode)
     repeats = f" x {len(seeds)} seeds" if seeds else ""
     print(f"\n{grid.table} {where.name}: {len(grid.rows)} rows x {len(data.folds)} folds{repeats} of {data.corpus}, "
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  MLflow: {where.tracking_uri} (experiment {args.experiment!r}, parent run {parent_run_id})\n"
           f"  resume after an interruption: the same command plus --resume --name {where.name}\n", flush=True)
     results = run_grid(grid, ctx, where, layout.max_concurrent, layout.trial_resources, args.resume)
+    close_dispatcher()
     trials = collect_trials(results, ctx)
     close_runs(trials, ctx)
     label_rows(grid, trials, params, caches, where.tracking_uri)

@@ -1,13 +1,14 @@
 """What each Ray Train worker runs: the folds its lane is handed (`fold_lanes`), each with
 `tfmamba.training.fold.train_fold`, reporting through Ray.
 
-`train_lane_worker` is a lane's `train_loop_per_worker`: it imports, opens the feature cache and
-measures the trial's costs once, then claims folds from the trial's dispatcher until told to stop.
-`RayReporter` adapts the library's `Reporter` protocol to Ray Train: every epoch goes to
-`ray.train.report` with the epoch's checkpoint folder, marked with the fold it belongs to (a
-restarted worker group resumes its fold from `ray.train.get_checkpoint()` only if that is its
-fold's), and rank 0 also logs the epoch's curves to the fold's MLflow run. Rank 0 hands each
-fold's `FoldResult` dict to the dispatcher, which passes it to the trial.
+`train_lane_worker` is a lane's `train_loop_per_worker`: it imports once, then claims folds from the
+sweep's dispatcher, whichever trial they belong to, until told to stop; it opens each feature cache
+once and measures each trial's costs once. `RayReporter` adapts the library's `Reporter` protocol
+to Ray Train: every epoch goes to `ray.train.report` with the epoch's checkpoint folder, marked with
+the fold run it belongs to (a restarted worker group resumes its fold from
+`ray.train.get_checkpoint()` only if that is its fold's), rank 0 also logs the epoch's curves to the
+fold's MLflow run, and a fold whose trial no longer wants it (stopped, failed) is dropped there.
+Rank 0 hands each fold's `FoldResult` dict to the dispatcher, which passes it to the trial.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 ATTEMPTS_TAG = "attempt_nodes"  # the Ray node of each attempt of the fold, in order
 RESUMED_TAG = "resumed_from_epoch"
 SYSTEM_METRICS_SECONDS = 10.0
-FOLD_MARKER = "ray_fold_key.txt"  # in each reported checkpoint: which fold of the lane it belongs to
+FOLD_MARKER = "ray_fold_run.txt"  # in each reported checkpoint: the MLflow run id of the fold it belongs to
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class FoldTask:
     cache: str
     out_dir: str
     tracking_uri: str
-    run_id: str
-    key: str = ""  # the fold run's key in its trial (`trial.unit_key`), marks its checkpoints
+    run_id: str  # the fold's MLflow run: identifies the fold to the dispatcher and marks its checkpoints
+    key: str = ""  # the fold run's key in its trial (`trial.unit_key`)
+    trial: str = ""
 
     @property
     def fold(self) -> int:
@@ -51,6 +53,10 @@ class FoldTask:
 
     def to_dict(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+class FoldDropped(Exception):
+    """The fold's trial no longer wants it (Tune stopped the trial, or it failed): the lane moves on."""
 
 
 class RayReporter:
@@ -65,9 +71,10 @@ class RayReporter:
 
     GAP_TAG = mlflow_runs.GAP_TAG
 
-    def __init__(self, task: FoldTask, rank: int) -> None:
+    def __init__(self, task: FoldTask, rank: int, wanted: Any = None) -> None:
         self.task = task
         self.rank = rank
+        self.wanted = wanted  # () -> bool, the same on every rank: False drops the fold after the epoch's report
         self.pending: list[tuple[int, int, dict[str, float]]] = []  # (step, time in ms, values)
         self.gap_epochs: list[int] = []
         self.gap_started: float | None = None
@@ -78,11 +85,13 @@ class RayReporter:
 
         checkpoint = None
         if checkpoint_dir is not None:
-            (Path(checkpoint_dir) / FOLD_MARKER).write_text(self.task.key, encoding="utf-8")
+            (Path(checkpoint_dir) / FOLD_MARKER).write_text(self.task.run_id, encoding="utf-8")
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
         ray.train.report(dict(metrics) | {"fold": self.task.fold}, checkpoint=checkpoint)  # the lane's fold now
         if self.rank == 0:
             self._log(metrics)
+        if self.wanted is not None and not (metrics.get("done") or metrics.get("failed")) and not self.wanted():
+            raise FoldDropped(f"fold {self.task.fold} of trial {self.task.trial}")
 
     def resume_dir(self) -> Path | None:
         """Ray's latest checkpoint of the lane if it is this fold's (None: `train_fold` falls back to the output
@@ -100,7 +109,7 @@ class RayReporter:
             target = Path(self.task.out_dir) / f".resume-rank{self.rank}"
             folder = Path(checkpoint.to_directory(str(target)))
             marker = folder / FOLD_MARKER
-            if not marker.is_file() or marker.read_text(encoding="utf-8") != self.task.key:
+            if not marker.is_file() or marker.read_text(encoding="utf-8") != self.task.run_id:
                 shutil.rmtree(folder, ignore_errors=True)  # the lane's checkpoint of an earlier fold
                 folder = None
         if folder is not None:
@@ -188,15 +197,13 @@ class RayReporter:
 @dataclass(frozen=True)
 class LaneTask:
     """What a lane's workers share (their `train_loop_config`): the dispatcher to claim folds from, the manifest,
-    the cache, where MLflow is, and the costs (`pareto.COSTS`) to measure once on this lane's device."""
+    where MLflow is, and the costs (`pareto.COSTS`) to measure on this lane's device once per trial."""
 
-    lane: str  # `fold_lanes.lane_name`
+    lane: str
     dispatcher: Any
     manifest: Manifest
-    cache: str
     tracking_uri: str
     costs: tuple[str, ...] = ()
-    cost_config: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
@@ -204,38 +211,64 @@ class LaneTask:
 
 def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """The `train_loop_per_worker` of a lane's TorchTrainer: train the folds the dispatcher hands this lane, one
-    after another, until it says stop; rank 0 hands each fold's `FoldResult` dict (plus the node it ran on and the
-    trial's measured costs) to the dispatcher. Returns how many folds this attempt trained."""
+    after another and trial after trial, until it says stop; rank 0 hands each fold's `FoldResult` dict (plus the
+    node it ran on and the trial's measured costs) to the dispatcher. Returns how many folds this attempt
+    trained."""
     import socket
 
     import ray
     import ray.train
 
-    from orchestration.fold_lanes import claim, register_placement_group
+    from orchestration.fold_lanes import claim
     from tfmamba.features.store import FeatureStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lane = LaneTask(**loop_config)
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname()}
-    if rank == 0:
-        register_placement_group(lane.dispatcher, lane.lane)
-    store = FeatureStore.open(lane.cache)
-    costs = lane_costs(lane, store.dim) if rank == 0 else {}
+    stores: dict[str, FeatureStore] = {}
+    costs: dict[str, dict[str, float]] = {}  # trial id -> its measured costs
     trained, last = 0, None
     while (assignment := claim(lane.dispatcher, lane.lane, last)) is not None:
-        task = FoldTask(**assignment, manifest=lane.manifest, cache=lane.cache, tracking_uri=lane.tracking_uri)
-        outcome = train_one_fold(task, store, rank, node)
+        task = FoldTask(**assignment, manifest=lane.manifest, tracking_uri=lane.tracking_uri)
+        last = task.run_id
+        if not on_every_rank(lambda: ray.get(lane.dispatcher.begin.remote(task.run_id)), world):
+            continue  # its retries are spent: the dispatcher failed it
+        store = stores.get(task.cache) or stores.setdefault(task.cache, FeatureStore.open(task.cache))
+        wanted = lambda: on_every_rank(lambda: ray.get(lane.dispatcher.wanted.remote(task.run_id)), world)  # noqa: E731
+        try:
+            outcome = train_one_fold(task, store, rank, node, wanted)
+        except FoldDropped as dropped:
+            logger.info("%s dropped: its trial no longer wants it", dropped)
+            continue
+        except Exception as err:  # Train restarts the workers; the dispatcher counts the attempts
+            ray.get(lane.dispatcher.failed.remote(task.run_id, f"{type(err).__name__}: {err}"))
+            raise
         if rank == 0:
-            ray.get(lane.dispatcher.finish.remote(lane.lane, task.key, outcome | {"costs": costs}))
-        trained, last = trained + 1, task.key
+            if task.trial not in costs:
+                costs[task.trial] = lane_costs(lane.costs, task.config, len(lane.manifest.labels), store.dim)
+            ray.get(lane.dispatcher.finish.remote(task.run_id, outcome | {"costs": costs[task.trial]}))
+        trained += 1
     return {"lane": lane.lane, "folds": trained}
 
 
-def train_one_fold(task: FoldTask, store: Any, rank: int, node: dict[str, str]) -> dict[str, Any]:
+def on_every_rank(decide: Any, world: int) -> Any:
+    """Rank 0's `decide()`, the same on every rank of the lane (so they train, or skip, a fold together)."""
+    if world == 1:
+        return decide()
+    from ray.train.collective import broadcast_from_rank_zero
+
+    import ray.train
+
+    return broadcast_from_rank_zero(decide() if ray.train.get_context().get_world_rank() == 0 else None)
+
+
+def train_one_fold(task: FoldTask, store: Any, rank: int, node: dict[str, str], wanted: Any = None) -> dict[str, Any]:
     """Train one fold on this worker; its `FoldResult` dict names the node (Ray node id, IP, hostname) too, and
-    rank 0 tags the fold's MLflow run with it and logs the fold's summary metrics and outputs."""
+    rank 0 tags the fold's MLflow run with it and logs the fold's summary metrics and outputs. `wanted()` is asked
+    after each epoch (FoldDropped when False)."""
     from tfmamba.config import TrainConfig
     from tfmamba.training.fold import train_fold
 
@@ -243,7 +276,7 @@ def train_one_fold(task: FoldTask, store: Any, rank: int, node: dict[str, str]) 
         record_attempt(task, node)
     monitor = system_metrics(task) if rank == 0 else None
     try:
-        result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank),
+        result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank, wanted),
                             manifest=task.manifest, out_dir=task.out_dir, progress=False)
     finally:
         if monitor is not None:
@@ -257,14 +290,14 @@ def train_one_fold(task: FoldTask, store: Any, rank: int, node: dict[str, str]) 
     return outcome
 
 
-def lane_costs(lane: LaneTask, input_dim: int) -> dict[str, float]:
-    """The trial's model costs its objectives name, measured once on this worker's device (pareto.py)."""
-    if not lane.costs or lane.cost_config is None:
+def lane_costs(costs: tuple[str, ...], config: dict[str, Any], num_classes: int, input_dim: int) -> dict[str, float]:
+    """The trial's model costs its objectives name, measured on this worker's device (pareto.py)."""
+    if not costs:
         return {}
     from orchestration.pareto import measure_costs
     from tfmamba.device import pick_device
 
-    return measure_costs(lane.cost_config, len(lane.manifest.labels), input_dim, lane.costs, pick_device(None))
+    return measure_costs(config, num_classes, input_dim, costs, pick_device(None))
 
 
 def record_attempt(task: FoldTask, node: dict[str, str]) -> None:

@@ -189,20 +189,24 @@ def dated_name(prefix: str) -> str:
 
 
 def sweep_context(args: argparse.Namespace, where: ResultsLocation, data: Any, space: Any, experiment_id: str,
-                  parent_run_id: str, parallel_folds: int, **extra: Any):
+                  parent_run_id: str, parallel_folds: int, lanes: int, fold_runs: int, **extra: Any):
     """What every trial of this sweep or grid shares, from the command's options and what was set up; starts the
-    sweep's fold dispatcher (Ray must be up)."""
-    from orchestration.fold_lanes import start_dispatcher
-    from orchestration.trial import SweepContext
+    sweep's fold dispatcher with `lanes` lanes warming up (Ray must be up). `fold_runs`: of the whole sweep."""
+    from functools import partial
+
+    from orchestration.fold_lanes import dispatcher_name, start_dispatcher
+    from orchestration.trial import SweepContext, fit_lane
     from tfmamba.corpora.manifest import read_manifest
     from tfmamba.corpora.folds import load_folds
 
     manifest = read_manifest(data.manifest_dir)
     splits = {fold.index: fold for fold in load_folds(data.manifest_dir, manifest) if fold.index in data.folds}
-    return SweepContext(sweep_id=where.name, space=space, manifest_dir=data.manifest_dir, cache=data.cache,
-                        folds=data.folds, out_root=where.out_root, train_storage=where.train_storage,
-                        tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                        workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
-                        gpus_per_worker=args.gpus_per_worker, parallel_folds=parallel_folds,
-                        fold_retries=args.fold_retries, manifest=manifest, splits=splits,
-                        dispatcher=start_dispatcher(where.name), **extra)
+    ctx = SweepContext(sweep_id=where.name, space=space, manifest_dir=data.manifest_dir, cache=data.cache,
+                       folds=data.folds, out_root=where.out_root, train_storage=where.train_storage,
+                       tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                       workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
+                       gpus_per_worker=args.gpus_per_worker, parallel_folds=parallel_folds,
+                       fold_retries=args.fold_retries, manifest=manifest, splits=splits,
+                       dispatcher=dispatcher_name(where.name), fold_runs=fold_runs, **extra)
+    start_dispatcher(where.name, partial(fit_lane, ctx), lanes, args.fold_retries)
+    return ctx

@@ -23,6 +23,7 @@ import sys
 import time
 
 from orchestration import console, launch, mlflow_ui, options, pareto, registry, study
+from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
 from orchestration.resources import plan
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                   len(data.folds), args.max_concurrent, args.parallel_folds,
                   max_fold_slots=args.max_fold_slots, joined=args.address is not None)
     ctx = launch.sweep_context(args, where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
-                               metric=metric, mode=mode, costs=tuple(n for n, _ in objectives if n in pareto.COSTS))
+                               layout.parallel_slots, args.num_samples * len(data.folds), metric=metric, mode=mode, costs=tuple(n for n, _ in objectives if n in pareto.COSTS))
     print(f"\nSweep {where.name}: {args.num_samples} trials x {len(data.folds)} folds of {data.corpus}, "
           f"{layout.max_concurrent} trial(s) at once, {layout.parallel_folds} fold(s) per trial at once\n"
           f"  results: {where.tune_path}   MLflow: {where.tracking_uri} (experiment {args.experiment!r}, "
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
           f"--storage-path {args.storage_path} ...(same options)\n", flush=True)
     results = build_tuner(args, where, space, ctx, layout.max_concurrent, layout.trial_resources, study_url,
                           objectives).fit()
+    close_dispatcher()
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots, args.register,
                            objectives)
     try:

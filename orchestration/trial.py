@@ -1,9 +1,9 @@
 """One Tune trial = one k-fold cross-validation on warm Ray Train workers, folds in parallel.
 
 `run_trial` is the Tune function trainable (Ray Train V2 pattern: the trial is only a driver
-that launches Train runs): one `TorchTrainer` per fold slot of the trial (a lane, `fold_lanes`)
-trains the folds handed to it one after another, each fold with its own MLflow run and its
-checkpoints. After each fold it reports the running mean over finished folds
+of Train runs): it borrows one of the sweep's lanes (`fold_lanes`: a `TorchTrainer` of warm workers,
+`fit_lane`) per fold slot of the trial and hands them its folds one after another, each fold with
+its own MLflow run and its checkpoints. After each fold it reports the running mean over finished folds
 to Tune (`folds_done` is the scheduler's time axis), with a small checkpoint listing the
 finished folds, so a retried or restored trial skips them. The last report holds the mean
 and std over folds of validation and test WA/UA/WF1; only the validation mean of the corpus's
@@ -12,9 +12,9 @@ metric that also picks each fold's best epoch; `SweepContext.metric`).
 
 A report returns only once Tune's scheduler has judged it, and a lane gets its next fold only after
 that: a trial ASHA stops starts no further fold (the stop arrives as SystemExit from `tune.report`),
-its run is tagged `pruned`, and folds still running end with the trial's process (the lanes' Train
-controllers and the dispatcher are owned by it). With `--objectives` naming a cost, `params` /
-`latency_ms` are measured once per lane on its workers' device and sent with every report (pareto.py).
+its run is tagged `pruned`, its lanes go back to the sweep and folds still running on them are dropped
+at their next epoch. With `--objectives` naming a cost, `params` / `latency_ms` are measured once per
+trial on its lane's device and sent with every report (pareto.py).
 
 Two options serve the ablation grids: `SweepContext.seeds` repeats every fold once per seed
 (a separate fold run each, tagged `seed`; MELD's one official split over several seeds gives
@@ -36,7 +36,7 @@ import numpy as np
 
 from orchestration import mlflow_runs
 from orchestration.console import trial_label, trial_number
-from orchestration.fold_lanes import FoldLanes, lane_name
+from orchestration.fold_lanes import FoldLanes
 from orchestration.fold_worker import LaneTask, train_lane_worker
 from orchestration.search_space import SearchSpace
 
@@ -81,6 +81,7 @@ class SweepContext:
     # --objectives beyond the metric (pareto.py): the costs the lanes measure and the trial reports with every fold
     costs: tuple[str, ...] = ()
     dispatcher: str = ""  # the name of the sweep's `fold_lanes.FoldDispatcher` actor
+    fold_runs: int = 1  # of the whole sweep (trials x units): bounds a lane's Train restarts
 
     def units(self) -> list[Unit]:
         """The fold runs of one trial: each fold once, or once per seed."""
@@ -105,9 +106,9 @@ def fold_metric(metric: str) -> str:
     return best_name(metric.removesuffix("_mean"))
 
 
-def lane_run_name(sweep_id: str, trial_id: str, lane: int) -> str:
-    """A lane's Train run name: deterministic, so a restored trial's lane resumes its own run and no other."""
-    return f"{sweep_id}-{trial_id}-lane{lane}"
+def lane_run_name(sweep_id: str, lane: str) -> str:
+    """A lane's Train run name (the lane trains folds of many trials; each checkpoint names its fold run)."""
+    return f"{sweep_id}-{lane}"
 
 
 def unit_key(unit: Unit) -> str:
@@ -146,30 +147,31 @@ def fold_assignment(ctx: SweepContext, trial_id: str, config: dict[str, Any], un
     mlflow_runs.log_params(ctx.tracking_uri, run_id, {**config, "fold": fold})
     out_dir = Path(ctx.out_root) / trial_id / f"fold{fold}{suffix}"
     return {"key": unit_key(unit), "config": config, "split": ctx.splits[fold], "out_dir": str(out_dir),
-            "run_id": run_id}
+            "run_id": run_id, "cache": ctx.cache}
 
 
-def fit_lane(ctx: SweepContext, trial_id: str, config: dict[str, Any], lane: int, dispatcher: Any,
-             folds: int) -> Any:
-    """Run lane `lane` of the trial: a `TorchTrainer` whose workers train the folds `dispatcher` hands them.
-    Train restarts a failed worker group up to `--fold-retries` times per fold the trial has (`folds`)."""
+def fit_lane(ctx: SweepContext, lane: str, dispatcher: Any) -> Any:
+    """Run lane `lane` of the sweep: a `TorchTrainer` whose workers train the folds `dispatcher` hands them, trial
+    after trial, until it says stop. Train restarts a failed worker group (the dispatcher gives each fold
+    `--fold-retries` more attempts), at most that many times per fold run of the sweep."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     use_gpu = ctx.gpus_per_worker > 0
     resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
-    task = LaneTask(lane=lane_name(trial_id, lane), dispatcher=dispatcher, manifest=ctx.manifest, cache=ctx.cache,
-                    tracking_uri=ctx.tracking_uri, costs=ctx.costs, cost_config=config)
+    task = LaneTask(lane=lane, dispatcher=dispatcher, manifest=ctx.manifest, tracking_uri=ctx.tracking_uri,
+                    costs=ctx.costs)
     trainer = TorchTrainer(
         train_lane_worker,
         train_loop_config=task.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.workers_per_fold, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=lane_run_name(ctx.sweep_id, trial_id, lane),
+            name=lane_run_name(ctx.sweep_id, lane),
             storage_path=ctx.train_storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=ctx.fold_retries * folds),
+            failure_config=ray.train.FailureConfig(max_failures=(ctx.fold_retries + 1) * ctx.fold_runs
+                                                   if ctx.fold_retries else 0),
         ),
     )
     return trainer.fit()
@@ -234,53 +236,47 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
 def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, Any], trial_run_id: str,
                     done: dict[Unit, dict[str, Any]], pending: list[Unit]) -> None:
-    """Train the `pending` fold runs on the trial's lanes, reporting to Tune after each; a lane gets its next
-    fold only once the scheduler has judged the last report."""
-    lanes = FoldLanes(trial_id, min(max(1, ctx.parallel_folds), len(pending)), ctx.dispatcher,
-                      lambda lane, dispatcher: fit_lane(ctx, trial_id, train_config, lane, dispatcher, len(ctx.units())))
+    """Train the `pending` fold runs on lanes borrowed from the sweep, reporting to Tune after each; a lane gets
+    its next fold only once the scheduler has judged the last report."""
+    lanes = FoldLanes(trial_id, min(max(1, ctx.parallel_folds), len(pending)), ctx.dispatcher)
     runs: dict[str, str] = {}  # unit key -> its fold run's id
-    placed: dict[str, dict[str, str]] = {}  # unit key -> its lane and place on it (1 = the lane's first fold)
-    per_lane: Counter[int] = Counter()
+    placed: dict[str, dict[str, str]] = {}  # unit key -> its lane and place on it (1 = the trial's first there)
+    per_lane: Counter[str] = Counter()
 
-    def assign(lane: int) -> None:
+    def assign(lane: str) -> None:
         task = fold_assignment(ctx, trial_id, train_config, pending.pop(0))
         runs[task["key"]] = task["run_id"]
         per_lane[lane] += 1
-        placed[task["key"]] = {"lane": str(lane), "lane_position": str(per_lane[lane])}
+        placed[task["key"]] = {"lane": lane, "lane_position": str(per_lane[lane])}
         lanes.assign(lane, task)
 
     try:
-        for lane in range(lanes.lanes):
+        for lane in lanes.names:
             assign(lane)
         while lanes.busy:
             event = lanes.next_event()
-            if event.key is None:
-                if event.lane in lanes.busy:  # its Train run ended (for good) during a fold
-                    _lane_failed(ctx, trial_id, trial_run_id, lanes.busy[event.lane], runs, event.error)
-                continue
+            if event.error is not None:
+                _fold_failed(ctx, trial_id, trial_run_id, event.key, runs, event.error)
             unit = parse_unit(event.key)
             mlflow_runs.set_tags(ctx.tracking_uri, runs[event.key],
-                                 {"train_run": f"{ctx.train_storage}/{lane_run_name(ctx.sweep_id, trial_id, event.lane)}",
+                                 {"train_run": f"{ctx.train_storage}/{lane_run_name(ctx.sweep_id, event.lane)}",
                                   "out_dir": event.outcome["out_dir"], **placed[event.key]})
             mlflow_runs.end_run(ctx.tracking_uri, runs[event.key], "FINISHED")
             done[unit] = event.outcome
             key = ctx.metric.removeprefix("valid_").removesuffix("_mean")
             logger.info("trial %s: fold %s done (valid %s %.3f, test %s %.3f)", trial_id, event.key, key,
                         done[unit]["valid"].get(key, float("nan")), key, done[unit]["test"].get(key, float("nan")))
-            if not pending:
-                lanes.stop(event.lane)
-                if not lanes.busy:  # the lanes' Train runs end, and free their resources, before the last report:
-                    lanes.close(LANE_END_SECONDS)  # Tune may end this process as soon as it has that report
+            if not pending and not lanes.busy:
+                lanes.release()  # before the last report: the next trial finds the lanes free
             _finish(done, trial_run_id, ctx, _costs(done))  # blocks until Tune's scheduler has seen it; a stop raises SystemExit
             if pending:
                 assign(event.lane)
     except SystemExit:
         if len(done) < len(ctx.units()):  # ASHA also says stop at its last rung, once every fold is done
-            _pruned(ctx, trial_id, trial_run_id, sorted(lanes.busy.values()))
-        raise  # the dispatcher releases the lanes' placement groups once this process is gone, then forgets them
-
-
-LANE_END_SECONDS = 120.0  # how long a finished trial waits for its lanes' Train runs to wind down
+            _pruned(ctx, trial_id, trial_run_id, sorted(parse_unit(key) for key in lanes.busy.values()))
+        raise
+    finally:
+        lanes.release()  # a stopped or failed trial's lanes go back too; folds still running on them are dropped
 
 
 def _costs(done: dict[Unit, dict[str, Any]]) -> dict[str, float]:
@@ -288,23 +284,22 @@ def _costs(done: dict[Unit, dict[str, Any]]) -> dict[str, float]:
     return next((outcome["costs"] for outcome in done.values() if outcome.get("costs")), {})
 
 
-def _lane_failed(ctx: SweepContext, trial_id: str, trial_run_id: str, key: str, runs: dict[str, str],
-                 error: BaseException | None) -> None:
-    """A lane's Train run failed for good (its retries spent) while training fold run `key`: that fold run and the
+def _fold_failed(ctx: SweepContext, trial_id: str, trial_run_id: str, key: str, runs: dict[str, str],
+                 message: str) -> None:
+    """Fold run `key` failed for good (its retries spent, or its lane's Train run ended): that fold run and the
     trial fail."""
     fold, _ = parse_unit(key)
-    message = f"{type(error).__name__}: {error}" if error is not None else "its Train run ended before the fold did"
     mlflow_runs.set_tags(ctx.tracking_uri, runs[key], {"error": message})
     mlflow_runs.end_run(ctx.tracking_uri, runs[key], "FAILED")
     failure = RuntimeError(f"trial {trial_id}, fold {fold} failed: {message}")
     mlflow_runs.set_tags(ctx.tracking_uri, trial_run_id, {"error": str(failure)})
     mlflow_runs.end_run(ctx.tracking_uri, trial_run_id, "FAILED")
-    raise failure from error
+    raise failure
 
 
 def _pruned(ctx: SweepContext, trial_id: str, trial_run_id: str, running: list[Unit]) -> None:
     """The scheduler stopped this trial: tag its run `pruned` (its partial means stay) and end the fold runs
-    still going as KILLED; their Train runs end with this trial's process."""
+    still going as KILLED; their lanes drop them at their next epoch."""
     uri = ctx.tracking_uri
     try:
         mlflow_runs.set_tags(uri, trial_run_id, {"pruned": "true", "outcome": "stopped early"})

@@ -1,124 +1,216 @@
-"""The sweep's fold dispatcher: what a lane's workers claim, also after Train restarted them."""
+"""The sweep's fold dispatcher: lanes lent to trial after trial, what their workers claim (also after Train
+restarted them), folds dropped when their trial gives its lanes back, retries per fold, idle lanes ending."""
 
 from __future__ import annotations
 
 import asyncio
 
-from orchestration.fold_lanes import STOP, FoldDispatcher, lane_name
+import pytest
+
+from orchestration import fold_lanes
+from orchestration.fold_lanes import STOP, FoldDispatcher
 
 
 async def claimed(dispatcher: FoldDispatcher, lane: str, last: str | None, wait: float = 0.2):
-    """What `claim` returns within `wait` seconds, or "waiting"."""
+    """What `claim` returns within `wait` seconds: the task's run id, STOP, or "waiting"."""
     try:
         task = await asyncio.wait_for(dispatcher.claim(lane, last), wait)
     except TimeoutError:
         return "waiting"
-    return task if task is STOP else task["key"]
+    return task if task is STOP else task["run_id"]
+
+
+def fold(trial: str, key: str) -> dict:
+    return {"trial": trial, "key": key, "run_id": f"{trial}-{key}"}
 
 
 def test_a_lane_trains_its_folds_in_order_and_a_restart_resumes_the_unfinished_one() -> None:
-    a, b = lane_name("t1", 0), lane_name("t1", 1)
-
     async def scenario() -> None:
         dispatcher = FoldDispatcher()
+        a, b = await dispatcher.acquire("t1", 2)
         assert await claimed(dispatcher, a, None) == "waiting"  # nothing assigned yet
-        await dispatcher.assign(a, {"key": "1"})
-        await dispatcher.assign(b, {"key": "2"})
-        assert await claimed(dispatcher, a, None) == "1" and await claimed(dispatcher, b, None) == "2"
-        assert await claimed(dispatcher, a, "1") == "waiting"  # rank 1 done with fold 1, no verdict yet
-        assert await claimed(dispatcher, a, None) == "1"  # a restarted worker group: fold 1 is unfinished
-        await dispatcher.finish(a, "1", {"ua": 0.5})
-        await dispatcher.finish(a, "1", {"ua": 0.6})  # a restarted group finishing it again: handed over once
-        assert await dispatcher.next_result("t1") == (a, "1", {"ua": 0.5})
+        await dispatcher.assign(a, fold("t1", "1"))
+        await dispatcher.assign(b, fold("t1", "2"))
+        assert await claimed(dispatcher, a, None) == "t1-1" and await claimed(dispatcher, b, None) == "t1-2"
+        assert await claimed(dispatcher, a, "t1-1") == "waiting"  # rank 1 done with fold 1, no verdict yet
+        assert await claimed(dispatcher, a, None) == "t1-1"  # a restarted worker group: fold 1 is unfinished
+        await dispatcher.finish("t1-1", {"ua": 0.5})
+        await dispatcher.finish("t1-1", {"ua": 0.6})  # a restarted group finishing it again: handed over once
+        assert await dispatcher.next_result("t1") == (a, "1", {"ua": 0.5}, None)
         assert await claimed(dispatcher, a, None) == "waiting"  # restarted after finishing: waits for the next
-        await dispatcher.assign(a, {"key": "3"})
-        assert await claimed(dispatcher, a, "1") == "3" and await claimed(dispatcher, a, None) == "3"
-        await dispatcher.finish(a, "3", {})
-        await dispatcher.stop(a)
-        assert await claimed(dispatcher, a, "3") is STOP and await claimed(dispatcher, a, None) is STOP
-        assert await claimed(dispatcher, b, "2") == "waiting"  # the other lane is not stopped
+        await dispatcher.assign(a, fold("t1", "3"))
+        assert await claimed(dispatcher, a, "t1-1") == "t1-3" and await claimed(dispatcher, a, None) == "t1-3"
+        await dispatcher.close(0)
+        assert await claimed(dispatcher, a, "t1-3") is STOP and await claimed(dispatcher, b, None) is STOP
 
     asyncio.run(scenario())
 
 
-def test_trials_are_kept_apart_and_forgotten() -> None:
+def test_lanes_pass_from_trial_to_trial_and_a_given_back_fold_is_dropped() -> None:
     async def scenario() -> None:
         dispatcher = FoldDispatcher()
-        await dispatcher.assign(lane_name("t1", 0), {"key": "1"})
-        await dispatcher.assign(lane_name("t2", 0), {"key": "1"})
-        await dispatcher.finish(lane_name("t2", 0), "1", {"trial": 2})
-        assert await claimed(dispatcher, lane_name("t1", 0), None) == "1"  # the same fold of another trial is not it
+        (lane,) = await dispatcher.acquire("t1", 1)
+        await dispatcher.assign(lane, fold("t1", "1"))
+        assert await claimed(dispatcher, lane, None) == "t1-1"
+        assert await dispatcher.wanted("t1-1")
         waiting = asyncio.create_task(dispatcher.next_result("t1"))
-        await asyncio.sleep(0.05)
-        assert not waiting.done() and await dispatcher.next_result("t2") == (lane_name("t2", 0), "1", {"trial": 2})
-        waiting.cancel()
-        await dispatcher.forget("t1")
-        assert await claimed(dispatcher, lane_name("t1", 0), None) == "waiting"
+        await dispatcher.release("t1")  # Tune stopped t1 mid-fold
+        assert await asyncio.wait_for(waiting, 1) is None  # its driver stops waiting for results
+        assert not await dispatcher.wanted("t1-1")  # the worker drops the fold at its next epoch
+        await dispatcher.finish("t1-1", {"ua": 0.5})  # or finishes it: nobody gets it
+        assert await claimed(dispatcher, lane, "t1-1") == "waiting"  # idle, not stopped
+        assert await dispatcher.acquire("t2", 1) == [lane]  # the next trial gets the warm lane
+        await dispatcher.assign(lane, fold("t2", "1"))  # the same fold of another trial is another task
+        assert await claimed(dispatcher, lane, "t1-1") == "t2-1"
+        await dispatcher.finish("t2-1", {"ua": 0.7})
+        assert await dispatcher.next_result("t2") == (lane, "1", {"ua": 0.7}, None)
+        assert await dispatcher.next_result("t1") is None  # given back: nothing more for t1
+        await dispatcher.assign(lane, fold("t1", "2"))  # a lane the trial no longer holds
+        assert (await dispatcher.next_result("t1"))[3] == f"lane {lane}: it is not lent to this trial"
+        assert len(await dispatcher.acquire("t3", 1)) == 1 and len(await dispatcher.lanes()) == 2  # a new one
 
-    asyncio.run(scenario())
 
-
-def test_a_waiting_worker_wakes_on_its_next_fold() -> None:
-    lane = lane_name("t1", 0)
-
+def test_with_every_lane_lent_a_trial_waits_for_one_to_come_back() -> None:
     async def scenario() -> None:
         dispatcher = FoldDispatcher()
-        await dispatcher.assign(lane, {"key": "1"})
-        await dispatcher.finish(lane, "1", {})
-        waiting = asyncio.create_task(dispatcher.claim(lane, "1"))
+        await dispatcher.start(2)  # no fit_lane here: two lanes the test drives
+        a, b = await dispatcher.acquire("t1", 1) + await dispatcher.acquire("t2", 1)
+        waiting = asyncio.create_task(dispatcher.acquire("t3", 1))
         await asyncio.sleep(0.05)
-        assert not waiting.done()
-        await dispatcher.assign(lane, {"key": "2"})
-        assert (await asyncio.wait_for(waiting, 1))["key"] == "2"
+        assert not waiting.done()  # a new lane would wait for a CPU held by an old one
+        await dispatcher.release("t1")
+        assert await asyncio.wait_for(waiting, 1) == [a]
+
+    asyncio.run(scenario())
 
     asyncio.run(scenario())
 
 
-def test_a_stopped_trials_placement_groups_are_released(monkeypatch) -> None:
-    """A trial's driver ends with its lanes' Train controllers, whose placement groups belong to the sweep's
-    job: the dispatcher removes them once the driver is gone, so the CPUs go to the next trial."""
+def test_a_fold_gets_its_retries_then_fails_with_its_error_and_the_lane_moves_on() -> None:
+    async def scenario() -> None:
+        dispatcher = FoldDispatcher(fold_retries=1)
+        (lane,) = await dispatcher.acquire("t1", 1)
+        await dispatcher.assign(lane, fold("t1", "1"))
+        for _ in range(2):  # the first attempt and its one retry
+            assert await claimed(dispatcher, lane, None) == "t1-1" and await dispatcher.begin("t1-1")
+            await dispatcher.failed("t1-1", "TrainingError: the training loss is not finite")
+        assert await claimed(dispatcher, lane, None) == "t1-1" and not await dispatcher.begin("t1-1")
+        lane_, key, outcome, error = await dispatcher.next_result("t1")
+        assert (lane_, key, outcome) == (lane, "1", None)
+        assert error == "TrainingError: the training loss is not finite (tried 2 times; --fold-retries 1)"
+        assert await claimed(dispatcher, lane, "t1-1") == "waiting"
+
+    asyncio.run(scenario())
+
+
+def test_a_lane_whose_train_run_ended_fails_its_unfinished_fold() -> None:
+    async def scenario() -> None:
+        dispatcher = FoldDispatcher()
+        a, b = await dispatcher.acquire("t1", 2)
+        await dispatcher.assign(a, fold("t1", "1"))
+        await dispatcher._lane_ended(a, "WorkerGroupError: out of memory")
+        assert await dispatcher.next_result("t1") == (a, "1", None, "WorkerGroupError: out of memory")
+        await dispatcher.assign(a, fold("t1", "2"))
+        assert (await dispatcher.next_result("t1"))[3] == f"lane {a}: WorkerGroupError: out of memory"
+        await dispatcher.release("t1")
+        assert await dispatcher.lanes() == {b: None}  # the ended lane is gone, the other waits
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_lane_ends_and_a_busy_one_does_not(monkeypatch) -> None:
+    monkeypatch.setattr(fold_lanes, "WATCH_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        dispatcher = FoldDispatcher(idle_seconds=0.2)
+        a, b = await dispatcher.acquire("t1", 2)
+        await dispatcher.assign(a, fold("t1", "1"))
+        assert await claimed(dispatcher, a, None) == "t1-1" and await claimed(dispatcher, b, None) == "waiting"
+        waiting = asyncio.create_task(dispatcher.claim(a, "t1-1"))
+        await dispatcher._stop_idle_lanes()
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # lent to t1: kept however long it waits
+        await dispatcher.release("t1")
+        assert await asyncio.wait_for(waiting, 2) is STOP  # no trial asked for it within 0.2 s
+        assert await claimed(dispatcher, b, None) is STOP
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_lanes_outlive_their_trials_and_a_killed_trials_lane_serves_the_next(monkeypatch) -> None:
+    """Real Ray: the dispatcher starts a lane (a stand-in for its Train run, holding a CPU in its own process),
+    lends it to a trial's driver actor; the trial is killed (Tune stopping it) mid-fold: the lane drops the fold
+    and serves the next trial in the same process; unused, it ends and its CPU comes back."""
     import time
 
     import ray
 
-    from orchestration.fold_lanes import register_placement_group, start_dispatcher
+    from orchestration.fold_lanes import FoldLanes, close_dispatcher, start_dispatcher
     from orchestration.ray_cluster import start_private_ray
 
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the dispatcher runs `stand_in_lane`
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     start_private_ray(2, {}, {})
     try:
-        name = start_dispatcher("test")
-
-        @ray.remote(num_cpus=1)
-        class Worker:  # a Train worker: runs in its lane's placement group and says which one
-            def register(self, lane: str) -> None:
-                register_placement_group(ray.get_actor(name), lane)
+        name = start_dispatcher("test", stand_in_lane, lanes=1, idle_seconds=3)
 
         @ray.remote(num_cpus=0)
-        class Controller:  # a Train controller: makes the placement group, owned by the trial's driver
-            def start(self, lane: str) -> None:
-                from ray.util.placement_group import placement_group
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        class Trial:  # a trial's driver
+            def run(self, trial: str, key: str) -> tuple[str, str, int]:
+                lanes = FoldLanes(trial, 1, name)
+                lanes.assign(lanes.names[0], {"key": key, "run_id": f"{trial}-{key}"})
+                event = lanes.next_event()
+                lanes.release()
+                return event.lane, event.outcome["pid"], event.outcome["trained"]
 
-                group = placement_group([{"CPU": 1}])
-                ray.get(group.ready())
-                self.worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
-                ray.get(self.worker.register.remote(lane))
+            def start(self, trial: str) -> None:
+                self.lanes = FoldLanes(trial, 1, name)
+                self.lanes.assign(self.lanes.names[0], {"key": "1", "run_id": f"{trial}-slow"})
 
-        @ray.remote(num_cpus=0)
-        class Trial:  # the trial's driver
-            def start(self) -> None:
-                ray.get(ray.get_actor(name).watch.remote("t1", ray.get_runtime_context().get_actor_id()))
-                self.controller = Controller.remote()
-                ray.get(self.controller.start.remote(lane_name("t1", 0)))
-
-        trial = Trial.remote()
-        ray.get(trial.start.remote())
-        assert ray.available_resources().get("CPU", 0) <= 1  # the lane's placement group holds a CPU
-        ray.kill(trial)  # Tune stopping the trial
+        stopped = Trial.remote()
+        ray.get(stopped.start.remote("t1"))
         deadline = time.monotonic() + 30
-        while ray.available_resources().get("CPU", 0) < 2:
-            assert time.monotonic() < deadline, f"the CPU was not released: {ray.available_resources()}"
-            time.sleep(0.5)
+        while ray.get(ray.get_actor(name).lanes.remote()) != {"lane0": "t1"} or ray.available_resources().get("CPU", 0) > 1:
+            assert time.monotonic() < deadline, "the lane did not start"
+            time.sleep(0.2)
+        ray.kill(stopped)  # Tune stopping the trial while its fold trains
+        lane, pid, trained = ray.get(Trial.remote().run.remote("t2", "1"), timeout=30)
+        assert lane == "lane0" and trained == 2  # the same worker: the dropped fold, then t2's
+        lane, again, trained = ray.get(Trial.remote().run.remote("t3", "1"), timeout=30)
+        assert (lane, again, trained) == ("lane0", pid, 3)
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0) < 2 or ray.get(ray.get_actor(name).lanes.remote()):
+            assert time.monotonic() < deadline, f"the idle lane kept its CPU: {ray.available_resources()}"
+            time.sleep(0.5)  # idle for 3 s: the lane ends
+        close_dispatcher(5)
     finally:
         ray.shutdown()
+
+
+def stand_in_lane(lane: str, dispatcher) -> None:
+    """A lane's Train run, reduced to one 1-CPU worker process claiming folds: a fold named `*-slow` trains until
+    its trial no longer wants it (checked every 0.1 s, as the real worker does after each epoch)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def worker() -> None:
+        import os
+        import time
+
+        from orchestration.fold_lanes import claim
+
+        last, trained = None, 0
+        while (task := claim(dispatcher, lane, last)) is not None:
+            last = task["run_id"]
+            while task["run_id"].endswith("-slow") and ray.get(dispatcher.wanted.remote(task["run_id"])):
+                time.sleep(0.1)
+            trained += 1  # a dropped fold counts: the worker started it
+            if ray.get(dispatcher.wanted.remote(task["run_id"])):
+                ray.get(dispatcher.finish.remote(task["run_id"], {"pid": os.getpid(), "trained": trained}))
+
+    ray.get(worker.remote())

@@ -173,7 +173,7 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
     deadline = time.monotonic() + 420
     try:
         while (first_id := finished_trial(tmp_path / "ray" / "resumed")) is None or not [
-                p for p in (tmp_path / "ray" / "resumed-train").glob("*-lane0") if first_id not in p.name]:
+                run for run in run_tree(uri, "resumed")["fold"] if run.data.tags["trial_id"] != first_id]:
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             assert time.monotonic() < deadline, "the first trial did not finish in time"
             time.sleep(2)
@@ -186,8 +186,6 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
     first = finished[0]
     first_folds = {r.info.run_id: r.info.start_time for r in run_tree(uri, "resumed")["fold"]
                    if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
-    first_trial_train_dirs = sorted(p.name for p in (tmp_path / "ray" / "resumed-train").glob(
-        f"*{first.data.tags['trial_id']}*"))
 
     output = run_sweep(command + ["--resume"], tmp_path)
     assert "=== Sweep resumed finished" in output
@@ -196,8 +194,6 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
              if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
     assert again == first_folds
     assert f"trial {first.data.tags['trial_id']}: fold" not in output.split("resuming sweep")[-1]
-    assert sorted(p.name for p in (tmp_path / "ray" / "resumed-train").glob(
-        f"*{first.data.tags['trial_id']}*")) == first_trial_train_dirs
     assert len(list((tmp_path / "ray").glob("resumed/*/params.json"))) == 2
 
 

@@ -66,7 +66,7 @@ def test_summary_is_mean_and_std_over_folds() -> None:
     assert summary["valid_ua_mean"] == pytest.approx(0.6) and summary["valid_ua_std"] == pytest.approx(0.1)
     assert summary["test_ua_mean"] == pytest.approx(0.7) and summary["folds_done"] == 2
     assert summary["train_seconds_sum"] == 5.0
-    assert lane_run_name("s", "abc", 3) == "s-abc-lane3"
+    assert lane_run_name("s", "lane3") == "s-lane3"
 
 
 def test_a_trial_run_logs_its_objective_first_and_its_counters_last(tmp_path: Path) -> None:
