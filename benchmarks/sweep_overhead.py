@@ -7,11 +7,11 @@ back from MLflow and compares:
 - the sweep's wall time vs the sum of its folds' training time divided by the fold slots
   (the ratio `ray_overhead_ratio`: 1.0 would mean Ray, Tune and MLflow cost nothing);
 - per fold: the fold run's MLflow duration minus the training loop's own `train_seconds`, for
-  a lane's first fold (which waits for the lane's TorchTrainer to start: worker processes,
-  imports, the process group) and for the folds after it on the same warm workers (data
-  loading, model set-up, logging);
+  a lane's first fold (which waits for the lane's TorchTrainer to start with the sweep: worker
+  processes, imports, the process group), a trial's first fold on a lane an earlier trial
+  warmed, and the folds after those (data loading, model set-up, logging);
 - a `TorchTrainer.fit()` of an empty training loop (one worker reporting one checkpoint),
-  timed on its own: the start-up every lane (one per fold slot of a trial) pays once.
+  timed on its own: the start-up every lane (one per fold slot of the sweep) pays once.
 
 Writes benchmarks/results/sweep_overhead.json and .md (or under --out).
 
@@ -107,9 +107,16 @@ def read_sweep(uri: str) -> dict:
         duration = (run.info.end_time - run.info.start_time) / 1e3
         train = float(run.data.metrics.get("train_seconds", 0.0))
         folds.append({"trial_id": run.data.tags.get("trial_id"), "fold": int(run.data.tags.get("fold", 0)),
-                      "lane_position": int(run.data.tags.get("lane_position", 1)),
+                      "lane": run.data.tags.get("lane", ""), "lane_position": int(run.data.tags.get("lane_position", 1)),
+                      "start_seconds": (run.info.start_time - sweep.info.start_time) / 1e3,
                       "run_seconds": duration, "train_seconds": train, "overhead_seconds": duration - train})
-    return {"sweep_metrics": dict(sweep.data.metrics), "folds": sorted(folds, key=lambda f: (f["trial_id"], f["fold"]))}
+    first_on_lane = {}
+    for fold in sorted(folds, key=lambda f: f["start_seconds"]):
+        first_on_lane.setdefault(fold["lane"], fold)
+    for fold in folds:
+        fold["kind"] = ("lane_first" if first_on_lane[fold["lane"]] is fold else
+                        "trial_first" if fold["lane_position"] == 1 else "later")
+    return {"sweep_metrics": dict(sweep.data.metrics), "folds": sorted(folds, key=lambda f: f["start_seconds"])}
 
 
 def seconds(value: float | None) -> str:
@@ -150,8 +157,9 @@ def main() -> int:
     slots = int(metrics["fold_slots"])
     fold_train = metrics["fold_train_seconds_sum"]
     overheads = [f["overhead_seconds"] for f in folds]
-    first = [f["overhead_seconds"] for f in folds if f["lane_position"] == 1]
-    warm = [f["overhead_seconds"] for f in folds if f["lane_position"] > 1]
+    first = [f["overhead_seconds"] for f in folds if f["kind"] == "lane_first"]
+    trial_first = [f["overhead_seconds"] for f in folds if f["kind"] == "trial_first"]
+    warm = [f["overhead_seconds"] for f in folds if f["kind"] == "later"]
     results = {
         "sizes": {"trials": args.trials, "folds": args.folds, "epochs": args.epochs, "max_frames": args.max_frames,
                   "fold_slots": slots, "quick": args.quick},
@@ -165,6 +173,7 @@ def main() -> int:
         "fold_runs": len(folds),
         "fold_overhead_median_seconds": statistics.median(overheads),
         "fold_overhead_first_on_lane_median_seconds": statistics.median(first) if first else None,
+        "fold_overhead_trial_first_median_seconds": statistics.median(trial_first) if trial_first else None,
         "fold_overhead_warm_median_seconds": statistics.median(warm) if warm else None,
         "fold_train_median_seconds": statistics.median(f["train_seconds"] for f in folds),
         "folds": folds,
@@ -192,7 +201,9 @@ def main() -> int:
         ["overhead ratio with process start", f"{results['process_overhead_ratio']:.2f}"],
         ["per fold: MLflow run duration - training (median)", f"{results['fold_overhead_median_seconds']:.1f} s"],
         [f"... a lane's first fold (median of {len(first)})", seconds(results["fold_overhead_first_on_lane_median_seconds"])],
-        [f"... later folds on warm workers (median of {len(warm)})", seconds(results["fold_overhead_warm_median_seconds"])],
+        [f"... a trial's first fold on a lane an earlier trial warmed (median of {len(trial_first)})",
+         seconds(results["fold_overhead_trial_first_median_seconds"])],
+        [f"... a trial's later folds (median of {len(warm)})", seconds(results["fold_overhead_warm_median_seconds"])],
         ["per fold: training (median)", f"{results['fold_train_median_seconds']:.1f} s"],
         ["empty `TorchTrainer.fit()` (median of runs)",
          f"{results['trainer_startup_median_seconds']:.1f} s ({', '.join(f'{s:.1f}' for s in startup)})"],

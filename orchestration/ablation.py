@@ -28,7 +28,7 @@ from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
-from orchestration.resources import plan
+from orchestration.resources import Layout, plan
 from orchestration.results import close_runs, collect_trials
 from orchestration.rows import label_rows, parse_seeds, row_caches, row_parameters
 from orchestration.search_space import SearchSpaceError
@@ -78,17 +78,16 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
     return args
 
 
-def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, max_concurrent: int,
-             trial_resources: dict[str, float], resume: bool):
+def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, layout: Layout, resume: bool):
     """Fit the Tune grid (one trial per row, no searcher, no early stopping), or restore it with `resume`."""
     from ray import tune
 
-    trainable = launch.trainable(ctx, trial_resources)
+    trainable = launch.trainable(ctx, layout.trial_resources)
     if resume:
         return launch.restore_tuner(where.tune_path, trainable, "grid").fit()
     tuner = tune.Tuner(trainable, param_space=grid.param_space(),
                        tune_config=tune.TuneConfig(metric=ctx.metric, mode=ctx.mode, num_samples=1,
-                                                   max_concurrent_trials=max_concurrent),
+                                                   max_concurrent_trials=layout.tune_trials),
                        run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1))
     return tuner.fit()
 
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{layout.max_concurrent} row(s) at once, {layout.parallel_folds} fold(s) per row at once\n"
           f"  MLflow: {where.tracking_uri} (experiment {args.experiment!r}, parent run {parent_run_id})\n"
           f"  resume after an interruption: the same command plus --resume --name {where.name}\n", flush=True)
-    results = run_grid(grid, ctx, where, layout.max_concurrent, layout.trial_resources, args.resume)
+    results = run_grid(grid, ctx, where, layout, args.resume)
     close_dispatcher()
     trials = collect_trials(results, ctx)
     close_runs(trials, ctx)

@@ -26,7 +26,7 @@ from orchestration import console, launch, mlflow_ui, options, pareto, registry,
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
-from orchestration.resources import plan
+from orchestration.resources import Layout, plan
 from orchestration.results import finish_sweep, print_summary
 from orchestration.search_space import SearchSpace, SearchSpaceError, load_search_space
 from orchestration.trial import TIME_ATTR, SweepContext, objective
@@ -143,7 +143,7 @@ def build_searcher(args: argparse.Namespace, where: launch.ResultsLocation, spac
 
 
 def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: SearchSpace, ctx: SweepContext,
-                max_concurrent: int, trial_resources: dict[str, float], storage_url: str,
+                layout: Layout, storage_url: str,
                 objectives: list[pareto.Objective]):
     """A new Tuner (Optuna's TPE on a stored study, ASHA over finished folds), or the restored one with --resume
     (its searcher, and with it the study, comes back from Tune's state)."""
@@ -152,7 +152,7 @@ def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: 
 
     from orchestration.progress import BestSoFar, ProgressPrinter
 
-    trainable = launch.trainable(ctx, trial_resources)
+    trainable = launch.trainable(ctx, layout.trial_resources)
     if args.resume:
         return launch.restore_tuner(where.tune_path, trainable, "sweep")
     n_folds = len(ctx.folds)
@@ -162,13 +162,13 @@ def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: 
     if stopping.enabled and n_folds > 1 and not multi:  # ASHA ranks trials on one metric
         scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=n_folds, grace_period=min(stopping.grace_period, n_folds),
                                   reduction_factor=stopping.reduction_factor)
-    searcher = build_searcher(args, where, space, ctx, max_concurrent, storage_url, objectives)
+    searcher = build_searcher(args, where, space, ctx, layout.max_concurrent, storage_url, objectives)
     return tune.Tuner(
         trainable,
         param_space=None if multi else space.param_space(),
         tune_config=tune.TuneConfig(metric=None if multi else ctx.metric, mode=None if multi else ctx.mode,
                                     search_alg=searcher, scheduler=scheduler,
-                                    num_samples=args.num_samples, max_concurrent_trials=max_concurrent),
+                                    num_samples=args.num_samples, max_concurrent_trials=layout.tune_trials),
         run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1 if args.verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=args.trial_retries),
                                   callbacks=[ProgressPrinter(ctx.metric, ctx.mode, n_folds, args.num_samples),
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  Optuna study {where.name!r}: {study.dashboard_command(study_url)}\n"
           f"  resume after an interruption: python orchestration/sweep.py --resume --name {where.name} "
           f"--storage-path {args.storage_path} ...(same options)\n", flush=True)
-    results = build_tuner(args, where, space, ctx, layout.max_concurrent, layout.trial_resources, study_url,
-                          objectives).fit()
+    results = build_tuner(args, where, space, ctx, layout, study_url, objectives).fit()
     close_dispatcher()
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots, args.register,
                            objectives)
