@@ -132,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
           f"  MLflow: {where.tracking_uri} (experiment {args.experiment!r}, parent run {parent_run_id})\n"
           f"  resume after an interruption: the same command plus --resume --name {where.name}\n", flush=True)
     results = run_grid(grid, ctx, where, layout, args.resume)
-    close_dispatcher()
+    close_dispatcher(0)
     trials = collect_trials(results, ctx)
     close_runs(trials, ctx)
     label_rows(grid, trials, params, caches, where.tracking_uri)
     failed = [t for t in trials if t.status != "complete"]
+    close_dispatcher()
     wall = time.monotonic() - started
     mlflow_runs.log_metrics(where.tracking_uri, parent_run_id, {"wall_seconds": wall})
     mlflow_runs.end_run(where.tracking_uri, parent_run_id, "FAILED" if failed else "FINISHED")

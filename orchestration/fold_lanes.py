@@ -325,7 +325,8 @@ def start_dispatcher(sweep_id: str, fit_lane: Callable[[str, Any], Any] | None =
 
 
 def close_dispatcher(timeout: float = 60.0) -> None:
-    """End the lanes of the sweep this driver started (its trials are over)."""
+    """End the lanes of the sweep this driver started (its trials are over), waiting up to `timeout` s for their
+    Train runs to finish (0: tell them and go on; they wind down while the sweep writes its summary)."""
     import ray
 
     for dispatcher in _STARTED:

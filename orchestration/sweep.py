@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  resume after an interruption: python orchestration/sweep.py --resume --name {where.name} "
           f"--storage-path {args.storage_path} ...(same options)\n", flush=True)
     results = build_tuner(args, where, space, ctx, layout, study_url, objectives).fit()
-    close_dispatcher()
+    close_dispatcher(0)
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots, args.register,
                            objectives)
     try:
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(summary, ctx, args.experiment, where.tune_path)
     print(f"Optuna study {where.name!r}: {study.dashboard_command(study_url)}", flush=True)
     report_logging_gaps(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_id)
+    close_dispatcher()
     if summary.interrupted:
         return 130
     return 0 if summary.best is not None else 1
