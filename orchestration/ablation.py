@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from orchestration import launch, mlflow_runs, options
 from orchestration.fold_lanes import close_dispatcher
+from tfmamba.corpora.manifest import read_manifest
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     metric, mode = objective(data.corpus, grid.space)
     launch.start_ray(args.address, where.tracking_uri)
     launch.check_fold_nodes(args, where, {f"row {row}'s feature cache": cache for row, (cache, _) in caches.items()})
+    units = len(data.folds) * max(1, len(seeds))
+    layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, len(grid.rows), units,
+                  args.max_concurrent, args.parallel_folds, max_fold_slots=args.max_fold_slots,
+                  joined=args.address is not None)
+    manifest = read_manifest(data.manifest_dir)
+    dispatcher = launch.start_lanes(args, where, manifest, layout.parallel_slots, len(grid.rows) * units)
     experiment_id, parent_run_id = launch.open_parent_run(
         where, grid.table,
         tags={**data.tags(), TABLE_TAG: grid.table, "rows": ",".join(grid.rows), "grid": str(grid.path)},
@@ -120,12 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 "gpus_per_worker": args.gpus_per_worker, **{f"fixed.{k}": v for k, v in grid.space.fixed.items()}},
         files={str(grid.path): "grid"}, texts={"grid/base_config.yaml": grid.space.base_config().to_yaml()},
         resume=args.resume)
-    layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, len(grid.rows),
-                  len(data.folds) * max(1, len(seeds)), args.max_concurrent, args.parallel_folds,
-                  max_fold_slots=args.max_fold_slots, joined=args.address is not None)
-    ctx = launch.sweep_context(args, where, data, grid.space, experiment_id, parent_run_id, layout.parallel_folds,
-                               layout.parallel_slots, len(grid.rows) * len(data.folds) * max(1, len(seeds)), seeds=seeds, row_caches={row: cache for row, (cache, _) in caches.items()},
-                               metric=metric, mode=mode)
+    ctx = launch.sweep_context(where, data, grid.space, experiment_id, parent_run_id, layout.parallel_folds,
+                               manifest, dispatcher, seeds=seeds,
+                               row_caches={row: cache for row, (cache, _) in caches.items()}, metric=metric, mode=mode)
     repeats = f" x {len(seeds)} seeds" if seeds else ""
     print(f"\n{grid.table} {where.name}: {len(grid.rows)} rows x {len(data.folds)} folds{repeats} of {data.corpus}, "
           f"{layout.max_concurrent} row(s) at once, {layout.parallel_folds} fold(s) per row at once\n"

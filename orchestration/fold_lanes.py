@@ -21,6 +21,7 @@ and so frees its CPUs/GPUs; `close` ends them all when the sweep is over.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -68,6 +69,8 @@ class FoldDispatcher:
         self._lanes: dict[str, Lane] = {}
         self._started = 0
         self._capacity = 0  # lanes the sweep keeps at most (0: no limit)
+        self._waiting: list[tuple[int, int]] = []  # trials waiting for lanes: (order, arrival)
+        self._tickets = itertools.count()
         self._threads: list[threading.Thread] = []
         self._tasks: dict[str, tuple[str, dict[str, Any]]] = {}  # run id -> (lane, task) while its trial holds it
         self._holding: set[str] = set()  # trials holding lanes
@@ -88,27 +91,40 @@ class FoldDispatcher:
             self._capacity += lanes
             return [self._new_lane().name for _ in range(lanes)]
 
-    async def acquire(self, trial_id: str, count: int, driver: str | None = None) -> list[str]:
-        """Lend `count` lanes to the trial (idle ones first, new ones for the rest); `driver` is the trial's actor id,
-        watched so that a trial whose process is gone gives its lanes back. With all the sweep's lanes lent, it waits
-        for a trial to give some back (a trial Tune stopped may still be on its way out)."""
+    async def acquire(self, trial_id: str, count: int, driver: str | None = None, order: int = 0) -> list[str]:
+        """Lend `count` lanes to the trial; `driver` is the trial's actor id, watched so that a trial whose process is
+        gone gives its lanes back. Without a lane limit (`start` sets it): idle lanes first, new ones for the rest.
+        With one, trials wait in turn (`order`: Tune's trial number, then arrival) for warm lanes, or for room to
+        start new ones, so they train in the order Tune started them whatever order they got here in."""
         async with self._changed:
             if driver is not None:
                 self._drivers[trial_id] = driver
             self._ensure_watcher()
-            while True:
-                idle = [lane for lane in self._lanes.values() if lane.trial is None and not lane.stopped]
-                missing = max(0, count - len(idle))
-                running = sum(not lane.stopped for lane in self._lanes.values())
-                if not missing or not self._capacity or running + missing <= self._capacity:
-                    break
-                await self._changed.wait()
-            idle.sort(key=lambda lane: not lane.ready)  # warm ones first
-            lent = idle[:count] + [self._new_lane() for _ in range(missing)]
+            ticket = (order, next(self._tickets))
+            self._waiting.append(ticket)
+            try:
+                while (lent := self._lendable(ticket, count)) is None:
+                    await self._changed.wait()
+            finally:
+                self._waiting.remove(ticket)
+                self._changed.notify_all()
+            lent += [self._new_lane() for _ in range(count - len(lent))]
             for lane in lent:
                 lane.trial, lane.tasks, lane.idle_since = trial_id, [], None
             self._holding.add(trial_id)
             return [lane.name for lane in lent]
+
+    def _lendable(self, ticket: tuple[int, int], count: int) -> list[Lane] | None:
+        """The idle lanes to lend the trial holding `ticket` (new ones make up the rest), or None: it waits."""
+        idle = [lane for lane in self._lanes.values() if lane.trial is None and not lane.stopped]
+        idle.sort(key=lambda lane: not lane.ready)  # warm ones first
+        if not self._capacity:
+            return idle[:count]
+        if ticket != min(self._waiting):
+            return None
+        warm = [lane for lane in idle if lane.ready][:count]
+        room = self._capacity - sum(not lane.stopped for lane in self._lanes.values())
+        return warm if len(warm) + room >= count else None
 
     async def release(self, trial_id: str) -> None:
         """The trial is done with its lanes (ended, failed, stopped): they wait for the next trial, and folds still
@@ -159,6 +175,7 @@ class FoldDispatcher:
             if not lane.ready:
                 lane.ready = True
                 lane.idle_since = time.monotonic() if lane.trial is None else None
+                self._changed.notify_all()  # a trial may be waiting for a warm lane
             while (task := self._next(lane, last)) is False:
                 await self._changed.wait()
             return task
@@ -347,10 +364,10 @@ class LaneEvent:
 
 
 class FoldLanes:
-    """A trial driver's side: `lanes` lanes lent by the sweep's dispatcher `dispatcher_name`, folds assigned
-    through it, and the `LaneEvent`s to wait for; `release` gives the lanes back."""
+    """A trial driver's side: `lanes` lanes lent by the sweep's dispatcher `dispatcher_name` (waiting its turn,
+    `order`, for them), folds assigned through it, and the `LaneEvent`s to wait for; `release` gives them back."""
 
-    def __init__(self, trial_id: str, lanes: int, dispatcher_name: str) -> None:
+    def __init__(self, trial_id: str, lanes: int, dispatcher_name: str, order: int = 0) -> None:
         import ray
 
         self.trial_id = trial_id
@@ -359,7 +376,7 @@ class FoldLanes:
         self.dispatcher = ray.get_actor(dispatcher_name)
         ray.get(self.dispatcher.release.remote(trial_id))  # what an earlier attempt of this trial left there
         self.names: list[str] = ray.get(self.dispatcher.acquire.remote(
-            trial_id, lanes, ray.get_runtime_context().get_actor_id()))
+            trial_id, lanes, ray.get_runtime_context().get_actor_id(), order))
         self._released = False
         threading.Thread(target=self._pump, name="lane-results", daemon=True).start()
 

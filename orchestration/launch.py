@@ -188,25 +188,31 @@ def dated_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def sweep_context(args: argparse.Namespace, where: ResultsLocation, data: Any, space: Any, experiment_id: str,
-                  parent_run_id: str, parallel_folds: int, lanes: int, fold_runs: int, **extra: Any):
-    """What every trial of this sweep or grid shares, from the command's options and what was set up; starts the
-    sweep's fold dispatcher with `lanes` lanes warming up (Ray must be up). `fold_runs`: of the whole sweep."""
+def start_lanes(args: argparse.Namespace, where: ResultsLocation, manifest: Any, lanes: int, fold_runs: int,
+                costs: tuple[str, ...] = ()) -> str:
+    """Start the sweep's fold dispatcher with `lanes` lanes (Train runs of warm workers, `fold_lanes`) as soon as
+    Ray is up, so their start-up overlaps the rest of the set-up; returns the dispatcher's name. `fold_runs`, of
+    the whole sweep, bounds each lane's Train restarts."""
     from functools import partial
 
-    from orchestration.fold_lanes import dispatcher_name, start_dispatcher
-    from orchestration.trial import SweepContext, fit_lane
-    from tfmamba.corpora.manifest import read_manifest
+    from orchestration.fold_lanes import start_dispatcher
+    from orchestration.trial import LaneSpec, fit_lane
+
+    retries = args.fold_retries
+    spec = LaneSpec(where.name, where.train_storage, where.tracking_uri, manifest, args.workers_per_fold,
+                    args.cpus_per_worker, args.gpus_per_worker, costs, (retries + 1) * fold_runs if retries else 0)
+    return start_dispatcher(where.name, partial(fit_lane, spec), lanes, retries)
+
+
+def sweep_context(where: ResultsLocation, data: Any, space: Any, experiment_id: str, parent_run_id: str,
+                  parallel_folds: int, manifest: Any, dispatcher: str, **extra: Any):
+    """What every trial of this sweep or grid shares, from what was set up (the corpus's `manifest`, the name of
+    the sweep's `dispatcher`, from `start_lanes`)."""
+    from orchestration.trial import SweepContext
     from tfmamba.corpora.folds import load_folds
 
-    manifest = read_manifest(data.manifest_dir)
     splits = {fold.index: fold for fold in load_folds(data.manifest_dir, manifest) if fold.index in data.folds}
-    ctx = SweepContext(sweep_id=where.name, space=space, manifest_dir=data.manifest_dir, cache=data.cache,
-                       folds=data.folds, out_root=where.out_root, train_storage=where.train_storage,
-                       tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                       workers_per_fold=args.workers_per_fold, cpus_per_worker=args.cpus_per_worker,
-                       gpus_per_worker=args.gpus_per_worker, parallel_folds=parallel_folds,
-                       fold_retries=args.fold_retries, manifest=manifest, splits=splits,
-                       dispatcher=dispatcher_name(where.name), fold_runs=fold_runs, **extra)
-    start_dispatcher(where.name, partial(fit_lane, ctx), lanes, args.fold_retries)
-    return ctx
+    return SweepContext(sweep_id=where.name, space=space, manifest_dir=data.manifest_dir, cache=data.cache,
+                        folds=data.folds, out_root=where.out_root, train_storage=where.train_storage,
+                        tracking_uri=where.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                        parallel_folds=parallel_folds, splits=splits, dispatcher=dispatcher, **extra)

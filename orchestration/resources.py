@@ -16,8 +16,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DRIVER_RESOURCE = "tfmamba_driver"
-# Trials Tune runs beyond those that train: one waits for the lanes (fold_lanes) a finishing trial gives back before
-# its last report, so a lane goes from trial to trial without waiting for Tune to end one trial and start the next.
+# Trials Tune runs beyond those that train, per training trial: each waits for the lanes (fold_lanes) a finishing trial
+# gives back before its last report, so a lane goes from trial to trial without waiting for Tune to end one trial
+# and start the next (Tune starts trials one at a time, seconds apart).
 WAITING_TRIALS = 1
 BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"  # the cluster config `ray up` leaves on the head
 
@@ -33,8 +34,8 @@ class Layout:
 
     @property
     def tune_trials(self) -> int:
-        """Tune's `max_concurrent_trials`: the trials that train plus `WAITING_TRIALS`."""
-        return self.max_concurrent + WAITING_TRIALS
+        """Tune's `max_concurrent_trials`: the trials that train, each with `WAITING_TRIALS` behind it."""
+        return self.max_concurrent * (1 + WAITING_TRIALS)
 
 
 def fold_slots(total: dict[str, float], workers: int, cpus: float, gpus: float) -> int:

@@ -24,6 +24,7 @@ import time
 
 from orchestration import console, launch, mlflow_ui, options, pareto, registry, study
 from orchestration.fold_lanes import close_dispatcher
+from tfmamba.corpora.manifest import read_manifest
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
 from orchestration.resources import Layout, plan
@@ -200,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Ray worker logs (fold training output): {console.worker_logs_dir()}/worker-*.out "
               "(--verbose shows them here)", flush=True)
     launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
+    layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
+                  len(data.folds), args.max_concurrent, args.parallel_folds,
+                  max_fold_slots=args.max_fold_slots, joined=args.address is not None)
+    manifest = read_manifest(data.manifest_dir)
+    costs = tuple(n for n, _ in objectives if n in pareto.COSTS)
+    dispatcher = launch.start_lanes(args, where, manifest, layout.parallel_slots, args.num_samples * len(data.folds),
+                                    costs)
     experiment_id, parent_run_id = launch.open_parent_run(
         where, where.name,
         tags={**data.tags(), "search_space": space.name, "metric": f"{metric} ({mode})",
@@ -211,11 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         files={str(space.path): "search_space"},
         texts={"search_space/base_config.yaml": space.base_config().to_yaml()}, resume=args.resume)
     mlflow_ui.dress_sweep(where.tracking_uri, experiment_id, parent_run_id)
-    layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
-                  len(data.folds), args.max_concurrent, args.parallel_folds,
-                  max_fold_slots=args.max_fold_slots, joined=args.address is not None)
-    ctx = launch.sweep_context(args, where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
-                               layout.parallel_slots, args.num_samples * len(data.folds), metric=metric, mode=mode, costs=tuple(n for n, _ in objectives if n in pareto.COSTS))
+    ctx = launch.sweep_context(where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
+                               manifest, dispatcher, metric=metric, mode=mode)
     print(f"\nSweep {where.name}: {args.num_samples} trials x {len(data.folds)} folds of {data.corpus}, "
           f"{layout.max_concurrent} trial(s) at once, {layout.parallel_folds} fold(s) per trial at once\n"
           f"  results: {where.tune_path}   MLflow: {where.tracking_uri} (experiment {args.experiment!r}, "

@@ -65,23 +65,16 @@ class SweepContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    workers_per_fold: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
     parallel_folds: int = 1
-    fold_retries: int = 0
     seeds: tuple[int, ...] = ()
     row_caches: dict[str, str] = field(default_factory=dict)
     metric: str = METRIC  # Tune's metric and mode: `objective(corpus, space)`
     mode: str = MODE
-    # The manifest and the folds' utterance lists, read once on the driver: they travel with every fold's task,
-    # so a worker node needs no disk shared with the head (only the cache and the storage path, by URI).
-    manifest: Any = None
+    # The folds' utterance lists, read once on the driver: they travel with every fold's task (the manifest with
+    # each lane, `LaneSpec`), so a worker node needs no disk shared with the head (only the cache and the storage
+    # path, by URI).
     splits: dict[int, Any] = field(default_factory=dict)
-    # --objectives beyond the metric (pareto.py): the costs the lanes measure and the trial reports with every fold
-    costs: tuple[str, ...] = ()
     dispatcher: str = ""  # the name of the sweep's `fold_lanes.FoldDispatcher` actor
-    fold_runs: int = 1  # of the whole sweep (trials x units): bounds a lane's Train restarts
 
     def units(self) -> list[Unit]:
         """The fold runs of one trial: each fold once, or once per seed."""
@@ -150,28 +143,42 @@ def fold_assignment(ctx: SweepContext, trial_id: str, config: dict[str, Any], un
             "run_id": run_id, "cache": ctx.cache}
 
 
-def fit_lane(ctx: SweepContext, lane: str, dispatcher: Any) -> Any:
+@dataclass(frozen=True)
+class LaneSpec:
+    """What each lane's Train run is made of: known once Ray is up, before the sweep's MLflow run exists."""
+
+    sweep_id: str
+    train_storage: str
+    tracking_uri: str
+    manifest: Any
+    workers_per_fold: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    costs: tuple[str, ...] = ()  # --objectives' costs (pareto.py), measured once per trial on the lane's device
+    max_failures: int = 0  # Train restarts of the lane's worker group (the dispatcher bounds them per fold)
+
+
+def fit_lane(spec: LaneSpec, lane: str, dispatcher: Any) -> Any:
     """Run lane `lane` of the sweep: a `TorchTrainer` whose workers train the folds `dispatcher` hands them, trial
-    after trial, until it says stop. Train restarts a failed worker group (the dispatcher gives each fold
-    `--fold-retries` more attempts), at most that many times per fold run of the sweep."""
+    after trial, until it says stop. Train restarts a failed worker group up to `spec.max_failures` times; the
+    dispatcher gives each fold `--fold-retries` more attempts."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    use_gpu = ctx.gpus_per_worker > 0
-    resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
-    task = LaneTask(lane=lane, dispatcher=dispatcher, manifest=ctx.manifest, tracking_uri=ctx.tracking_uri,
-                    costs=ctx.costs)
+    use_gpu = spec.gpus_per_worker > 0
+    resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
+    task = LaneTask(lane=lane, dispatcher=dispatcher, manifest=spec.manifest, tracking_uri=spec.tracking_uri,
+                    costs=spec.costs)
     trainer = TorchTrainer(
         train_lane_worker,
         train_loop_config=task.to_dict(),
-        scaling_config=ray.train.ScalingConfig(num_workers=ctx.workers_per_fold, use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_fold, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=lane_run_name(ctx.sweep_id, lane),
-            storage_path=ctx.train_storage,
+            name=lane_run_name(spec.sweep_id, lane),
+            storage_path=spec.train_storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=(ctx.fold_retries + 1) * ctx.fold_runs
-                                                   if ctx.fold_retries else 0),
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
         ),
     )
     return trainer.fit()
@@ -231,14 +238,15 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     if not pending:
         _finish(done, trial_run_id, ctx, _costs(done))
         return
-    _cross_validate(ctx, trial_id, train_config, trial_run_id, done, pending)
+    _cross_validate(ctx, trial_id, train_config, trial_run_id, done, pending, number)
 
 
 def _cross_validate(ctx: SweepContext, trial_id: str, train_config: dict[str, Any], trial_run_id: str,
-                    done: dict[Unit, dict[str, Any]], pending: list[Unit]) -> None:
-    """Train the `pending` fold runs on lanes borrowed from the sweep, reporting to Tune after each; a lane gets
-    its next fold only once the scheduler has judged the last report."""
-    lanes = FoldLanes(trial_id, min(max(1, ctx.parallel_folds), len(pending)), ctx.dispatcher)
+                    done: dict[Unit, dict[str, Any]], pending: list[Unit], number: int | None = None) -> None:
+    """Train the `pending` fold runs on lanes borrowed from the sweep (trial `number` waits its turn for them),
+    reporting to Tune after each; a lane gets its next fold only once the scheduler has judged the last report."""
+    lanes = FoldLanes(trial_id, min(max(1, ctx.parallel_folds), len(pending)), ctx.dispatcher,
+                      number if number is not None else 1 << 30)
     runs: dict[str, str] = {}  # unit key -> its fold run's id
     placed: dict[str, dict[str, str]] = {}  # unit key -> its lane and place on it (1 = the trial's first there)
     per_lane: Counter[str] = Counter()

@@ -70,18 +70,27 @@ def test_lanes_pass_from_trial_to_trial_and_a_given_back_fold_is_dropped() -> No
         assert len(await dispatcher.acquire("t3", 1)) == 1 and len(await dispatcher.lanes()) == 2  # a new one
 
 
-def test_with_every_lane_lent_a_trial_waits_for_one_to_come_back() -> None:
+def test_trials_get_warm_lanes_in_tunes_order_and_wait_while_every_lane_is_lent() -> None:
     async def scenario() -> None:
         dispatcher = FoldDispatcher()
-        await dispatcher.start(2)  # no fit_lane here: two lanes the test drives
-        a, b = await dispatcher.acquire("t1", 1) + await dispatcher.acquire("t2", 1)
-        waiting = asyncio.create_task(dispatcher.acquire("t3", 1))
+        a, b = await dispatcher.start(2)  # no fit_lane here: two lanes whose workers the test plays
+        second = asyncio.create_task(dispatcher.acquire("t2", 1, order=2))  # got here first
+        first = asyncio.create_task(dispatcher.acquire("t1", 1, order=1))
         await asyncio.sleep(0.05)
-        assert not waiting.done()  # a new lane would wait for a CPU held by an old one
+        assert not first.done() and not second.done()  # the lanes are still starting
+        workers = [asyncio.create_task(dispatcher.claim(a, None))]  # lane a's workers are up
+        assert await asyncio.wait_for(first, 1) == [a]  # the lower trial number goes first
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        workers.append(asyncio.create_task(dispatcher.claim(b, None)))
+        assert await asyncio.wait_for(second, 1) == [b]
+        third = asyncio.create_task(dispatcher.acquire("t3", 1, order=3))
+        await asyncio.sleep(0.05)
+        assert not third.done()  # every lane is lent: a new one would wait for a CPU an old one holds
         await dispatcher.release("t1")
-        assert await asyncio.wait_for(waiting, 1) == [a]
-
-    asyncio.run(scenario())
+        assert await asyncio.wait_for(third, 1) == [a]
+        for worker in workers:
+            worker.cancel()
 
     asyncio.run(scenario())
 
