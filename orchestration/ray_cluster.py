@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 ADDRESS_ENV = "RAY_ADDRESS"
+# A sweep starts ~10 Ray worker processes at once (trial drivers, each lane's Train controller and workers); the raylet
+# starts as many at a time as the node has CPUs and warns about "N PYTHON worker processes" past 4x that, which on
+# a 2-core machine is every sweep. Starting up to 8 at a time changed no sweep timing measured (benchmarks/README.md).
+STARTUP_CONCURRENCY_ENV = {"RAY_worker_maximum_startup_concurrency": "8"}
 PROBE_SECONDS = 5.0
 
 
@@ -48,6 +52,8 @@ def start_private_ray(num_cpus: int | None, resources: dict[str, float], runtime
                     os.environ[ADDRESS_ENV])
     if not any(os.environ.get(key) for key in AUTH_ENV):
         _use_own_token()
+    for key, value in STARTUP_CONCURRENCY_ENV.items():  # read by the raylet this starts (a value set wins)
+        os.environ.setdefault(key, value)
     context = ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False,
                        runtime_env=runtime_env)
     return context.address_info.get("session_dir", "")
