@@ -317,10 +317,6 @@ class FoldDispatcher:
         return self._results.setdefault(trial_id, asyncio.Queue())
 
 
-def dispatcher_name(sweep_id: str) -> str:
-    return f"tfmamba-folds-{sweep_id}"
-
-
 _STARTED: list[Any] = []  # the driver keeps its dispatcher's handle for the sweep's lifetime
 
 
@@ -331,7 +327,7 @@ def start_dispatcher(sweep_id: str, fit_lane: Callable[[str, Any], Any] | None =
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    name = dispatcher_name(sweep_id)
+    name = f"tfmamba-folds-{sweep_id}"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     dispatcher = ray.remote(FoldDispatcher).options(name=name, num_cpus=0, scheduling_strategy=here).remote(
         fit_lane, fold_retries, idle_seconds)

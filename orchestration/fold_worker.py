@@ -236,8 +236,13 @@ def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         last = task.run_id
         if not on_every_rank(lambda: ray.get(lane.dispatcher.begin.remote(task.run_id)), world):
             continue  # its retries are spent: the dispatcher failed it
-        store = stores.get(task.cache) or stores.setdefault(task.cache, FeatureStore.open(task.cache))
-        wanted = lambda: on_every_rank(lambda: ray.get(lane.dispatcher.wanted.remote(task.run_id)), world)  # noqa: E731
+        if task.cache not in stores:
+            stores[task.cache] = FeatureStore.open(task.cache)
+        store = stores[task.cache]
+
+        def wanted(run_id: str = task.run_id) -> bool:
+            return on_every_rank(lambda: ray.get(lane.dispatcher.wanted.remote(run_id)), world)
+
         try:
             outcome = train_one_fold(task, store, rank, node, wanted)
         except FoldDropped as dropped:
