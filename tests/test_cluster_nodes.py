@@ -97,7 +97,8 @@ def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
              "for n in ray.nodes() if n['Alive']]))" % address)
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # the driver may also print the autoscaler's events ("(autoscaler +0s) Resized to 0 CPUs."): the list is its own line
+    return json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("[")))
 
 
 def wait_for_nodes(address: str, env: dict[str, str], count: int, timeout: float = 120) -> list[dict]:
