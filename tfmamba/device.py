@@ -15,3 +15,13 @@ def pick_device(device: str | None) -> torch.device:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local if local < torch.cuda.device_count() else 0)
     return torch.device("cpu")
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device` without the host waiting: a host tensor bound for a GPU is copied from pinned
+    memory (pinned first if it is not), since a copy from ordinary host memory synchronises the stream."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -176,15 +176,14 @@ def _cmdt_loss(sequence: Tensor, mask: Tensor, labels: Tensor, temperature: floa
     positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & not_self
     num_pos = positives.sum(dim=1)
     has_pos = num_pos > 0
-    if not bool(has_pos.any()):
-        return _masked(sequence, mask).sum() * 0.0
-
+    # No data-dependent branch: whether any anchor has a positive is never read on the host (no GPU sync).
     logits = _spectral_similarity(_masked(sequence, mask), num_bins, _REL_EPS) / temperature  # (B, B), finite
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-    log_denominator = torch.logsumexp(torch.where(not_self, logits, neg_inf), dim=1)  # (B,)
+    # Self-pairs get a logit far below any real one (|logits| <= 1 / temperature): exp() of it is 0, as for
+    # -inf, yet an anchor with no other utterance (a batch of one) keeps a finite value and gradient.
+    log_denominator = torch.logsumexp(logits.masked_fill(~not_self, -4.0 / temperature - 1e4), dim=1)  # (B,)
     mean_pos_logit = (logits * positives).sum(dim=1) / num_pos.clamp_min(1)
-    per_anchor = log_denominator - mean_pos_logit
-    return per_anchor[has_pos].mean()
+    per_anchor = torch.where(has_pos, log_denominator - mean_pos_logit, torch.zeros_like(log_denominator))
+    return per_anchor.sum() / has_pos.sum().clamp_min(1)
 
 
 def total_loss(ce: Tensor, cmdt: Tensor, weight: float) -> Tensor:

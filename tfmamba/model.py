@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from tfmamba import checks
+from tfmamba.device import to_device_async
 from tfmamba.errors import ConfigError
 from tfmamba.modules.attention import SelfAttentionEncoder
 from tfmamba.modules.block import TFMambaBlock
@@ -178,27 +179,35 @@ class TFMamba(nn.Module):
     def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
         """features (batch, seqlen, input_dim), right-padded; lengths (batch,) valid frames (>= 1).
 
+        Lengths on the host (a CPU tensor, as the data loader makes them) while the features are on a GPU
+        let every decision that depends on them (is anything padded, which rows share a length) be taken
+        without waiting for the GPU: the step then has no host sync. Lengths on the GPU work too, with syncs.
+
         Inference on a CPU (no autograd) runs each utterance over its own valid frames: no work on
         padding, no masks, and buffers that stay in cache. Everything else runs the padded batch at
         once. Both give the same outputs (tests/test_model.py pins this): every layer is per frame,
         causal in time, or masked to the valid frames.
         """
         seqlen = features.shape[1]
-        mask = lengths_to_mask(lengths, seqlen)
-        if features.device.type == "cpu" and not torch.is_grad_enabled():
-            if features.shape[0] == 1 and int(lengths[0]) == seqlen:  # one utterance, nothing padded
-                x = self.sequence(features, None)
-                return ModelOutput(self.classifier(x.mean(1)), x, mask)
+        unpadded = lengths.device.type == "cpu" and bool((lengths >= seqlen).all())  # known on the host
+        if unpadded:  # no copy of the lengths to the GPU (nor one a CUDA graph would have to capture)
+            mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        else:
+            mask = lengths_to_mask(to_device_async(lengths, features.device), seqlen)
+        each_utterance = features.device.type == "cpu" and not torch.is_grad_enabled()
+        if unpadded and not (each_utterance and features.shape[0] > 1):
+            x = self.sequence(features, None)
+            return ModelOutput(self.classifier(x.mean(1)), x, mask)
+        if each_utterance:
             x = self._each_utterance(features, lengths)
         else:
-            unpadded = features.device.type == "cpu" and bool((lengths >= seqlen).all())
-            x = self.sequence(features, None if unpadded else lengths)
+            x = self.sequence(features, lengths)
             x = x * mask.unsqueeze(-1).to(x.dtype)
         return ModelOutput(self.classifier(masked_mean(x, mask)), x, mask)
 
     def sequence(self, features: Tensor, lengths: Tensor | None) -> Tensor:
         """M before pooling (batch, seqlen, d_model); lengths None: every frame is valid (no masking work)."""
-        mask = None if lengths is None else lengths_to_mask(lengths, features.shape[1])
+        mask = None if lengths is None else lengths_to_mask(to_device_async(lengths, features.device), features.shape[1])
         x = self.input_proj(features)
         if self.encoder is not None:
             x = self.encoder(x, mask)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tfmamba.device import to_device_async
+
 
 def _std_mean_over_bins(x: Tensor) -> tuple[Tensor, Tensor]:
     """Population std and mean of x (batch, bins, channels) over the bins, as two plain reductions.
@@ -118,7 +120,7 @@ class FrequencyFilter(nn.Module):
 
     def _filter(self, seq: Tensor) -> Tensor:
         """Filter (batch, n, channels) sequences that are all valid, along dim 1 (in place without autograd)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or seq.device.type != "cpu":  # the tiled copy below is for a CPU's TLB
             spec = torch.fft.rfft(seq, dim=1, norm="ortho")
             power = spec.real.square() + spec.imag.square()
             return torch.fft.irfft(spec * self.mask(power), n=seq.shape[1], dim=1, norm="ortho")
@@ -127,7 +129,9 @@ class FrequencyFilter(nn.Module):
         return torch.fft.irfft(spec.mul_(self.mask(power, inplace=True)), n=seq.shape[1], dim=1, norm="ortho")
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """x (batch, seqlen, channels), lengths (batch,) valid frames -> same shape, padding zeroed."""
+        """x (batch, seqlen, channels), lengths (batch,) valid frames -> same shape, padding zeroed.
+
+        Rows are grouped by length; with `lengths` on the host (a CPU tensor) the grouping needs no GPU sync."""
         with torch.profiler.record_function("frequency_filter"):
             dtype = x.dtype
             xf = x.float()
@@ -137,6 +141,6 @@ class FrequencyFilter(nn.Module):
             for n in torch.unique(lengths).tolist():
                 if n == 0:
                     continue
-                rows = (lengths == n).nonzero(as_tuple=True)[0]
+                rows = to_device_async((lengths == n).nonzero(as_tuple=True)[0], x.device)
                 out[rows, :n] = self._filter(xf[rows, :n])
             return out.to(dtype)

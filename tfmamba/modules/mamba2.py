@@ -87,12 +87,12 @@ class Mamba2Mixer(nn.Module):
     def conv_silu(self, xbc: Tensor) -> Tensor:
         """SiLU of the causal depthwise conv along time of xbc (batch, seqlen, conv_dim), in that layout.
 
-        Without autograd the conv runs as a 2-D conv on a channels-last view of xbc (batch, conv_dim,
+        Without autograd on a CPU the conv runs as a 2-D conv on a channels-last view of xbc (batch, conv_dim,
         1, seqlen with the channels innermost), which oneDNN's depthwise kernel takes as it is: no
         transposing copies, ~5x faster than `nn.Conv1d` on the transposed input (the same sums).
         """
         seqlen = xbc.shape[1]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or xbc.device.type != "cpu":
             return F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
         channels_last = xbc.unsqueeze(1).permute(0, 3, 1, 2)  # (batch, conv_dim, 1, seqlen), a view
         out = F.conv2d(channels_last, self.conv1d.weight.unsqueeze(2), self.conv1d.bias,

@@ -64,13 +64,11 @@ def all_sum(values: list[float], device: torch.device, where: Dist) -> list[floa
     return tensor.tolist()
 
 
-def any_rank(flag: bool, device: torch.device, where: Dist) -> bool:
-    """True on every rank when `flag` is true on any rank (so all ranks stop together instead of hanging)."""
-    if not where.active:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor)
-    return bool(tensor.item() > 0)
+def device_sum(tensor: torch.Tensor, where: Dist) -> torch.Tensor:
+    """`tensor` summed over ranks, on the device, without waiting for it (so no host sync)."""
+    if where.active:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def barrier(where: Dist) -> None:

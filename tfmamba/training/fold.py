@@ -128,7 +128,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     model_config = config.model_config(len(labels), store.dim)
     model = TFMamba(model_config).to(dev)
     norm = input_norm(config, data.train, model_config.d_model).to(dev)
-    loader, sampler = train_loader(config, data.train, where.world, where.rank)
+    loader, sampler = train_loader(config, data.train, where.world, where.rank, pin_memory=dev.type == "cuda")
     valid_loader = eval_loader(config, data.valid, where.world, where.rank)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, len(sampler))

@@ -76,12 +76,15 @@ def cropped_count(dataset: FeatureDataset) -> int:
     return int((dataset.store.lengths[dataset.rows] > dataset.max_frames).sum())
 
 
-def train_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int) -> tuple[DataLoader, LengthBucketSampler]:
-    """Shuffled length-bucketed batches of `batch_size // world` per rank (so `batch_size` is the global batch)."""
+def train_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int,
+                 pin_memory: bool = False) -> tuple[DataLoader, LengthBucketSampler]:
+    """Shuffled length-bucketed batches of `batch_size // world` per rank (so `batch_size` is the global batch);
+    `pin_memory` (for a GPU) makes the batches' copies to the device asynchronous."""
     per_rank = max(1, config.batch_size // world)
     sampler = LengthBucketSampler(dataset.lengths, per_rank, shuffle=True, seed=config.seed,
                                   num_replicas=world, rank=rank)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=pad_collate, num_workers=config.num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=pad_collate, num_workers=config.num_workers,
+                        pin_memory=pin_memory)
     return loader, sampler
 
 

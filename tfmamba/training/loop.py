@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
+from tfmamba.device import to_device_async
 from tfmamba.errors import TrainingError
 from tfmamba.losses import CMDTLoss, total_loss
 from tfmamba.training import distributed
@@ -38,7 +39,10 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> AdamW:
-    return AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, weight_decay=config.weight_decay)
+    """AdamW over `parameter_groups`; on CUDA its fused kernel (one launch per step, not one per tensor)."""
+    fused = next(model.parameters()).device.type == "cuda"
+    return AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, weight_decay=config.weight_decay,
+                 fused=fused or None)
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -67,42 +71,104 @@ def make_cmdt(config: TrainConfig) -> CMDTLoss | None:
 
 
 def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA with `amp`. Its cache of cast weights is off: each weight is used once a
+    forward pass, and a cache would not survive into a CUDA graph's capture."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=config.amp and device.type == "cuda")
+                          enabled=config.amp and device.type == "cuda", cache_enabled=False)
 
 
 @dataclass
 class Batch:
+    """A batch on the training device, except `lengths`, which stay on the host: the model decides from them
+    what is padded without waiting for the GPU (`TFMamba.forward`)."""
+
     features: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
 
 
 def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
-    return Batch(norm(batch["features"].to(device, non_blocking=True)), batch["lengths"].to(device),
-                 batch["labels"].to(device))
+    return Batch(norm(to_device_async(batch["features"], device)), batch["lengths"],
+                 to_device_async(batch["labels"], device))
+
+
+class LaggedValues:
+    """A step's few scalars (loss terms, a not-finite flag) read on the host one step late.
+
+    Reading a GPU value at once makes the host wait for the step it just queued, so the GPU idles while the
+    next step is launched. Here each step's values are copied to pinned host memory without waiting, and
+    are read after the next step has been queued, when they are (almost always) already there.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pending: tuple[int, torch.Tensor, torch.cuda.Event | None] | None = None
+
+    def push(self, step: int, values: torch.Tensor) -> tuple[int, list[float]] | None:
+        """Queue `values` (1-D) of `step`; return the previous step's (step, values), or None."""
+        previous = self.pop()
+        if self.cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values.detach(), non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.pending = (step, host, event)
+        else:
+            self.pending = (step, values.detach(), None)
+        return previous
+
+    def pop(self) -> tuple[int, list[float]] | None:
+        """The queued step's (step, values), waiting for them if need be; None when nothing is queued."""
+        if self.pending is None:
+            return None
+        step, host, event = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        return step, host.tolist()
+
+
+def batch_losses(config: TrainConfig, model: nn.Module, batch: Batch, cmdt_loss: CMDTLoss | None,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training loss of Eq. 9 for one batch and its two terms: (loss, ce, cmdt), cmdt 0 when lambda is 0."""
+    with autocast(config, device):
+        out = model(batch.features, batch.lengths)
+    ce = F.cross_entropy(out.logits.float(), batch.labels)
+    cmdt = cmdt_loss(out.sequence, out.mask, batch.labels) if cmdt_loss is not None else torch.zeros((), device=device)
+    return total_loss(ce, cmdt, config.cmdt_weight), ce, cmdt
 
 
 def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, optimizer: AdamW,
                 scheduler: LambdaLR, device: torch.device, epoch: int, where: distributed.Dist,
                 cmdt_loss: CMDTLoss | None, on_step: Callable[[float], None] | None = None) -> dict[str, float]:
     """Train one epoch with `cmdt_loss` (`make_cmdt`; None: lambda is 0); returns the utterance-weighted means
-    over all ranks: train_loss, train_ce, train_cmdt."""
+    over all ranks: train_loss, train_ce, train_cmdt.
+
+    The step never waits for the GPU: the loss terms and the not-finite flag (summed over ranks on the device)
+    are read one step late (`LaggedValues`), so a non-finite loss stops training one step after it happened,
+    naming the step where it did; that step's update is then discarded with the fold.
+    """
     model.train()
-    sums = np.zeros(4)  # loss, ce, cmdt (each times the batch size), utterances
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, cmdt, each times the batch size
+    count = 0
+    lagged = LaggedValues(device)
+
+    def check(read: tuple[int, list[float]] | None) -> None:
+        if read is None:
+            return
+        at, (loss_value, ce_value, cmdt_value, not_finite) = read
+        if not_finite > 0:
+            raise TrainingError(f"epoch {epoch}, step {at}: the training loss is not finite "
+                                f"(ce {ce_value:.4g}, cmdt {cmdt_value:.4g}); lower lr or check the features")
+        if on_step is not None:
+            on_step(loss_value)
+
     for step, raw in enumerate(loader, start=1):
         batch = to_device(raw, norm, device)
-        with autocast(config, device):
-            out = model(batch.features, batch.lengths)
-        ce = F.cross_entropy(out.logits.float(), batch.labels)
-        if cmdt_loss is not None:
-            cmdt = cmdt_loss(out.sequence, out.mask, batch.labels)
-        else:
-            cmdt = torch.zeros((), device=device)
-        loss = total_loss(ce, cmdt, config.cmdt_weight)
-        if distributed.any_rank(not bool(torch.isfinite(loss)), device, where):
-            raise TrainingError(f"epoch {epoch}, step {step}: the training loss is not finite "
-                                f"(ce {ce.item():.4g}, cmdt {cmdt.item():.4g}); lower lr or check the features")
+        loss, ce, cmdt = batch_losses(config, model, batch, cmdt_loss, device)
+        terms = torch.stack([loss, ce, cmdt]).detach().double()
+        not_finite = distributed.device_sum((~torch.isfinite(loss)).double().reshape(1), where)
+        check(lagged.push(step, torch.cat([terms, not_finite])))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
@@ -110,12 +176,12 @@ def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: 
         optimizer.step()
         scheduler.step()
         n = len(batch.labels)
-        sums += [loss.item() * n, ce.item() * n, cmdt.item() * n, n]
-        if on_step is not None:
-            on_step(loss.item())
-    loss_sum, ce_sum, cmdt_sum, count = distributed.all_sum(sums.tolist(), device, where)
-    count = max(count, 1.0)
-    return {"train_loss": loss_sum / count, "train_ce": ce_sum / count, "train_cmdt": cmdt_sum / count}
+        sums += terms * n
+        count += n
+    check(lagged.pop())
+    loss_sum, ce_sum, cmdt_sum, total = distributed.all_sum(sums.tolist() + [count], device, where)
+    total = max(total, 1.0)
+    return {"train_loss": loss_sum / total, "train_ce": ce_sum / total, "train_cmdt": cmdt_sum / total}
 
 
 @dataclass
