@@ -1,46 +1,196 @@
-"""Training throughput (utterances/s) of each Table III variant at full size: forward, CE (+ CMDT for
-tf_cmdt), backward and an AdamW step on random features, bf16 autocast on CUDA.
+"""Training throughput (utterances/s) of each Table III variant at full size, through the trainer's own step.
+
+Each row times whole epochs of `tfmamba.training.loop.train_epoch` (forward, CE + CMDT for tf_cmdt, backward,
+gradient clipping, AdamW, the LR schedule, the loss read back one step late) over identical random batches,
+bf16 autocast on CUDA. `--steps` picks how a step runs:
+
+- `trainer`: the trainer as it is, batches in pinned host memory (what its loader gives on a GPU);
+- `pageable`: the same with batches in ordinary host memory (a loader without `pin_memory`: the step pins each
+  batch itself before its copy to the GPU);
+- `graphed`: the same step captured once as a CUDA graph and replayed (fused, capturable AdamW with a tensor
+  LR, so the schedule still applies): what the step costs without Python's and the driver's launch overhead;
+- `compiled`: the trainer's step around `torch.compile(model)`;
+- `compiled_graphed`: `graphed` around `torch.compile(model)` (fused kernels, replayed).
+
+On CUDA each row also gives the model's FLOPs per step (counted by `torch.utils.flop_counter` on the torch
+SSD, FFTs not counted), the achieved TFLOP/s and the model FLOP utilisation against the card's bf16 dense
+matrix peak, both the datasheet's and the one measured here (an 8192^3 bf16 matmul).
 
 Writes benchmarks/results/train_throughput-<device>.json and .md (or under --out).
 
-    python benchmarks/train_throughput.py                          # CPU, torch SSD
-    python benchmarks/train_throughput.py --device cuda --backends torch mamba_ssm
-    python benchmarks/train_throughput.py --quick                  # tiny smoke run (CI)
+    python benchmarks/train_throughput.py                                    # CPU, torch SSD
+    python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --backends torch mamba_ssm \\
+        --steps trainer pageable graphed compiled
+    python benchmarks/train_throughput.py --quick                            # tiny smoke run (CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info  # noqa: E402
-from _timing import markdown_table, median_seconds  # noqa: E402
+from _timing import markdown_table, sync  # noqa: E402
 
-from tfmamba.losses import cmdt_loss  # noqa: E402
-from tfmamba.model import VARIANTS, build_model  # noqa: E402
+from tfmamba.config import TrainConfig  # noqa: E402
+from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
+from tfmamba.training.input_norm import InputNorm  # noqa: E402
+from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer, make_scheduler,  # noqa: E402
+                                   parameter_groups, to_device, train_epoch)
+from tfmamba.training.distributed import Dist  # noqa: E402
 
 SSD_VARIANTS = {"temporal", "tf", "tf_cmdt", "dual_temporal"}
+STEPS = ("trainer", "pageable", "graphed", "compiled", "compiled_graphed")
+# Dense bf16 matrix peak by the vendor's datasheet (SXM parts), TFLOP/s.
+DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10G": 70.0}
+NOT_DISTRIBUTED = Dist()
 
 
-def train_step_fn(model, optimizer, feats, lengths, labels, device, use_cmdt: bool):
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(feats, lengths)
-            loss = F.cross_entropy(out.logits.float(), labels)
-            if use_cmdt:
-                loss = loss + 0.1 * cmdt_loss(out.sequence, out.mask, labels, temperature=0.1)
+def random_batches(count: int, batch: int, frames: int, input_dim: int, num_classes: int, pinned: bool) -> list[dict]:
+    """`count` host batches as the trainer's loader yields them (unpadded: every utterance has `frames` frames)."""
+    out = []
+    for i in range(count):
+        features = torch.randn(batch, frames, input_dim)
+        labels = (torch.arange(batch) + i) % num_classes
+        if pinned:
+            features, labels = features.pin_memory(), labels.pin_memory()
+        out.append({"features": features, "lengths": torch.full((batch,), frames), "labels": labels})
+    return out
+
+
+def trainer_epoch(config: TrainConfig, model: nn.Module, device: torch.device, batches: list[dict],
+                  steps_per_epoch: int) -> Callable[[], None]:
+    """An epoch of the trainer's own `train_epoch` over `batches`."""
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    cmdt = make_cmdt(config)
+
+    def epoch() -> None:
+        train_epoch(config, model, InputNorm(), batches, optimizer, scheduler, device, 1, NOT_DISTRIBUTED, cmdt)
+
+    return epoch
+
+
+def graphed_epoch(config: TrainConfig, model: nn.Module, device: torch.device, batches: list[dict],
+                  steps_per_epoch: int, warmup: int = 3) -> Callable[[], None]:
+    """An epoch of the trainer's step captured as one CUDA graph (forward, losses, backward, clipping, AdamW)
+    and replayed per batch after copying it into the graph's input buffers. The warm-up steps (on a side
+    stream, as CUDA graphs need) are real updates."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
+                                  lr=torch.tensor(config.lr, device=device), weight_decay=config.weight_decay,
+                                  fused=True, capturable=True)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr  # a float: the schedule then sets the tensor LR without reading it back
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    cmdt = make_cmdt(config)
+    static = to_device(batches[0], InputNorm(), device)
+    static.features, static.labels = static.features.clone(), static.labels.clone()
+
+    def step() -> torch.Tensor:
+        loss, ce, cmdt_value = batch_losses(config, model, static, cmdt, device)
         loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        return torch.stack([loss, ce, cmdt_value]).detach().double()
 
-    return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        terms = step()
+
+    def epoch() -> None:
+        lagged = LaggedValues(device)
+        for i, raw in enumerate(batches):
+            static.features.copy_(raw["features"], non_blocking=True)
+            static.labels.copy_(raw["labels"], non_blocking=True)
+            graph.replay()
+            scheduler.step()
+            lagged.push(i, terms)
+        lagged.pop()
+
+    return epoch
+
+
+def epoch_seconds(epoch: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Median wall time of `repeats` epochs after one warm-up epoch."""
+    epoch()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict:
+    """One epoch under torch.profiler: the GPU's busy time per step (the sum of its kernels' times) and the
+    `top` kernels by time, each with its ms per step and share of the busy time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        epoch()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
+    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    busy = max(sum(e.self_device_time_total for e in kernels) / 1e3, 1e-9)  # ms
+    ranked = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
+    return {"gpu_busy_ms_per_step": busy / steps, "wall_ms_per_step": 1e3 * wall / steps,
+            "top_kernels": [{"kernel": e.key[:100], "calls_per_step": e.count / steps,
+                             "ms_per_step": e.self_device_time_total / 1e3 / steps,
+                             "share": e.self_device_time_total / 1e3 / busy} for e in ranked]}
+
+
+def step_flops(model_config: ModelConfig, config: TrainConfig, batch: int, frames: int, device: torch.device) -> int:
+    """FLOPs of one training step's forward and backward, counted on the torch SSD (FFTs are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = TFMamba(ModelConfig.from_dict({**model_config.to_dict(), "ssd_backend": "torch"})).to(device).train()
+    raw = random_batches(1, batch, frames, model_config.input_dim, model_config.num_classes, pinned=False)[0]
+    with FlopCounterMode(display=False) as counter:
+        loss, _, _ = batch_losses(config, model, to_device(raw, InputNorm(), device), make_cmdt(config), device)
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def measured_bf16_tflops(device: torch.device, n: int = 8192) -> float:
+    """The card's bf16 dense matmul rate measured here (mean of 10 products after 3 warm-ups)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 10 * 2 * n**3 / (time.perf_counter() - start) / 1e12
+
+
+def datasheet_tflops(name: str) -> float | None:
+    return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
 
 
 def main() -> int:
@@ -50,55 +200,116 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=300, help="frames per utterance (~6 s of WavLM at 50 Hz)")
     parser.add_argument("--backends", nargs="+", default=["torch"], help="SSD backends to time: torch, mamba_ssm")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", nargs="+", default=["trainer"], choices=STEPS, help="how a step runs (see above)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="timed steps per epoch (20 CUDA, 2 CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per row (the median is kept)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CUDA: profile one more epoch per row: GPU busy time per step and the top kernels")
     parser.add_argument("--quick", action="store_true", help="tiny model, tiny batch (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    batch = args.batch or (32 if device.type == "cuda" else 8)
+    cuda = device.type == "cuda"
+    if not cuda and {"graphed", "pageable", "compiled_graphed"} & set(args.steps):
+        parser.error("--steps graphed, compiled_graphed and pageable measure CUDA effects: use --device cuda")
+    batch = args.batch or (32 if cuda else 8)
     frames, sizes, repeats = args.frames, {}, args.repeats
+    per_epoch = args.steps_per_epoch or (20 if cuda else 2)
     if args.quick:
-        batch, frames, repeats = 4, 32, 1
+        batch, frames, repeats, per_epoch = 4, 32, 1, 2
         sizes = dict(d_model=32, d_state=8, headdim=16, num_heads=4, ffn_dim=16, input_dim=32, chunk_size=16)
+    device_name = machine_info()["device"]
+    peak_measured = measured_bf16_tflops(device) if cuda else None
+    peak_datasheet = datasheet_tflops(device_name) if cuda else None
     records = []
     for variant in args.variants:
+        config = TrainConfig(cmdt_weight=0.1 if variant == "tf_cmdt" else 0.0, amp=True, epochs=1000)
+        model_config = ModelConfig.from_dict({**config.model.to_dict(), "variant": variant, **sizes})
+        flops = step_flops(model_config, config, batch, frames, device) if cuda else None
         for backend in args.backends if variant in SSD_VARIANTS else ["-"]:
-            torch.manual_seed(0)
-            kwargs = dict(sizes)
-            if backend != "-":
-                kwargs["ssd_backend"] = backend
-            model = build_model(variant, **kwargs).to(device).train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
-            feats = torch.randn(batch, frames, model.config.input_dim, device=device)
-            lengths = torch.full((batch,), frames, device=device)
-            labels = torch.arange(batch, device=device) % model.config.num_classes
-            step = train_step_fn(model, optimizer, feats, lengths, labels, device, variant == "tf_cmdt")
-            seconds = median_seconds(step, device, warmup=1, repeats=repeats)
-            row = {"variant": variant, "ssd_backend": backend, "batch": batch, "frames": frames,
-                   "step_ms": 1e3 * seconds, "utt_per_s": batch / seconds}
-            if device.type == "cuda":
-                row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-                torch.cuda.reset_peak_memory_stats(device)
-            records.append(row)
-            print(json.dumps(row), flush=True)
-            del model, optimizer
+            for step in args.steps:
+                torch.manual_seed(0)
+                settings = model_config.to_dict() | ({"ssd_backend": backend} if backend != "-" else {})
+                model = TFMamba(ModelConfig.from_dict(settings)).to(device).train()
+                batches = random_batches(per_epoch, batch, frames, model_config.input_dim, model_config.num_classes,
+                                         pinned=cuda and step != "pageable")
+                row = {"variant": variant, "ssd_backend": backend, "step": step, "batch": batch, "frames": frames,
+                       "steps_per_epoch": per_epoch}
+                try:
+                    started = time.perf_counter()
+                    net = torch.compile(model) if step.startswith("compiled") else model
+                    if step.endswith("graphed"):
+                        epoch = graphed_epoch(config, net, device, batches, per_epoch)
+                    else:
+                        epoch = trainer_epoch(config, net, device, batches, per_epoch)
+                    seconds = epoch_seconds(epoch, device, repeats) / per_epoch
+                    row["setup_s"] = time.perf_counter() - started - seconds * per_epoch * repeats
+                    row |= {"step_ms": 1e3 * seconds, "utt_per_s": batch / seconds}
+                    if args.profile and cuda:
+                        row["profile"] = kernel_profile(epoch, per_epoch)
+                except Exception as err:  # one mode failing on a machine must not lose the others' rows
+                    row["error"] = f"{type(err).__name__}: {err}"[:500]
+                    traceback.print_exc()
+                if cuda and "step_ms" in row:
+                    row["flops_per_step"] = flops
+                    row["tflops"] = flops / (row["step_ms"] / 1e3) / 1e12
+                    row["mfu_measured_peak"] = row["tflops"] / peak_measured
+                    if peak_datasheet:
+                        row["mfu_datasheet_peak"] = row["tflops"] / peak_datasheet
+                    row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+                    torch.cuda.reset_peak_memory_stats(device)
+                records.append(row)
+                print(json.dumps(row), flush=True)
+                del model, batches
+                if cuda:
+                    torch.cuda.empty_cache()
 
     tag = device.type + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine_info(), "records": records}
+               "machine": machine_info(), "bf16_peak_tflops_measured": peak_measured,
+               "bf16_peak_tflops_datasheet": peak_datasheet, "records": records}
     (args.out / f"train_throughput-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    m = payload["machine"]
-    lines = [f"# Training throughput ({device.type})", "",
-             f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}; "
-             f"batch {batch} x {frames} frames, {'bf16 autocast, ' if device.type == 'cuda' else ''}AdamW.", ""]
-    lines += markdown_table(["variant", "SSD backend", "step ms", "utt/s"],
-                            [[r["variant"], r["ssd_backend"], f"{r['step_ms']:.1f}", f"{r['utt_per_s']:.1f}"]
-                             for r in records])
-    (args.out / f"train_throughput-{tag}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"train_throughput-{tag}.md").write_text("\n".join(markdown(payload, batch, frames, cuda)) + "\n")
     print(f"wrote {args.out / f'train_throughput-{tag}.json'} and .md")
     return 0
+
+
+def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
+    m = payload["machine"]
+    lines = [f"# Training throughput ({m['device']})", "",
+             f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}; "
+             f"batch {batch} x {frames} frames, {'bf16 autocast, ' if cuda else ''}the trainer's step "
+             "(CE + CMDT for tf_cmdt, clipping, AdamW, LR schedule).", ""]
+    if cuda:
+        lines += [f"bf16 dense matmul peak: {payload['bf16_peak_tflops_measured']:.0f} TFLOP/s measured here, "
+                  f"{payload['bf16_peak_tflops_datasheet']} by the datasheet. MFU = the model's counted FLOPs per "
+                  "step / step time / peak.", ""]
+    header = ["variant", "SSD backend", "step", "step ms", "utt/s"]
+    header += ["TFLOP/s", "MFU (measured peak)", "MFU (datasheet)"] if cuda else []
+    rows = []
+    for r in payload["records"]:
+        if "error" in r:
+            rows.append([r["variant"], r["ssd_backend"], r["step"], "failed", r["error"][:80]] + ([""] * 3 if cuda else []))
+            continue
+        row = [r["variant"], r["ssd_backend"], r["step"], f"{r['step_ms']:.1f}", f"{r['utt_per_s']:.1f}"]
+        if cuda:
+            row += [f"{r['tflops']:.0f}", f"{100 * r['mfu_measured_peak']:.1f}%",
+                    f"{100 * r['mfu_datasheet_peak']:.1f}%" if "mfu_datasheet_peak" in r else "-"]
+        rows.append(row)
+    lines += markdown_table(header, rows)
+    for r in payload["records"]:
+        if "profile" not in r:
+            continue
+        prof = r["profile"]
+        lines += ["", f"Kernels of {r['variant']}, SSD {r['ssd_backend']}, step {r['step']}: the GPU is busy "
+                  f"{prof['gpu_busy_ms_per_step']:.1f} ms of each {prof['wall_ms_per_step']:.1f} ms step "
+                  "(profiled epoch).", ""]
+        lines += markdown_table(["kernel", "calls / step", "ms / step", "share of busy"],
+                                [[f"`{k['kernel']}`", f"{k['calls_per_step']:g}", f"{k['ms_per_step']:.2f}",
+                                  f"{100 * k['share']:.1f}%"] for k in prof["top_kernels"]])
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU checks of the benchmarks in one go on a CUDA machine, most important first, each bounded in time,
+# everything written under OUT_DIR and packed after each step into PACK (default OUT_DIR.tgz).
+#
+#   bash benchmarks/cuda_suite.sh OUT_DIR [BASE_CHECKOUT]
+#
+# BASE_CHECKOUT: an older checkout of this repository (e.g. `git archive <commit> | tar -x -C base`) whose
+# train_throughput.py is run first on the same card, for a before/after pair measured in one session.
+# Needs mamba-ssm importable for its rows (a wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE is enough: the SSD
+# kernels are Triton); PYTHON picks the interpreter (default python3); STEPS="throughput latency" runs only
+# the steps named (default all: throughput throughput_base tests throughput_compiled latency ssd_ieee).
+# On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
+# family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
+set -u
+out=${1:?usage: bash benchmarks/cuda_suite.sh OUT_DIR [BASE_CHECKOUT]}
+base=${2:-}
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+mkdir -p "$out"
+pack=${PACK:-$out.tgz}
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/tfmamba-triton}
+path_with() { echo "$1${PYTHONPATH:+:$PYTHONPATH}"; }
+
+run() {  # run NAME SECONDS COMMAND...: its output to OUT_DIR/NAME.log, a one-line verdict to the console
+    local name=$1 limit=$2 started=$SECONDS
+    shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi
+    echo "== $name (limit ${limit}s)"
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+    local code=$?
+    echo "== $name: exit $code after $((SECONDS - started)) s"
+    grep -E '^\{|^wrote|Error|error|passed|failed' "$out/$name.log" | tail -n 12
+    pack_results  # what is done so far survives a later step's hang
+}
+pack_results() { tar -czf "$pack.tmp" -C "$out" . && mv "$pack.tmp" "$pack"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
+$py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >>"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
+    --variants tf_cmdt --backends mamba_ssm torch --steps trainer pageable graphed --out "$out/eager"
+if [ -n "$base" ]; then
+    run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
+        --device cuda --variants tf_cmdt --backends mamba_ssm torch --repeats 5 --out "$out/base"
+fi
+run tests 240 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -p no:cacheprovider -m gpu \
+    "$here/tests/test_cuda_training.py" "$here/tests/test_ssd.py"
+run throughput_compiled 360 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
+    --device cuda --variants tf_cmdt --backends torch mamba_ssm --steps compiled_graphed compiled --out "$out/compiled"
+run latency 120 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/latency.py" --device cuda \
+    --lengths 1000 2000 4000 8000 --out "$out/latency"
+run ssd_ieee 240 env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=/tmp/tfmamba-triton-ieee PYTHONPATH="$(path_with "$here")" \
+    $py "$here/benchmarks/ssd.py" --device cuda --seqlens 1000 2000 --max-sequential 0 --out "$out/ieee"
+pack_results && echo "packed into $pack"
