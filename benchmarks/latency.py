@@ -248,7 +248,8 @@ def markdown(payload: dict, repeats: int, tag: str, device: str) -> list[str]:
              "Parameters: " + ", ".join(f"{n} {params[n] / 1e6:.2f} M" for n in params) + ".", "",
              "Transformer calls: *fast* = no mask when nothing is padded (the fused fast path), *masked* = with a "
              "key-padding mask on the padded tensor, *nested* = with the mask, run as a nested tensor without the "
-             "padding. TF-Mamba runs each utterance over its own frames at inference on a CPU.", ""]
+             "padding. Lengths are passed on the host; on a CPU, TF-Mamba runs each utterance over its own frames "
+             "at inference.", ""]
     for batch, padding in sorted({(r["batch"], r["padding"]) for r in records}):
         rows = [r for r in records if (r["batch"], r["padding"]) == (batch, padding)]
         times = [k for k in rows[0] if k.endswith("_ms")]

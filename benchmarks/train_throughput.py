@@ -291,7 +291,8 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
     rows = []
     for r in payload["records"]:
         if "error" in r:
-            rows.append([r["variant"], r["ssd_backend"], r["step"], "failed", r["error"][:80]] + ([""] * 3 if cuda else []))
+            failed = [r["variant"], r["ssd_backend"], r["step"], "failed", r["error"][:80]]
+            rows.append(failed + ([""] * 3 if cuda else []))
             continue
         row = [r["variant"], r["ssd_backend"], r["step"], f"{r['step_ms']:.1f}", f"{r['utt_per_s']:.1f}"]
         if cuda:

@@ -207,7 +207,8 @@ class TFMamba(nn.Module):
 
     def sequence(self, features: Tensor, lengths: Tensor | None) -> Tensor:
         """M before pooling (batch, seqlen, d_model); lengths None: every frame is valid (no masking work)."""
-        mask = None if lengths is None else lengths_to_mask(to_device_async(lengths, features.device), features.shape[1])
+        seqlen = features.shape[1]
+        mask = None if lengths is None else lengths_to_mask(to_device_async(lengths, features.device), seqlen)
         x = self.input_proj(features)
         if self.encoder is not None:
             x = self.encoder(x, mask)
