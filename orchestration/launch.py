@@ -92,6 +92,10 @@ def newest_run(storage: str) -> str:
 # Train's controller checks its workers every 2 s by default, so a lane's Train run ended up to 2 s (and on 2 cores
 # ~4 s) after its last fold; 0.5 s costs one small call per worker and lane (a value in the environment wins).
 TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# A private local Ray is one machine that no one drains: each lane's Train run would still start a preemption
+# watcher (an actor process, ~1.5 s of CPU at the sweep's start, then a poll every 5 s) for node drain notices
+# that cannot come. A joined cluster (spot nodes) keeps it. A value in the environment wins.
+PRIVATE_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def start_ray(address: str | None, tracking_uri: str) -> None:
@@ -105,6 +109,7 @@ def start_ray(address: str | None, tracking_uri: str) -> None:
            **{key: os.environ.get(key, value) for key, value in TRAIN_POLL_ENV.items()}}
     runtime_env = {"env_vars": env}
     if address is None:
+        env.update({key: os.environ.get(key, value) for key, value in PRIVATE_TRAIN_ENV.items()})
         session = start_private_ray(os.cpu_count(), {DRIVER_RESOURCE: 1000}, runtime_env)
         print(f"Started a private local Ray for this run ({os.cpu_count()} CPUs; logs in {session}/logs); "
               "--address auto would join the machine's running cluster instead", flush=True)

@@ -169,7 +169,7 @@ def fit_lane(spec: LaneSpec, lane: str, dispatcher: Any) -> Any:
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     task = LaneTask(lane=lane, dispatcher=dispatcher, manifest=spec.manifest, tracking_uri=spec.tracking_uri,
                     costs=spec.costs)
-    trainer = TorchTrainer(
+    trainer = _lane_trainer(TorchTrainer)(
         train_lane_worker,
         train_loop_config=task.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_fold, use_gpu=use_gpu,
@@ -182,6 +182,25 @@ def fit_lane(spec: LaneSpec, lane: str, dispatcher: Any) -> Any:
         ),
     )
     return trainer.fit()
+
+
+def _lane_trainer(trainer_cls: type) -> type:
+    """`trainer_cls` without Train's Ray Data callback: it starts a `DatasetManager` actor (a process, ~1.5 s of
+    CPU) per worker group even with no `datasets`, and a lane reads its folds from the feature cache itself. The
+    callback is private Ray API (2.60): where it cannot be found, the trainer is left as it is."""
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:
+        return trainer_cls
+
+    class LaneTrainer(trainer_cls):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+
+    return LaneTrainer
 
 
 def _trial_run_id(ctx: SweepContext, trial_id: str) -> str:
