@@ -318,12 +318,14 @@ class FoldDispatcher:
 
 
 _STARTED: list[Any] = []  # the driver keeps its dispatcher's handle for the sweep's lifetime
+_STARTING: list[Any] = []  # `start` calls not waited for yet (`wait_for_lanes`)
 
 
 def start_dispatcher(sweep_id: str, fit_lane: Callable[[str, Any], Any] | None = None, lanes: int = 0,
-                     fold_retries: int = 0, idle_seconds: float = IDLE_SECONDS) -> str:
+                     fold_retries: int = 0, idle_seconds: float = IDLE_SECONDS, wait: bool = True) -> str:
     """Start the sweep's dispatcher on this (the driver's) node with `lanes` lanes warming up; returns the name
-    trials find it by."""
+    trials find it by. With `wait=False` it returns at once (the actor's process start and imports, ~2 s on 2
+    cores, overlap the driver's next steps): `wait_for_lanes` must come before any trial asks for a lane."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -333,8 +335,19 @@ def start_dispatcher(sweep_id: str, fit_lane: Callable[[str, Any], Any] | None =
         fit_lane, fold_retries, idle_seconds)
     _STARTED.append(dispatcher)
     if lanes:
-        ray.get(dispatcher.start.remote(lanes))
+        _STARTING.append(dispatcher.start.remote(lanes))
+        if wait:
+            wait_for_lanes()
     return name
+
+
+def wait_for_lanes() -> None:
+    """Wait until the dispatchers this driver started have set their lanes going (so that a trial finds the sweep's
+    lane limit in place); raises what their `start` raised."""
+    import ray
+
+    while _STARTING:
+        ray.get(_STARTING.pop(0))
 
 
 def close_dispatcher(timeout: float = 60.0) -> None:

@@ -171,11 +171,14 @@ def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any],
 
 
 def trainable(ctx: Any, trial_resources: dict[str, float]):
-    """The trial function with the sweep's context and the trial driver's resources."""
+    """The trial function with the sweep's context and the trial driver's resources, once the sweep's lanes are
+    starting (`start_lanes` does not wait for them: their start overlaps the MLflow runs and the Tuner's set-up)."""
     from ray import tune
 
+    from orchestration.fold_lanes import wait_for_lanes
     from orchestration.trial import run_trial
 
+    wait_for_lanes()
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
 
 
@@ -206,7 +209,7 @@ def start_lanes(args: argparse.Namespace, where: ResultsLocation, manifest: Any,
     retries = args.fold_retries
     spec = LaneSpec(where.name, where.train_storage, where.tracking_uri, manifest, args.workers_per_fold,
                     args.cpus_per_worker, args.gpus_per_worker, costs, (retries + 1) * fold_runs if retries else 0)
-    return start_dispatcher(where.name, partial(fit_lane, spec), lanes, retries)
+    return start_dispatcher(where.name, partial(fit_lane, spec), lanes, retries, wait=False)
 
 
 def sweep_context(where: ResultsLocation, data: Any, space: Any, experiment_id: str, parent_run_id: str,
