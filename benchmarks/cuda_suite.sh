@@ -8,7 +8,7 @@
 # train_throughput.py is run first on the same card, for a before/after pair measured in one session.
 # Needs mamba-ssm importable for its rows (a wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE is enough: the SSD
 # kernels are Triton); PYTHON picks the interpreter (default python3); STEPS="throughput latency" runs only
-# the steps named (default all: throughput throughput_base tests throughput_compiled latency ssd_ieee).
+# the steps named (default all: throughput throughput_base tests throughput_compiled fold latency ssd_ieee).
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
@@ -48,6 +48,8 @@ run tests 240 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -p no:cache
     "$here/tests/test_cuda_training.py" "$here/tests/test_ssd.py"
 run throughput_compiled 360 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends torch mamba_ssm --steps compiled_graphed compiled --out "$out/compiled"
+run fold 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
+    --out "$out/fold"
 run latency 120 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/latency.py" --device cuda \
     --lengths 1000 2000 4000 8000 --out "$out/latency"
 run ssd_ieee 240 env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=/tmp/tfmamba-triton-ieee PYTHONPATH="$(path_with "$here")" \

@@ -18,8 +18,8 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    names = ["ssd-cpu-quick", "train_throughput-cpu-quick", "latency-cpu-quick", "feature_cache_quick",
-             "sweep_overhead-quick"]
+    names = ["ssd-cpu-quick", "train_throughput-cpu-quick", "latency-cpu-quick", "fold_gpu-cpu-quick",
+             "feature_cache_quick", "sweep_overhead-quick"]
     for name in names:
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["machine"]["torch"], name
@@ -42,6 +42,10 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     params = latency["params"]
     assert abs(params["transformer_same_params"] - params["tf_mamba"]) / params["tf_mamba"] < 0.05
     assert (tmp_path / "latency-cpu-quick.png").stat().st_size > 1000
+
+    fold = json.loads((tmp_path / "fold_gpu-cpu-quick.json").read_text())
+    assert [r["num_workers"] for r in fold["records"]] == [0, 2]
+    assert all(r["status"] == "ok" and 0 < r["train_seconds"] <= r["fold_wall_s"] for r in fold["records"])
 
     cache = json.loads((tmp_path / "feature_cache_quick.json").read_text())
     assert cache["ratio_with_open"] > 1 and cache["max_abs_diff_cache_vs_fresh"] < 1e-2

@@ -1,0 +1,141 @@
+"""A whole fold through the trainer (`train_fold`: loading, training, evaluation, checkpoints), its wall time
+against the GPU's busy time: does the data loader keep the GPU fed?
+
+The corpus is synthetic and IEMOCAP-shaped: 1024-dim float16 features at 50 frames/s, clip durations
+log-normal around 4.5 s (1-30 s), 4 balanced classes, split 70/15/15; training clips cropped to `max_frames`
+(600) as the trainer does, batches of 32 from its length buckets. Each `--num-workers` value trains the same
+fold from the same seed. On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the
+share of time a kernel was running, from NVML) every 50 ms during the fold.
+
+Writes benchmarks/results/fold_gpu-<device>.json and .md (or under --out).
+
+    python benchmarks/fold_gpu.py --device cuda                 # 1600 clips, 2 epochs, num_workers 0 and 2
+    python benchmarks/fold_gpu.py --quick                       # tiny smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine_info  # noqa: E402
+from _timing import markdown_table  # noqa: E402
+
+from tfmamba.config import TrainConfig  # noqa: E402
+from tfmamba.corpora.folds import Fold  # noqa: E402
+from tfmamba.corpora.manifest import Manifest  # noqa: E402
+from tfmamba.features.store import FeatureStore  # noqa: E402
+from tfmamba.training.fold import train_fold  # noqa: E402
+
+LABELS = ["neu", "hap", "ang", "sad"]
+FRAME_RATE = 50.0
+
+
+def synthetic_corpus(clips: int, dim: int, seed: int = 0) -> tuple[FeatureStore, Manifest, Fold]:
+    """IEMOCAP-shaped random features: durations log-normal around 4.5 s, clipped to 1-30 s."""
+    rng = np.random.default_rng(seed)
+    seconds = np.clip(rng.lognormal(np.log(4.5), 0.6, size=clips), 1.0, 30.0)
+    lengths = np.maximum(1, (seconds * FRAME_RATE).astype(np.int64))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    features = rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32).astype(np.float16)
+    ids = [f"u{i:05d}" for i in range(clips)]
+    rows = [{"utt_id": u, "label": LABELS[i % len(LABELS)], "speaker": f"s{i % 10}", "session": 1 + i % 5,
+             "path": f"/synthetic/{u}.wav", "duration": float(s)} for i, (u, s) in enumerate(zip(ids, seconds))]
+    meta = {"extractor": "synthetic", "revision": "1", "layer": None, "dim": dim, "frame_rate": FRAME_RATE}
+    store = FeatureStore(features, offsets, ids, meta, uri="memory://fold_gpu")
+    manifest = Manifest(table=pd.DataFrame(rows), corpus="synthetic", labels=list(LABELS))
+    cut1, cut2 = int(0.70 * clips), int(0.85 * clips)
+    return store, manifest, Fold(index=1, name="synthetic", train=ids[:cut1], valid=ids[cut1:cut2], test=ids[cut2:])
+
+
+class UtilisationSampler:
+    """Samples `torch.cuda.utilization()` every `interval` seconds in a thread while in the `with` block."""
+
+    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
+        self.device, self.interval = device, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(float(torch.cuda.utilization(self.device)))
+
+    def __enter__(self) -> UtilisationSampler:
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clips", type=int, default=1600, help="utterances in the corpus (70%% train)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 2], help="loader workers to compare")
+    parser.add_argument("--variant", default="tf_cmdt")
+    parser.add_argument("--quick", action="store_true", help="tiny corpus and model (smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dim, clips, epochs, model = 1024, args.clips, args.epochs, {"variant": args.variant}
+    if args.quick:
+        dim, clips, epochs = 16, 48, 1
+        model |= dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16], chunk_size=16)
+    store, manifest, fold = synthetic_corpus(clips, dim)
+    records = []
+    for workers in args.num_workers:
+        config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, **model)
+        with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
+            start = time.perf_counter()
+            result = train_fold(config, fold, store, None, manifest=manifest, out_dir=out_dir, device=str(device),
+                                progress=False)
+            wall = time.perf_counter() - start
+        row = {"num_workers": workers, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
+               len(fold.valid) + len(fold.test), "fold_wall_s": wall, "train_seconds": result.train_seconds,
+               "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status}
+        if sampler.samples:
+            row |= {"gpu_utilisation_mean_pct": statistics.fmean(sampler.samples),
+                    "gpu_busy_share_of_wall": statistics.fmean(s > 0 for s in sampler.samples),
+                    "samples": len(sampler.samples)}
+        records.append(row)
+        print(json.dumps(row), flush=True)
+
+    tag = device.type + ("-quick" if args.quick else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": "fold_gpu", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
+               "variant": args.variant, "clips": clips, "records": records}
+    (args.out / f"fold_gpu-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    m = payload["machine"]
+    lines = [f"# A whole fold on {m['device']}", "",
+             f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {args.variant}, {clips} "
+             f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600.", ""]
+    lines += markdown_table(["loader workers", "fold wall s", "training s", "train utt/s of wall", "GPU utilisation"],
+                            [[r["num_workers"], f"{r['fold_wall_s']:.1f}", f"{r['train_seconds']:.1f}",
+                              f"{r['train_utt_per_s_of_wall']:.1f}",
+                              f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-"]
+                             for r in records])
+    (args.out / f"fold_gpu-{tag}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / f'fold_gpu-{tag}.json'} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
