@@ -13,7 +13,9 @@ back from MLflow and compares:
 - a `TorchTrainer.fit()` of an empty training loop (one worker reporting one checkpoint),
   timed on its own: the start-up every lane (one per fold slot of the sweep) pays once.
 
-Writes benchmarks/results/sweep_overhead.json and .md (or under --out).
+Writes benchmarks/results/sweep_overhead.json and .md (or under --out). Each Ray it starts (the sweep's, and the one
+timing the empty trainer) keeps its files under the run's temporary folder ($RAY_TMPDIR) and runs without token
+authentication, so it never meets another Ray on the machine.
 
     python benchmarks/sweep_overhead.py                 # the demo sweep: 4 trials x 3 folds x 2 epochs
     python benchmarks/sweep_overhead.py --quick         # 1 trial x 1 fold x 1 epoch (CI smoke test)
@@ -40,6 +42,12 @@ from _timing import markdown_table  # noqa: E402
 EXPERIMENT = "sweep-overhead"
 
 
+def private_ray_env(work: Path) -> dict[str, str]:
+    """The environment of a Ray this benchmark starts: its own temp folder (short: Ray's socket paths are limited
+    to ~107 characters) and no token authentication."""
+    return {"RAY_TMPDIR": str(work / "r"), "RAY_AUTH_MODE": "disabled"}
+
+
 def empty_loop(config: dict) -> None:
     """A Train loop that does nothing but report one checkpoint (so `fit().metrics` is set)."""
     import ray.train
@@ -58,6 +66,7 @@ def trainer_startup_seconds(repeats: int, storage: Path) -> list[float]:
     from orchestration.launch import TRAIN_POLL_ENV
     from orchestration.ray_cluster import start_private_ray
 
+    os.environ.update(private_ray_env(storage))
     start_private_ray(os.cpu_count(), {}, {"env_vars": dict(TRAIN_POLL_ENV)})  # never another Ray; the sweep's poll
     try:
         times = []
@@ -84,7 +93,8 @@ def run_sweep(work: Path, manifest: Path, cache: Path, trials: int, folds: str, 
            "--experiment", EXPERIMENT, "--name", "overhead"]
     print("$ " + " ".join(cmd), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=os.environ | private_ray_env(work))
     wall = time.perf_counter() - start
     (work / "sweep.log").write_text(proc.stdout)
     if proc.returncode != 0:
@@ -148,6 +158,7 @@ def main() -> int:
         demo = (ensure_demo_data(work / "demo", clips_per_speaker=12, progress=False) if args.quick
                 else ensure_demo_data(args.demo_root, progress=False))
         startup = trainer_startup_seconds(args.startup_repeats, work / "empty")
+        load_before = os.getloadavg()
         wall, uri = run_sweep(work, demo.manifest_dir, demo.cache, args.trials, args.folds, args.epochs,
                               args.max_frames)
         sweep = read_sweep(uri)
@@ -176,8 +187,10 @@ def main() -> int:
         "fold_overhead_trial_first_median_seconds": statistics.median(trial_first) if trial_first else None,
         "fold_overhead_warm_median_seconds": statistics.median(warm) if warm else None,
         "fold_train_median_seconds": statistics.median(f["train_seconds"] for f in folds),
+        "first_fold_start_seconds": folds[0]["start_seconds"],
         "folds": folds,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_before_sweep": load_before,
         "load_average": os.getloadavg(),
         "machine": machine_info(),
         "benchmark": "sweep_overhead",
@@ -189,9 +202,9 @@ def main() -> int:
     m = results["machine"]
     ratio = results["ray_overhead_ratio"]
     lines = ["# Sweep overhead (Ray + Tune + MLflow)", "",
-             f"{results['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, load average "
-             f"{results['load_average'][0]:.1f} at the end; demo corpus (fbank), {args.trials} trial(s) x folds "
-             f"{args.folds} x {args.epochs} epoch(s), {slots} fold slot(s).", ""]
+             f"{results['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, 1-minute load average "
+             f"{load_before[0]:.1f} before the sweep, {results['load_average'][0]:.1f} at the end; demo corpus (fbank), "
+             f"{args.trials} trial(s) x folds {args.folds} x {args.epochs} epoch(s), {slots} fold slot(s).", ""]
     lines += markdown_table(["quantity", "value"], [
         ["sweep wall (in the script, from its start)", f"{results['sweep_wall_seconds']:.1f} s"],
         ["sweep process wall (incl. Python and Ray start)", f"{wall:.1f} s"],
@@ -199,6 +212,7 @@ def main() -> int:
         ["sum / fold slots", f"{fold_train / slots:.1f} s"],
         ["**overhead ratio** (sweep wall / (sum / slots))", f"**{ratio:.2f}**" if ratio else "n/a"],
         ["overhead ratio with process start", f"{results['process_overhead_ratio']:.2f}"],
+        ["first fold run opened (after the sweep's MLflow run)", f"{results['first_fold_start_seconds']:.1f} s"],
         ["per fold: MLflow run duration - training (median)", f"{results['fold_overhead_median_seconds']:.1f} s"],
         [f"... a lane's first fold (median of {len(first)})", seconds(results["fold_overhead_first_on_lane_median_seconds"])],
         [f"... a trial's first fold on a lane an earlier trial warmed (median of {len(trial_first)})",
