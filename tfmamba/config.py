@@ -25,7 +25,7 @@ import yaml
 from tfmamba import checks
 from tfmamba.corpora import selection_metric
 from tfmamba.errors import ConfigError
-from tfmamba.model import DATA_SIZES, ModelConfig
+from tfmamba.model_config import DATA_SIZES, ModelConfig
 
 SHIPPED_CONFIGS: tuple[str, ...] = ("paper", "demo")
 SCHEDULERS: tuple[str, ...] = ("cosine", "constant")

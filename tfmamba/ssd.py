@@ -34,11 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tfmamba.model_config import SSD_BACKENDS
+
 __all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "mamba_ssm")
+BACKENDS = SSD_BACKENDS
 
 
 def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
