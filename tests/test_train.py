@@ -20,7 +20,8 @@ from tfmamba.features.store import FeatureStore
 from tfmamba.training.fold import FoldResult, train_fold
 from tfmamba.training.input_norm import InputNorm, fold_into_linear
 from tfmamba.training.loaders import eval_batches
-from tfmamba.training.loop import make_optimizer, parameter_groups
+from tfmamba.training.distributed import Dist
+from tfmamba.training.loop import make_cmdt, make_optimizer, make_scheduler, parameter_groups, train_epoch
 from tfmamba.training.outputs import load_trained_model
 
 LABELS = ["neu", "hap", "ang", "sad"]
@@ -186,6 +187,30 @@ def test_non_finite_loss_fails_the_fold_with_its_epoch(tmp_path, overrides, pois
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
     assert metrics["status"] == "failed" and "not finite" in metrics["error"]
     assert recorder.calls[-1][0]["failed"] == 1 and recorder.calls[-1][1] is None
+
+
+@pytest.mark.parametrize("bad_step", [1, 2, 3])
+def test_a_non_finite_loss_is_named_by_its_own_step_though_read_one_step_late(bad_step):
+    """The loss is read back one step late (no host sync on a GPU); the error still names the step it happened
+    in, the last step of the epoch included, and the steps before it report their losses."""
+    from tfmamba.model import ModelConfig, TFMamba
+
+    torch.manual_seed(0)
+    config = tiny_config(grad_clip=None)
+    model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), "input_dim": DIM}))
+    optimizer = make_optimizer(config, model)
+    batches = []
+    for step in (1, 2, 3):
+        features = torch.randn(4, 12, DIM)
+        if step == bad_step:
+            features[0, 0, 0] = float("nan")
+        batches.append({"features": features, "lengths": torch.tensor([12, 9, 12, 5]),
+                        "labels": torch.tensor([0, 1, 2, 3])})
+    losses: list[float] = []
+    with pytest.raises(TrainingError, match=rf"epoch 1, step {bad_step}: the training loss is not finite"):
+        train_epoch(config, model, InputNorm(), batches, optimizer, make_scheduler(config, optimizer, 3),
+                    torch.device("cpu"), 1, Dist(), make_cmdt(config), on_step=losses.append)
+    assert len(losses) == bad_step - 1 and all(np.isfinite(losses))
 
 
 def test_gather_path_with_a_one_process_group_matches_plain_training(tmp_path):
