@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -40,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info  # noqa: E402
-from _timing import markdown_table, sync  # noqa: E402
+from _timing import markdown_table, median_seconds, sync  # noqa: E402
 
 from tfmamba.config import TrainConfig  # noqa: E402
 from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
@@ -127,19 +126,6 @@ def graphed_epoch(config: TrainConfig, model: nn.Module, device: torch.device, b
         lagged.pop()
 
     return epoch
-
-
-def epoch_seconds(epoch: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Median wall time of `repeats` epochs after one warm-up epoch."""
-    epoch()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        epoch()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict:
@@ -243,7 +229,7 @@ def main() -> int:
                         epoch = graphed_epoch(config, net, device, batches, per_epoch)
                     else:
                         epoch = trainer_epoch(config, net, device, batches, per_epoch)
-                    seconds = epoch_seconds(epoch, device, repeats) / per_epoch
+                    seconds = median_seconds(epoch, device, warmup=1, repeats=repeats) / per_epoch
                     row["setup_s"] = time.perf_counter() - started - seconds * per_epoch * repeats
                     row |= {"step_ms": 1e3 * seconds, "utt_per_s": batch / seconds}
                     if args.profile and cuda:

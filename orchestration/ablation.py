@@ -25,7 +25,6 @@ from dataclasses import replace
 
 from orchestration import launch, mlflow_runs, options
 from orchestration.fold_lanes import close_dispatcher
-from tfmamba.corpora.manifest import read_manifest
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
@@ -34,6 +33,7 @@ from orchestration.results import close_runs, collect_trials
 from orchestration.rows import label_rows, parse_seeds, row_caches, row_parameters
 from orchestration.search_space import SearchSpaceError
 from orchestration.trial import ROW_KEY, SweepContext, objective
+from tfmamba.corpora.manifest import read_manifest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +88,7 @@ def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, layou
         return launch.restore_tuner(where.tune_path, trainable, "grid").fit()
     tuner = tune.Tuner(trainable, param_space=grid.param_space(),
                        tune_config=tune.TuneConfig(metric=ctx.metric, mode=ctx.mode, num_samples=1,
-                                                   max_concurrent_trials=layout.tune_trials,
+                                                   max_concurrent_trials=layout.max_concurrent,
                                                    reuse_actors=REUSE_TRIAL_ACTORS),
                        run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1))
     return tuner.fit()

@@ -18,11 +18,9 @@ logger = logging.getLogger(__name__)
 DRIVER_RESOURCE = "tfmamba_driver"
 # Tune hands a finished trial's driver actor to the next trial (`TuneConfig(reuse_actors=REUSE_TRIAL_ACTORS)`): a lane
 # goes from one trial to the next in ~1 s on 2 cores (as from fold to fold), where a new driver process took 3-6 s.
+# So Tune runs only the trials that train (`max_concurrent_trials=Layout.max_concurrent`): a trial waiting behind each
+# would be a driver process of its own (~4.5 s of CPU) starting with the sweep, beside its lanes.
 REUSE_TRIAL_ACTORS = True
-# Trials Tune runs beyond those that train, per training trial: each would wait for the lanes (fold_lanes) a finishing
-# trial gives back. With reused actors none is needed, and each would be a driver process of its own (~4.5 s of CPU:
-# Ray Tune, torch, MLflow) starting with the sweep, beside its lanes.
-WAITING_TRIALS = 0
 BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"  # the cluster config `ray up` leaves on the head
 
 
@@ -34,11 +32,6 @@ class Layout:
     parallel_folds: int
     trial_resources: dict[str, float]
     parallel_slots: int
-
-    @property
-    def tune_trials(self) -> int:
-        """Tune's `max_concurrent_trials`: the trials that train, each with `WAITING_TRIALS` behind it (none)."""
-        return self.max_concurrent * (1 + WAITING_TRIALS)
 
 
 def fold_slots(total: dict[str, float], workers: int, cpus: float, gpus: float) -> int:

@@ -24,13 +24,13 @@ import time
 
 from orchestration import console, launch, mlflow_ui, options, pareto, registry, study
 from orchestration.fold_lanes import close_dispatcher
-from tfmamba.corpora.manifest import read_manifest
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
 from orchestration.resources import REUSE_TRIAL_ACTORS, Layout, plan
 from orchestration.results import finish_sweep, print_summary
 from orchestration.search_space import SearchSpace, SearchSpaceError, load_search_space
 from orchestration.trial import TIME_ATTR, SweepContext, objective
+from tfmamba.corpora.manifest import read_manifest
 
 logger = logging.getLogger("orchestration.sweep")
 
@@ -169,7 +169,7 @@ def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: 
         param_space=None if multi else space.param_space(),
         tune_config=tune.TuneConfig(metric=None if multi else ctx.metric, mode=None if multi else ctx.mode,
                                     search_alg=searcher, scheduler=scheduler,
-                                    num_samples=args.num_samples, max_concurrent_trials=layout.tune_trials,
+                                    num_samples=args.num_samples, max_concurrent_trials=layout.max_concurrent,
                                     reuse_actors=REUSE_TRIAL_ACTORS),
         run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1 if args.verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=args.trial_retries),
