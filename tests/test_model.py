@@ -8,7 +8,7 @@ import torch
 from tfmamba.cli import main
 from tfmamba.errors import ConfigError
 from tfmamba.model import VARIANTS, ModelConfig, build_model, count_parameters
-from tfmamba.modules.frequency_filter import FrequencyFilter
+from tfmamba.modules.frequency_filter import FrequencyFilter, fourier_bases, set_padded_mode
 from tfmamba.modules.mamba2 import FrequencyBranch, TemporalBranch
 from tfmamba.paper import paper_params
 
@@ -141,6 +141,108 @@ def test_frequency_filter_uses_each_utterance_own_length():
     out = filt(x, torch.tensor([16, 9]))
     assert torch.allclose(out[1, :9], filt(x[1:, :9])[0], atol=1e-6)
     assert not out[1, 9:].any()
+
+
+def test_fourier_bases_are_each_rows_own_rfft_and_irfft():
+    """The batched DFT's matrices against torch.fft on each row's own frames: odd and even lengths, one frame."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([12, 7, 1, 2, 10])
+    forward, inverse, bins = fourier_bases(lengths, 12)
+    x = torch.randn(len(lengths), 12, 3, dtype=torch.float64)
+    spec = forward.double() @ x
+    for i, n in enumerate(lengths.tolist()):
+        reference = torch.fft.rfft(x[i, :n], dim=0, norm="ortho")
+        k = n // 2 + 1
+        assert torch.allclose(spec[i, :k], reference.real, atol=1e-5)
+        assert torch.allclose(spec[i, 7 : 7 + k], reference.imag, atol=1e-5)
+        assert not spec[i, k:7].any() and not spec[i, 7 + k :].any(), "bins past a row's own are zero"
+        assert bins[i, :, 0].tolist() == [1.0] * k + [0.0] * (7 - k)
+        # irfft ignores the imaginary parts of bin 0 (and of bin n/2 for an even n): so must the inverse
+        back = (inverse[i].double() @ spec[i])[:n]
+        assert torch.allclose(back, torch.fft.irfft(reference, n=n, dim=0, norm="ortho"), atol=1e-5)
+        assert torch.allclose(back, x[i, :n], atol=1e-5)
+        assert not inverse[i, n:].any(), "frames past a row's length get nothing"
+
+
+@pytest.mark.parametrize("hidden", [0, 4])
+def test_padded_batch_filters_the_same_grouped_and_as_one_dft(hidden):
+    """Both ways of filtering a padded batch give the same outputs, and gradients as close to a float64
+    reference as each other (a one-frame clip included: its single bin has std 0)."""
+    torch.manual_seed(0)
+    filt = FrequencyFilter(6, filter_init=0.3, hidden=hidden)
+    if filt.head is not None:
+        torch.nn.init.normal_(filt.head[2].weight, std=0.5)
+    lengths = torch.tensor([19, 1, 2, 18, 7, 19, 12])
+    x = torch.randn(len(lengths), 19, 6)
+    x[3, 18:] = 50.0  # padding that must not leak
+    weights = torch.randn(len(lengths), 19, 6, dtype=torch.float64)
+
+    def run(mode: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        module = filt.to(dtype)
+        xi = x.to(dtype, copy=True).requires_grad_()
+        if dtype == torch.float64:  # each row alone through the float64 transform (forward casts to float32)
+            out = torch.zeros_like(xi)
+            for i, n in enumerate(lengths.tolist()):
+                out[i, :n] = module._filter(xi[i : i + 1, :n])[0]
+        else:
+            module.padded = mode
+            out = module(xi, lengths)
+        (out.double() * weights).sum().backward()
+        module.zero_grad()
+        return out.detach().double(), xi.grad.double()
+
+    reference, reference_grad = run("each row", torch.float64)
+    (out_g, dx_g), (out_d, dx_d) = run("grouped", torch.float32), run("dft", torch.float32)
+    assert torch.allclose(out_g, out_d, atol=1e-5) and torch.allclose(out_d, reference, atol=1e-5)
+    assert not out_d[3, 18:].any()
+    assert torch.isfinite(dx_g).all() and torch.isfinite(dx_d).all()
+    error_g, error_d = (dx_g - reference_grad).abs().max(), (dx_d - reference_grad).abs().max()
+    assert error_d <= 2 * error_g + 1e-5, (error_d, error_g)
+
+
+def test_padded_dft_under_bf16_autocast_stays_close_to_float32():
+    """Under bf16 autocast (a GPU's AMP; the CPU's here) the DFT's matmuls run in bf16: within bf16's precision."""
+    torch.manual_seed(0)
+    filt = FrequencyFilter(16, filter_init=0.3, hidden=4)
+    filt.padded = "dft"
+    lengths = torch.tensor([300, 171, 244, 97])
+    x = torch.randn(4, 300, 16)
+    reference = filt(x, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = filt(x.bfloat16(), lengths)
+    assert low.dtype == torch.bfloat16
+    error = (low.float() - reference).abs().max() / reference.abs().max()
+    assert error < 2e-2, error
+
+
+def test_auto_filters_a_mixed_length_batch_of_training_length_as_one_dft():
+    filt = FrequencyFilter(4)
+    mixed, same = torch.tensor([30, 12, 30]), torch.tensor([12, 12])
+    assert filt.padded_mode(mixed, 30) == "dft"
+    assert filt.padded_mode(same, 30) == "grouped", "one length is one group"
+    assert filt.padded_mode(mixed, 5000) == "grouped", "n^2 work past DFT_MAX_FRAMES"
+    filt.padded = "grouped"
+    assert filt.padded_mode(mixed, 30) == "grouped"
+    with pytest.raises(ValueError, match="unknown padded-batch filter mode"):
+        set_padded_mode(filt, "fast")
+
+
+def test_training_step_of_the_model_is_the_same_with_either_padded_filter():
+    torch.manual_seed(0)
+    model = build_model("tf_cmdt", num_classes=3, input_dim=20, **SMALL).train()
+    _randomise_filter_heads(model)
+    x, lengths = torch.randn(4, 23, 20), torch.tensor([23, 9, 16, 4])
+    grads = {}
+    for mode in ("grouped", "dft"):
+        set_padded_mode(model, mode)
+        torch.manual_seed(1)  # the same dropout masks
+        model.zero_grad()
+        out = model(x, lengths)
+        out.logits.square().sum().backward()
+        grads[mode] = (out.logits.detach(), [q.grad.clone() for q in model.parameters() if q.grad is not None])
+    assert torch.allclose(grads["grouped"][0], grads["dft"][0], atol=1e-5)
+    for a, b in zip(grads["grouped"][1], grads["dft"][1]):
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max().clamp_min(1.0)
 
 
 @pytest.mark.parametrize(
