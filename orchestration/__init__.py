@@ -15,7 +15,9 @@ Modules, one job each (no module imports an entry script):
     grid.py          ablation grids (one Tune trial per row); rows.py: the rows' caches, sizes, labels
     sweep_data.py    the manifest, its folds and feature cache (or the demo corpus)
     resources.py     how many trials and folds run at once
-    trial.py         the Tune trainable: one `TorchTrainer` per fold, running mean/std reports
+    trial.py         the Tune trainable: a trial's folds on the sweep's lanes, running mean/std reports
+    fold_lanes.py    the sweep's lanes (Train runs of warm workers) and the dispatcher lending them to trials
+    lane_trainer.py  the Train trainer a lane runs, without what a lane never uses
     fold_worker.py   what a Train worker runs: `tfmamba.training.fold.train_fold` with a Ray `Reporter`
     mlflow_runs.py   the one door to MLflow (bounded retries): the sweep -> trial -> fold run tree
     model_export.py  the best model as an MLflow pyfunc model

@@ -1,7 +1,7 @@
-"""The sweep's folds on warm Ray Train workers: a lane is one `TorchTrainer` whose workers train the folds handed
-to them one after another, trial after trial, so Train's start-up (worker processes, imports, the process group:
-~7 s on an idle 2-core machine, ~18 s beside a training fold; on GPUs also mamba-ssm's Triton JIT) is paid once
-per fold slot of the sweep instead of once per fold or per trial.
+"""The sweep's folds on warm Ray Train workers: a lane is one Train run (`lane_trainer`) whose workers train the
+folds handed to them one after another, trial after trial, so Train's start-up (worker processes, imports, the
+process group: ~7 s on an idle 2-core machine, ~18 s beside a training fold; on GPUs also mamba-ssm's Triton JIT)
+is paid once per fold slot of the sweep instead of once per fold or per trial.
 
 The sweep's `FoldDispatcher` actor (one per sweep, started by its driver on its node and named after the sweep)
 owns the lanes: it starts `lanes` of them with the sweep, before Tune has its first trial, lends them to trials

@@ -210,7 +210,7 @@ class LaneTask:
 
 
 def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """The `train_loop_per_worker` of a lane's TorchTrainer: train the folds the dispatcher hands this lane, one
+    """The `train_loop_per_worker` of a lane's Train run: train the folds the dispatcher hands this lane, one
     after another and trial after trial, until it says stop; rank 0 hands each fold's `FoldResult` dict (plus the
     node it ran on and the trial's measured costs) to the dispatcher. Returns how many folds this attempt
     trained."""

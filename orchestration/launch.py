@@ -208,7 +208,8 @@ def start_lanes(args: argparse.Namespace, where: ResultsLocation, manifest: Any,
 
     retries = args.fold_retries
     spec = LaneSpec(where.name, where.train_storage, where.tracking_uri, manifest, args.workers_per_fold,
-                    args.cpus_per_worker, args.gpus_per_worker, costs, (retries + 1) * fold_runs if retries else 0)
+                    args.cpus_per_worker, args.gpus_per_worker, costs, (retries + 1) * fold_runs if retries else 0,
+                    local=args.address is None)
     return start_dispatcher(where.name, partial(fit_lane, spec), lanes, retries, wait=False)
 
 

@@ -1,7 +1,7 @@
 """One Tune trial = one k-fold cross-validation on warm Ray Train workers, folds in parallel.
 
 `run_trial` is the Tune function trainable (Ray Train V2 pattern: the trial is only a driver
-of Train runs): it borrows one of the sweep's lanes (`fold_lanes`: a `TorchTrainer` of warm workers,
+of Train runs): it borrows one of the sweep's lanes (`fold_lanes`: a Train run of warm workers,
 `fit_lane`) per fold slot of the trial and hands them its folds one after another, each fold with
 its own MLflow run and its checkpoints. After each fold it reports the running mean over finished folds
 to Tune (`folds_done` is the scheduler's time axis), with a small checkpoint listing the
@@ -156,20 +156,22 @@ class LaneSpec:
     gpus_per_worker: float = 0.0
     costs: tuple[str, ...] = ()  # --objectives' costs (pareto.py), measured once per trial on the lane's device
     max_failures: int = 0  # Train restarts of the lane's worker group (the dispatcher bounds them per fold)
+    local: bool = False  # the sweep's private one-machine Ray (no autoscaler: `lane_trainer`)
 
 
 def fit_lane(spec: LaneSpec, lane: str, dispatcher: Any) -> Any:
-    """Run lane `lane` of the sweep: a `TorchTrainer` whose workers train the folds `dispatcher` hands them, trial
-    after trial, until it says stop. Train restarts a failed worker group up to `spec.max_failures` times; the
-    dispatcher gives each fold `--fold-retries` more attempts."""
+    """Run lane `lane` of the sweep: a Train run (`lane_trainer`) whose workers train the folds `dispatcher` hands
+    them, trial after trial, until it says stop. Train restarts a failed worker group up to `spec.max_failures` times;
+    the dispatcher gives each fold `--fold-retries` more attempts."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from orchestration.lane_trainer import lane_trainer
 
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     task = LaneTask(lane=lane, dispatcher=dispatcher, manifest=spec.manifest, tracking_uri=spec.tracking_uri,
                     costs=spec.costs)
-    trainer = _lane_trainer(TorchTrainer)(
+    trainer = lane_trainer(spec.workers_per_fold, spec.local)(
         train_lane_worker,
         train_loop_config=task.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_fold, use_gpu=use_gpu,
@@ -182,25 +184,6 @@ def fit_lane(spec: LaneSpec, lane: str, dispatcher: Any) -> Any:
         ),
     )
     return trainer.fit()
-
-
-def _lane_trainer(trainer_cls: type) -> type:
-    """`trainer_cls` without Train's Ray Data callback: it starts a `DatasetManager` actor (a process, ~1.5 s of
-    CPU) per worker group even with no `datasets`, and a lane reads its folds from the feature cache itself. The
-    callback is private Ray API (2.60): where it cannot be found, the trainer is left as it is."""
-    try:
-        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-    except ImportError:
-        return trainer_cls
-
-    class LaneTrainer(trainer_cls):
-        def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
-
-    return LaneTrainer
 
 
 def _trial_run_id(ctx: SweepContext, trial_id: str) -> str:
