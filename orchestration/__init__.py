@@ -8,6 +8,7 @@ Entry scripts (run as `python orchestration/X.py`; thin: parse, launch, run, fin
 Modules, one job each (no module imports an entry script):
     options.py       the command-line options the scripts share, checked once
     launch.py        results location + preflight, start/join Ray, the parent MLflow run, Tuner set-up
+    warm_up.py       the driver's MLflow and Tune set-up, done while Ray starts
     ray_cluster.py   a private local Ray, or joining a cluster with a one-line reason when that fails
     preflight.py     can every results location be written, with room left
     node_check.py    on a joined cluster: can the nodes that run folds read the cache, storage and MLflow

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from orchestration import mlflow_runs
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
+from orchestration.warm_up import start_warm_up
 from tfmamba.locations import absolute, is_uri
 
 logger = logging.getLogger(__name__)
@@ -98,16 +100,20 @@ TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 PRIVATE_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
+_WARM_UP: list[threading.Thread] = []  # `warm_up` threads started beside Ray's start, joined by `open_parent_run`
+
+
 def start_ray(address: str | None, tracking_uri: str) -> None:
     """Join the cluster at `address`, or start a private local Ray (with the trial-driver resource); the
     Ray workers get the MLflow URI, bounded MLflow HTTP settings and Train's poll interval. Exits with one line
-    if joining fails."""
+    if joining fails. The driver's MLflow and Tune set-up is warmed up meanwhile (`warm_up`)."""
     import ray
 
     env = {mlflow_runs.ENV_URI: tracking_uri, "PYTHONUNBUFFERED": "1", **mlflow_runs.http_env(),
            mlflow_runs.ENV_RETRY_SECONDS: str(mlflow_runs.default_retry_seconds()),
            **{key: os.environ.get(key, value) for key, value in TRAIN_POLL_ENV.items()}}
     runtime_env = {"env_vars": env}
+    _WARM_UP.append(start_warm_up(tracking_uri, open_store=address is None))
     if address is None:
         env.update({key: os.environ.get(key, value) for key, value in PRIVATE_TRAIN_ENV.items()})
         session = start_private_ray(os.cpu_count(), {DRIVER_RESOURCE: 1000}, runtime_env)
@@ -155,6 +161,8 @@ def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any],
     run gets `params`, the `files` (local path -> artifact folder) and `texts` (artifact path -> text); a
     resumed one keeps those of its first start, and its runs a killed driver left RUNNING are closed."""
     uri = where.tracking_uri
+    while _WARM_UP:
+        _WARM_UP.pop().join()
     experiment_id = mlflow_runs.ensure_experiment(uri, where.experiment,
                                                   mlflow_runs.default_artifact_location(uri, where.experiment))
     run_id = mlflow_runs.get_or_create_run(uri, experiment_id, mlflow_runs.sweep_tags(where.name), run_name)

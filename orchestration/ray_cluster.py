@@ -29,6 +29,10 @@ ADDRESS_ENV = "RAY_ADDRESS"
 # starts as many at a time as the node has CPUs and warns about "N PYTHON worker processes" past 4x that, which on
 # a 2-core machine is every sweep. Starting up to 8 at a time changed no sweep timing measured (benchmarks/README.md).
 STARTUP_CONCURRENCY_ENV = {"RAY_worker_maximum_startup_concurrency": "8"}
+# The raylet starts one idle worker process per CPU for the first driver, for tasks a sweep never runs (its trial
+# drivers, dispatcher and Train processes are actors, each started in a process of its own): on 2 cores two Python
+# processes importing Ray while the sweep's own start. A value set wins.
+NO_PRESTART_ENV = {"RAY_prestart_worker_first_driver": "0"}
 PROBE_SECONDS = 5.0
 
 
@@ -52,7 +56,7 @@ def start_private_ray(num_cpus: int | None, resources: dict[str, float], runtime
                     os.environ[ADDRESS_ENV])
     if not any(os.environ.get(key) for key in AUTH_ENV):
         _use_own_token()
-    for key, value in STARTUP_CONCURRENCY_ENV.items():  # read by the raylet this starts (a value set wins)
+    for key, value in (STARTUP_CONCURRENCY_ENV | NO_PRESTART_ENV).items():  # read by the raylet this starts
         os.environ.setdefault(key, value)
     context = ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False,
                        runtime_env=runtime_env)
