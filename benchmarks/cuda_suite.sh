@@ -8,7 +8,8 @@
 # train_throughput.py is run first on the same card, for a before/after pair measured in one session.
 # Needs mamba-ssm importable for its rows (a wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE is enough: the SSD
 # kernels are Triton); PYTHON picks the interpreter (default python3); STEPS="throughput latency" runs only
-# the steps named (default all: throughput throughput_base tests throughput_compiled fold latency ssd_ieee).
+# the steps named (default all: throughput padded throughput_base tests throughput_compiled fold latency
+# ssd_ieee).
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
@@ -40,6 +41,8 @@ cat "$out/gpu.txt"
 
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer pageable graphed --out "$out/eager"
+run padded 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
+    --variants tf_cmdt --backends mamba_ssm torch --lengths iemocap --frames 600 --filter grouped dft --out "$out/padded"
 if [ -n "$base" ]; then
     run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
         --device cuda --variants tf_cmdt --backends mamba_ssm torch --repeats 5 --out "$out/base"

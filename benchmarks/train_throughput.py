@@ -12,6 +12,12 @@ bf16 autocast on CUDA. `--steps` picks how a step runs:
 - `compiled`: the trainer's step around `torch.compile(model)`;
 - `compiled_graphed`: `graphed` around `torch.compile(model)` (fused kernels, replayed).
 
+`--lengths iemocap` gives the batches real padding: clip durations IEMOCAP-shaped (log-normal around 4.5 s at
+50 frames/s, 1-30 s), cropped to `--frames` as the trainer crops, and batched by length as its sampler does
+(each batch padded to its longest clip). `--filter` picks how the frequency filter treats a padded batch
+(`FrequencyFilter.padded`: one FFT per distinct length, or every row's DFT as two batched matmuls). Each
+`trainer` row also counts the ATen ops one step dispatches, eagerly: on a GPU each is a kernel launch.
+
 On CUDA each row also gives the model's FLOPs per step (counted by `torch.utils.flop_counter` on the torch
 SSD, FFTs not counted), the achieved TFLOP/s and the model FLOP utilisation against the card's bf16 dense
 matrix peak, both the datasheet's and the one measured here (an 8192^3 bf16 matmul).
@@ -21,6 +27,7 @@ Writes benchmarks/results/train_throughput-<device>.json and .md (or under --out
     python benchmarks/train_throughput.py                                    # CPU, torch SSD
     python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --backends torch mamba_ssm \\
         --steps trainer pageable graphed compiled
+    python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --lengths iemocap --filter grouped dft
     python benchmarks/train_throughput.py --quick                            # tiny smoke run (CI)
 """
 
@@ -34,15 +41,19 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info  # noqa: E402
 from _timing import markdown_table, median_seconds, sync  # noqa: E402
 
 from tfmamba.config import TrainConfig  # noqa: E402
+from tfmamba.features.dataset import pad_collate  # noqa: E402
 from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
+from tfmamba.modules.frequency_filter import PADDED_MODES, set_padded_mode  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
 from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer, make_scheduler,  # noqa: E402
                                    parameter_groups, to_device, train_epoch)
@@ -55,16 +66,55 @@ DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.
 NOT_DISTRIBUTED = Dist()
 
 
-def random_batches(count: int, batch: int, frames: int, input_dim: int, num_classes: int, pinned: bool) -> list[dict]:
-    """`count` host batches as the trainer's loader yields them (unpadded: every utterance has `frames` frames)."""
+LENGTHS = ("full", "iemocap")
+FRAME_RATE = 50.0  # WavLM frames per second
+
+
+def batch_lengths(count: int, batch: int, frames: int, how: str, seed: int = 0) -> list[list[int]]:
+    """Clip lengths of `count` batches: all `frames` ("full"), or IEMOCAP-shaped durations cropped to `frames`
+    and cut into batches of neighbouring lengths from one sorted pool of 50 batches, as `LengthBucketSampler`
+    does ("iemocap"); the batches are spread evenly over the pool, short to long."""
+    if how == "full":
+        return [[frames] * batch for _ in range(count)]
+    rng = np.random.default_rng(seed)
+    seconds = np.clip(rng.lognormal(np.log(4.5), 0.6, size=batch * 50), 1.0, 30.0)
+    pool = np.sort(np.minimum(frames, np.maximum(1, (seconds * FRAME_RATE).astype(np.int64))))
+    picks = np.linspace(0, 49, count).round().astype(int)
+    return [pool[i * batch: (i + 1) * batch].tolist() for i in picks]
+
+
+def random_batches(count: int, batch: int, frames: int, input_dim: int, num_classes: int, pinned: bool,
+                   lengths: str = "full") -> list[dict]:
+    """`count` host batches as the trainer's loader yields them (`pad_collate`; lengths as `batch_lengths`)."""
     out = []
-    for i in range(count):
-        features = torch.randn(batch, frames, input_dim)
-        labels = (torch.arange(batch) + i) % num_classes
+    for i, sizes in enumerate(batch_lengths(count, batch, frames, lengths)):
+        items = [{"features": torch.randn(n, input_dim), "label": (j + i) % num_classes, "utt_id": f"b{i}u{j}"}
+                 for j, n in enumerate(sizes)]
+        collated = pad_collate(items)
+        features, labels = collated["features"], collated["labels"]
         if pinned:
             features, labels = features.pin_memory(), labels.pin_memory()
-        out.append({"features": features, "lengths": torch.full((batch,), frames), "labels": labels})
+        out.append({"features": features, "lengths": collated["lengths"], "labels": labels})
     return out
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside the `with` block (autograd's backward ops included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - the dispatch protocol
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(epoch: Callable[[], None], steps: int) -> float:
+    """ATen ops one step of `epoch` (an eager step over `steps` batches) dispatches, on average."""
+    with OpCounter() as counter:
+        epoch()
+    return counter.count / steps
 
 
 def trainer_epoch(config: TrainConfig, model: nn.Module, device: torch.device, batches: list[dict],
@@ -148,6 +198,12 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
                              "share": e.self_device_time_total / 1e3 / busy} for e in ranked]}
 
 
+def padding_share(batches: list[dict]) -> float:
+    """The share of the batches' frames that are padding."""
+    frames = sum(b["features"].shape[0] * b["features"].shape[1] for b in batches)
+    return 1.0 - sum(int(b["lengths"].sum()) for b in batches) / frames
+
+
 def step_flops(model_config: ModelConfig, config: TrainConfig, batch: int, frames: int, device: torch.device) -> int:
     """FLOPs of one training step's forward and backward, counted on the torch SSD (FFTs are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -183,15 +239,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=None, help="default 32 on CUDA (the paper's), 8 on CPU")
-    parser.add_argument("--frames", type=int, default=300, help="frames per utterance (~6 s of WavLM at 50 Hz)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per utterance, the crop with --lengths iemocap (default 300, ~6 s of WavLM at 50 Hz)")
     parser.add_argument("--backends", nargs="+", default=["torch"], help="SSD backends to time: torch, mamba_ssm")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--steps", nargs="+", default=["trainer"], choices=STEPS, help="how a step runs (see above)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="timed steps per epoch (20 CUDA, 2 CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per row (the median is kept)")
+    parser.add_argument("--lengths", default="full", choices=LENGTHS,
+                        help="full: every clip has --frames frames; iemocap: real padding (see above)")
+    parser.add_argument("--filter", nargs="+", default=["auto"], choices=PADDED_MODES,
+                        help="how the frequency filter treats a padded batch (FrequencyFilter.padded)")
     parser.add_argument("--profile", action="store_true",
                         help="CUDA: profile one more epoch per row: GPU busy time per step and the top kernels")
-    parser.add_argument("--quick", action="store_true", help="tiny model, tiny batch (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="tiny model (smoke test); batch 4 x 32 frames unless given")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -199,11 +260,13 @@ def main() -> int:
     cuda = device.type == "cuda"
     if not cuda and {"graphed", "pageable", "compiled_graphed"} & set(args.steps):
         parser.error("--steps graphed, compiled_graphed and pageable measure CUDA effects: use --device cuda")
-    batch = args.batch or (32 if cuda else 8)
-    frames, sizes, repeats = args.frames, {}, args.repeats
+    if args.lengths != "full" and {"graphed", "compiled_graphed"} & set(args.steps):
+        parser.error("a CUDA graph replays one batch shape: --steps graphed and compiled_graphed need --lengths full")
+    batch = args.batch or (4 if args.quick else 32 if cuda else 8)
+    frames, sizes, repeats = args.frames or (32 if args.quick else 300), {}, args.repeats
     per_epoch = args.steps_per_epoch or (20 if cuda else 2)
     if args.quick:
-        batch, frames, repeats, per_epoch = 4, 32, 1, 2
+        repeats, per_epoch = 1, 2
         sizes = dict(d_model=32, d_state=8, headdim=16, num_heads=4, ffn_dim=16, input_dim=32, chunk_size=16)
     device_name = machine_info()["device"]
     peak_measured = measured_bf16_tflops(device) if cuda else None
@@ -214,14 +277,16 @@ def main() -> int:
         model_config = ModelConfig.from_dict({**config.model.to_dict(), "variant": variant, **sizes})
         flops = step_flops(model_config, config, batch, frames, device) if cuda else None
         for backend in args.backends if variant in SSD_VARIANTS else ["-"]:
-            for step in args.steps:
+            for step, padded in [(step, mode) for step in args.steps for mode in args.filter]:
                 torch.manual_seed(0)
                 settings = model_config.to_dict() | ({"ssd_backend": backend} if backend != "-" else {})
                 model = TFMamba(ModelConfig.from_dict(settings)).to(device).train()
+                set_padded_mode(model, padded)
                 batches = random_batches(per_epoch, batch, frames, model_config.input_dim, model_config.num_classes,
-                                         pinned=cuda and step != "pageable")
-                row = {"variant": variant, "ssd_backend": backend, "step": step, "batch": batch, "frames": frames,
-                       "steps_per_epoch": per_epoch}
+                                         pinned=cuda and step != "pageable", lengths=args.lengths)
+                row = {"variant": variant, "ssd_backend": backend, "step": step, "filter": padded, "batch": batch,
+                       "frames": frames, "lengths": args.lengths, "steps_per_epoch": per_epoch,
+                       "padding": padding_share(batches)}
                 try:
                     started = time.perf_counter()
                     net = torch.compile(model) if step.startswith("compiled") else model
@@ -232,6 +297,8 @@ def main() -> int:
                     seconds = median_seconds(epoch, device, warmup=1, repeats=repeats) / per_epoch
                     row["setup_s"] = time.perf_counter() - started - seconds * per_epoch * repeats
                     row |= {"step_ms": 1e3 * seconds, "utt_per_s": batch / seconds}
+                    if step == "trainer":
+                        row["ops_per_step"] = ops_per_step(epoch, per_epoch)
                     if args.profile and cuda:
                         row["profile"] = kernel_profile(epoch, per_epoch)
                 except Exception as err:  # one mode failing on a machine must not lose the others' rows
@@ -267,20 +334,24 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
     lines = [f"# Training throughput ({m['device']})", "",
              f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}; "
              f"batch {batch} x {frames} frames, {'bf16 autocast, ' if cuda else ''}the trainer's step "
-             "(CE + CMDT for tf_cmdt, clipping, AdamW, LR schedule).", ""]
+             "(CE + CMDT for tf_cmdt, clipping, AdamW, LR schedule). Lengths `full`: no padding; `iemocap`: "
+             "IEMOCAP-shaped clips cropped to the frames, batched by length (padding: the share of padded frames). "
+             "Ops: ATen ops per eager step (a kernel launch each on a GPU).", ""]
     if cuda:
         lines += [f"bf16 dense matmul peak: {payload['bf16_peak_tflops_measured']:.0f} TFLOP/s measured here, "
                   f"{payload['bf16_peak_tflops_datasheet']} by the datasheet. MFU = the model's counted FLOPs per "
                   "step / step time / peak.", ""]
-    header = ["variant", "SSD backend", "step", "step ms", "utt/s"]
+    header = ["variant", "SSD backend", "step", "filter", "lengths (padding)", "ops", "step ms", "utt/s"]
     header += ["TFLOP/s", "MFU (measured peak)", "MFU (datasheet)"] if cuda else []
     rows = []
     for r in payload["records"]:
+        what = [r["variant"], r["ssd_backend"], r["step"], r.get("filter", "auto"),
+                f"{r.get('lengths', 'full')} ({100 * r.get('padding', 0.0):.0f}%)"]
         if "error" in r:
-            failed = [r["variant"], r["ssd_backend"], r["step"], "failed", r["error"][:80]]
-            rows.append(failed + ([""] * 3 if cuda else []))
+            rows.append(what + ["", "failed", r["error"][:80]] + ([""] * 4 if cuda else [""]))
             continue
-        row = [r["variant"], r["ssd_backend"], r["step"], f"{r['step_ms']:.1f}", f"{r['utt_per_s']:.1f}"]
+        ops = f"{r['ops_per_step']:.0f}" if "ops_per_step" in r else "-"
+        row = what + [ops, f"{r['step_ms']:.1f}", f"{r['utt_per_s']:.1f}"]
         if cuda:
             row += [f"{r['tflops']:.0f}", f"{100 * r['mfu_measured_peak']:.1f}%",
                     f"{100 * r['mfu_datasheet_peak']:.1f}%" if "mfu_datasheet_peak" in r else "-"]

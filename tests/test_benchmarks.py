@@ -55,3 +55,17 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     fold = overhead["folds"][0]
     assert 0 < fold["train_seconds"] < fold["run_seconds"] <= overhead["sweep_wall_seconds"]
     assert overhead["ray_overhead_ratio"] > 1 and overhead["trainer_startup_median_seconds"] > 0
+
+
+def test_train_throughput_pads_batches_like_iemocap_and_counts_each_filters_ops(tmp_path):
+    """The padded rows: real padding, both ways of filtering it, and fewer ops per step as one DFT."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--quick",
+                           "--variants", "tf_cmdt", "--lengths", "iemocap", "--frames", "120", "--batch", "12",
+                           "--filter", "grouped", "dft", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["filter"]: r for r in json.loads((tmp_path / "train_throughput-cpu-quick.json").read_text())["records"]}
+    assert set(rows) == {"grouped", "dft"}
+    assert all(0 < r["padding"] < 0.5 and r["utt_per_s"] > 0 and r["lengths"] == "iemocap" for r in rows.values())
+    assert rows["dft"]["ops_per_step"] < rows["grouped"]["ops_per_step"]
+    assert "| tf_cmdt | torch | trainer | dft | iemocap (" in (tmp_path / "train_throughput-cpu-quick.md").read_text()
