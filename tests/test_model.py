@@ -405,6 +405,28 @@ def test_frequency_filter_in_place_over_several_transpose_tiles():
         assert torch.allclose(filt(x), reference.detach(), atol=1e-6)
 
 
+@pytest.mark.parametrize("group_size", [None, 16])
+def test_gated_rmsnorm_is_rmsnorm_of_x_gated_by_silu_z(group_size):
+    """The autograd form (F.rms_norm) against the definition, per group: forward and gradients."""
+    from tfmamba.modules.norm import RMSNormGated
+
+    torch.manual_seed(0)
+    norm = RMSNormGated(48, group_size=group_size)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x, z = torch.randn(2, 9, 48, requires_grad=True), torch.randn(2, 9, 48, requires_grad=True)
+    out = norm(x, z)
+    groups = (x * torch.nn.functional.silu(z)).unflatten(-1, (-1, group_size or 48))
+    expected = (groups / groups.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()).flatten(-2) * norm.weight
+    assert torch.allclose(out, expected, atol=1e-5)
+    weights = torch.randn_like(out)
+    got = torch.autograd.grad((out * weights).sum(), (x, z, norm.weight))
+    want = torch.autograd.grad((expected * weights).sum(), (x, z, norm.weight))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(norm(x, z, scale=False) * norm.weight, out, atol=1e-5)
+
+
 def test_gated_rmsnorm_in_place_is_the_autograd_form():
     """The gated RMSNorm without autograd (in silu(z)'s memory, vecdot) gives the out-of-place result."""
     from tfmamba.modules.norm import RMSNormGated

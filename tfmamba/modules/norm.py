@@ -46,12 +46,11 @@ class RMSNormGated(nn.Module):
         return (gated.mul_(self.weight) if scale else gated).to(x.dtype)
 
     def _reference(self, x: Tensor, z: Tensor | None, scale: bool = True) -> Tensor:
-        """Out of place, for autograd and grouped norms."""
-        dtype = x.dtype
-        x = x.float()
-        if z is not None:
-            x = x * F.silu(z.float())
-        groups = x.unflatten(-1, (-1, self.group_size))
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = groups.flatten(-2)
-        return (out * self.weight.float() if scale else out).to(dtype)
+        """Out of place, for autograd and grouped norms: through `F.rms_norm`, one fused kernel each way on CUDA
+        instead of ~5 passes over the activations (on a CPU a composite of those passes, as fast as them)."""
+        gated = x.float() * F.silu(z.float()) if z is not None else x.float()
+        weight = self.weight.float() if scale else None
+        if self.group_size == gated.shape[-1]:
+            return F.rms_norm(gated, (self.group_size,), weight, self.eps).to(x.dtype)
+        out = F.rms_norm(gated.unflatten(-1, (-1, self.group_size)), (self.group_size,), None, self.eps).flatten(-2)
+        return (out * weight if weight is not None else out).to(x.dtype)
