@@ -55,6 +55,7 @@ from tfmamba.features.dataset import pad_collate  # noqa: E402
 from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
 from tfmamba.modules.frequency_filter import PADDED_MODES, set_padded_mode  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
+from tfmamba.training.loaders import batch_dtype  # noqa: E402
 from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer, make_scheduler,  # noqa: E402
                                    parameter_groups, to_device, train_epoch)
 from tfmamba.training.distributed import Dist  # noqa: E402
@@ -84,13 +85,14 @@ def batch_lengths(count: int, batch: int, frames: int, how: str, seed: int = 0) 
 
 
 def random_batches(count: int, batch: int, frames: int, input_dim: int, num_classes: int, pinned: bool,
-                   lengths: str = "full") -> list[dict]:
-    """`count` host batches as the trainer's loader yields them (`pad_collate`; lengths as `batch_lengths`)."""
+                   lengths: str = "full", gpu: bool = False) -> list[dict]:
+    """`count` host batches as the trainer's loader yields them (`pad_collate` of the store's float16 frames, in
+    `batch_dtype(gpu)`: float16 for a GPU, float32 for a CPU; lengths as `batch_lengths`)."""
     out = []
     for i, sizes in enumerate(batch_lengths(count, batch, frames, lengths)):
-        items = [{"features": torch.randn(n, input_dim), "label": (j + i) % num_classes, "utt_id": f"b{i}u{j}"}
+        items = [{"features": torch.randn(n, input_dim).half(), "label": (j + i) % num_classes, "utt_id": f"b{i}u{j}"}
                  for j, n in enumerate(sizes)]
-        collated = pad_collate(items)
+        collated = pad_collate(items, dtype=batch_dtype(gpu))
         features, labels = collated["features"], collated["labels"]
         if pinned:
             features, labels = features.pin_memory(), labels.pin_memory()
@@ -283,7 +285,7 @@ def main() -> int:
                 model = TFMamba(ModelConfig.from_dict(settings)).to(device).train()
                 set_padded_mode(model, padded)
                 batches = random_batches(per_epoch, batch, frames, model_config.input_dim, model_config.num_classes,
-                                         pinned=cuda and step != "pageable", lengths=args.lengths)
+                                         pinned=cuda and step != "pageable", lengths=args.lengths, gpu=cuda)
                 row = {"variant": variant, "ssd_backend": backend, "step": step, "filter": padded, "batch": batch,
                        "frames": frames, "lengths": args.lengths, "steps_per_epoch": per_epoch,
                        "padding": padding_share(batches)}

@@ -43,6 +43,26 @@ def test_collate_pads_and_masks(store):
     assert batch["features"][1, 29].tolist() == [3.0, 29.0, -29.0]
 
 
+def test_batches_for_a_gpu_keep_the_stores_float16_and_the_step_converts_them(store):
+    """A GPU's batches are padded in the store's float16 (half the bytes to pad, pin and copy); `to_device`
+    standardises them in float32, with the same values as a CPU's float32 batch."""
+    from tfmamba.training.input_norm import InputNorm
+    from tfmamba.training.loaders import _IndexedCollate, batch_dtype
+    from tfmamba.training.loop import to_device
+
+    data = FeatureDataset(store, ids(), list(range(8)))
+    assert data[3]["features"].dtype == torch.float16
+    items = [data[0], data[3], data[6]]
+    half, full = pad_collate(items, dtype=batch_dtype(gpu=True)), pad_collate(items, dtype=batch_dtype(gpu=False))
+    assert half["features"].dtype == torch.float16 and full["features"].dtype == torch.float32
+    assert not half["features"][0, 5:].any()
+    norm = InputNorm(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]))
+    on_device = to_device(half, norm, torch.device("cpu"))
+    assert on_device.features.dtype == torch.float32
+    assert torch.equal(on_device.features, to_device(full, norm, torch.device("cpu")).features)
+    assert _IndexedCollate(data, batch_dtype(gpu=True))(items)["features"].dtype == torch.float16
+
+
 def test_missing_utterances_are_listed(store):
     with pytest.raises(DataError, match=r"2 utterances.*'gone1', 'gone2'"):
         FeatureDataset(store, ["u0", "gone1", "gone2"], [0, 1, 2])

@@ -72,11 +72,12 @@ class FeatureDataset(Dataset):
                 "label": int(self.labels[i]), "utt_id": self.utt_ids[i]}
 
 
-def pad_collate(batch: Sequence[dict]) -> dict:
-    """Zero-pad to the longest item: features float32 (B, L, D), mask bool (B, L), lengths/labels long (B,), utt_ids."""
+def pad_collate(batch: Sequence[dict], dtype: torch.dtype | None = torch.float32) -> dict:
+    """Zero-pad to the longest item: features (B, L, D) in `dtype` (None: the items' own, the store's float16),
+    mask bool (B, L), lengths/labels long (B,), utt_ids."""
     lengths = torch.tensor([item["features"].shape[0] for item in batch], dtype=torch.long)
     dim = batch[0]["features"].shape[1]
-    features = torch.zeros(len(batch), int(lengths.max()), dim, dtype=torch.float32)
+    features = torch.zeros(len(batch), int(lengths.max()), dim, dtype=dtype or batch[0]["features"].dtype)
     for i, item in enumerate(batch):
         features[i, : lengths[i]] = item["features"]
     mask = torch.arange(features.shape[1])[None, :] < lengths[:, None]

@@ -128,8 +128,9 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     model_config = config.model_config(len(labels), store.dim)
     model = TFMamba(model_config).to(dev)
     norm = input_norm(config, data.train, model_config.d_model).to(dev)
-    loader, sampler = train_loader(config, data.train, where.world, where.rank, pin_memory=dev.type == "cuda")
-    valid_loader = eval_loader(config, data.valid, where.world, where.rank)
+    gpu = dev.type == "cuda"
+    loader, sampler = train_loader(config, data.train, where.world, where.rank, gpu=gpu)
+    valid_loader = eval_loader(config, data.valid, where.world, where.rank, gpu=gpu)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, len(sampler))
     cmdt = make_cmdt(config)
@@ -264,8 +265,8 @@ def _finish(config: TrainConfig, fold: Fold, store: FeatureStore, test_set: Feat
     if not state.history:
         raise TrainingError(f"fold {fold.index}: no epoch was trained (epochs={config.epochs})")
     model.load_state_dict(best_weights)
-    test = evaluate(config, model, norm, eval_loader(config, test_set, where.world, where.rank), len(test_set),
-                    device, where)
+    test_loader = eval_loader(config, test_set, where.world, where.rank, gpu=device.type == "cuda")
+    test = evaluate(config, model, norm, test_loader, len(test_set), device, where)
     test_metrics = compute_metrics(test.labels, test.predicted, labels)
     best = state.history[state.best_epoch - 1]
     result = FoldResult(fold=fold.index, status="ok", best_epoch=state.best_epoch, epochs_run=state.epoch,

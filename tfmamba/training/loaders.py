@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -76,28 +77,37 @@ def cropped_count(dataset: FeatureDataset) -> int:
     return int((dataset.store.lengths[dataset.rows] > dataset.max_frames).sum())
 
 
+def batch_dtype(gpu: bool) -> torch.dtype | None:
+    """The features' dtype in a batch: float32 for a CPU; for a GPU the store's own (float16), which halves
+    the bytes the loader pads and pins and the GPU copies (32 x 600 x 1024 frames: 41 -> 19 ms to pad on one
+    core); the training step converts on the GPU (`loop.to_device`)."""
+    return None if gpu else torch.float32
+
+
 def train_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int,
-                 pin_memory: bool = False) -> tuple[DataLoader, LengthBucketSampler]:
+                 gpu: bool = False) -> tuple[DataLoader, LengthBucketSampler]:
     """Shuffled length-bucketed batches of `batch_size // world` per rank (so `batch_size` is the global batch);
-    `pin_memory` (for a GPU) makes the batches' copies to the device asynchronous."""
+    for a `gpu`, pinned (the copies to the device are asynchronous) and in `batch_dtype`."""
     per_rank = max(1, config.batch_size // world)
     sampler = LengthBucketSampler(dataset.lengths, per_rank, shuffle=True, seed=config.seed,
                                   num_replicas=world, rank=rank)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=pad_collate, num_workers=config.num_workers,
-                        pin_memory=pin_memory)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=partial(pad_collate, dtype=batch_dtype(gpu)),
+                        num_workers=config.num_workers, pin_memory=gpu)
     return loader, sampler
 
 
-def eval_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int) -> DataLoader:
+def eval_loader(config: TrainConfig, dataset: FeatureDataset, world: int, rank: int, gpu: bool = False) -> DataLoader:
     """This rank's share of `dataset` (indices rank, rank + world, ...), batched in increasing length:
-    at most `batch_size // world` utterances and `batch_size // world * max_frames` padded frames a batch."""
+    at most `batch_size // world` utterances and `batch_size // world * max_frames` padded frames a batch;
+    for a `gpu` pinned and in `batch_dtype`, as `train_loader`'s."""
     mine = np.arange(rank, len(dataset), world)
     lengths = dataset.lengths[mine]
     order = np.argsort(lengths, kind="stable")
     size = max(1, config.batch_size // world)
     budget = None if config.max_frames is None else size * config.max_frames
     return DataLoader(dataset, batch_sampler=eval_batches(mine[order], lengths[order], size, budget),
-                      collate_fn=_IndexedCollate(dataset), num_workers=config.num_workers)
+                      collate_fn=_IndexedCollate(dataset, batch_dtype(gpu)), num_workers=config.num_workers,
+                      pin_memory=gpu)
 
 
 def eval_batches(indices: np.ndarray, lengths: np.ndarray, size: int, frame_budget: int | None) -> list[list[int]]:
@@ -120,10 +130,11 @@ def eval_batches(indices: np.ndarray, lengths: np.ndarray, size: int, frame_budg
 class _IndexedCollate:
     """pad_collate plus each item's dataset index (found from its utt_id), for gathering predictions."""
 
-    def __init__(self, dataset: FeatureDataset) -> None:
+    def __init__(self, dataset: FeatureDataset, dtype: torch.dtype | None) -> None:
         self.position = {u: i for i, u in enumerate(dataset.utt_ids)}
+        self.dtype = dtype
 
     def __call__(self, batch: list[dict]) -> dict:
-        out = pad_collate(batch)
+        out = pad_collate(batch, self.dtype)
         out["indices"] = torch.tensor([self.position[item["utt_id"]] for item in batch], dtype=torch.long)
         return out

@@ -88,7 +88,9 @@ class Batch:
 
 
 def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
-    return Batch(norm(to_device_async(batch["features"], device)), batch["lengths"],
+    """A loader's batch on `device`, its features standardised in float32 (a GPU's batches come in the store's
+    float16, converted after the copy: `loaders.batch_dtype`)."""
+    return Batch(norm(to_device_async(batch["features"], device).float()), batch["lengths"],
                  to_device_async(batch["labels"], device))
 
 
