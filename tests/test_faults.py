@@ -192,7 +192,9 @@ def test_killed_worker_resumes_its_fold_from_the_last_checkpoint(killed_worker_s
 
     sweep, output = killed_worker_sweep, killed_worker_sweep["output"]
     assert sweep["killed_at"] < EPOCHS, "the worker was killed after its fold had finished"
-    assert "[FailurePolicy] RETRY" in output and "ActorDiedError" in output  # Ray saw the worker die, restarted it
+    # Ray saw the worker die (its health check names the dead process; the torch backend's shutdown, gone from a
+    # one-worker lane, also logged ActorDiedError) and restarted it
+    assert "[FailurePolicy] RETRY" in output and "worker process has died" in output
     resumed = [int(line.rsplit("(epoch ", 1)[1].split(")")[0]) for line in output.splitlines()
                if f"resuming fold {KILLED_FOLD} from" in line]
     assert len(resumed) == 1 and sweep["registered"] <= resumed[0] < EPOCHS, output[-6000:]
