@@ -7,11 +7,12 @@ back from MLflow and compares:
 - the sweep's wall time vs the sum of its folds' training time divided by the fold slots
   (the ratio `ray_overhead_ratio`: 1.0 would mean Ray, Tune and MLflow cost nothing);
 - per fold: the fold run's MLflow duration minus the training loop's own `train_seconds`, for
-  a lane's first fold (which waits for the lane's TorchTrainer to start with the sweep: worker
-  processes, imports, the process group), a trial's first fold on a lane an earlier trial
-  warmed, and the folds after those (data loading, model set-up, logging);
-- a `TorchTrainer.fit()` of an empty training loop (one worker reporting one checkpoint),
-  timed on its own: the start-up every lane (one per fold slot of the sweep) pays once.
+  a lane's first fold (which waits for the lane's Train run to start with the sweep: worker
+  processes, imports), a trial's first fold on a lane an earlier trial warmed, and the folds
+  after those (data loading, model set-up, logging);
+- the `fit()` of an empty training loop (one worker reporting one checkpoint) by the trainer class a
+  sweep's one-worker lane runs on its private Ray (`orchestration.lane_trainer`), timed on its own:
+  the start-up every lane (one per fold slot of the sweep) pays once.
 
 Writes benchmarks/results/sweep_overhead.json and .md (or under --out). Each Ray it starts (the sweep's, and the one
 timing the empty trainer) keeps its files under the run's temporary folder ($RAY_TMPDIR) and runs without token
@@ -58,11 +59,12 @@ def empty_loop(config: dict) -> None:
 
 
 def trainer_startup_seconds(repeats: int, storage: Path) -> list[float]:
-    """Wall time of `TorchTrainer(empty_loop).fit()` with one CPU worker, `repeats` times in one Ray session."""
+    """Wall time of an empty lane's `fit()` (`lane_trainer(1, local=True)`, as a sweep's one-worker lane on its
+    private Ray) with one CPU worker, `repeats` times in one Ray session."""
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
 
+    from orchestration.lane_trainer import lane_trainer
     from orchestration.launch import TRAIN_POLL_ENV
     from orchestration.ray_cluster import start_private_ray
 
@@ -71,13 +73,14 @@ def trainer_startup_seconds(repeats: int, storage: Path) -> list[float]:
     try:
         times = []
         for i in range(repeats):
-            trainer = TorchTrainer(empty_loop, scaling_config=ray.train.ScalingConfig(num_workers=1),
-                                   run_config=ray.train.RunConfig(name=f"empty-{i}", storage_path=str(storage)))
+            trainer = lane_trainer(1, local=True)(
+                empty_loop, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                run_config=ray.train.RunConfig(name=f"empty-{i}", storage_path=str(storage)))
             start = time.perf_counter()
             result = trainer.fit()
             times.append(time.perf_counter() - start)
             if result.metrics is None or result.metrics.get("done") != 1:
-                raise RuntimeError(f"empty TorchTrainer run {i} returned no metrics: {result}")
+                raise RuntimeError(f"empty lane run {i} returned no metrics: {result}")
         return times
     finally:
         ray.shutdown()
@@ -140,7 +143,7 @@ def main() -> int:
                         help="demo folds to cross-validate (default: 1,2,3, as `make demo`)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fold (default: 2, as `make demo`)")
     parser.add_argument("--max-frames", type=int, default=200, help="frames per utterance (default: 200)")
-    parser.add_argument("--startup-repeats", type=int, default=3, help="empty TorchTrainer runs to time (default: 3)")
+    parser.add_argument("--startup-repeats", type=int, default=3, help="empty lane runs to time (default: 3)")
     parser.add_argument("--demo-root", type=Path, default=ROOT / "data" / "demo",
                         help="where the demo corpus is (prepared there once; default: ./data/demo)")
     parser.add_argument("--quick", action="store_true",
@@ -219,7 +222,7 @@ def main() -> int:
          seconds(results["fold_overhead_trial_first_median_seconds"])],
         [f"... a trial's later folds (median of {len(warm)})", seconds(results["fold_overhead_warm_median_seconds"])],
         ["per fold: training (median)", f"{results['fold_train_median_seconds']:.1f} s"],
-        ["empty `TorchTrainer.fit()` (median of runs)",
+        ["an empty lane's `fit()` (one-worker `lane_trainer`, median of runs)",
          f"{results['trainer_startup_median_seconds']:.1f} s ({', '.join(f'{s:.1f}' for s in startup)})"],
     ])
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
