@@ -176,13 +176,14 @@ class FrequencyFilter(nn.Module):
             base = base + self.head(torch.cat([mean, std], dim=-1).to(self.head[0].weight.dtype)).float()
         return base.unsqueeze(1)
 
-    def mask(self, power: Tensor, inplace: bool = False) -> Tensor:
-        """Soft pass mask in [0, 1] for power spectra (batch, bins, channels); inplace: computed in power's memory."""
+    def mask(self, power: Tensor, inplace: bool = False, bins: Tensor | None = None) -> Tensor:
+        """Soft pass mask in [0, 1] for power spectra (batch, bins, channels); inplace: computed in power's memory;
+        `bins` as in `_std_mean_over_bins` (None: every bin is valid)."""
         if not inplace:
             log_power = torch.log(power + self.eps)
-            return torch.sigmoid(self.sharpness * (log_power - self.log_threshold(log_power)))
+            return torch.sigmoid(self.sharpness * (log_power - self.log_threshold(log_power, bins)))
         log_power = power.add_(self.eps).log_()
-        return log_power.sub_(self.log_threshold(log_power)).mul_(self.sharpness).sigmoid_()
+        return log_power.sub_(self.log_threshold(log_power, bins)).mul_(self.sharpness).sigmoid_()
 
     def _filter(self, seq: Tensor) -> Tensor:
         """Filter (batch, n, channels) sequences that are all valid, along dim 1 (in place without autograd)."""
@@ -201,10 +202,9 @@ class FrequencyFilter(nn.Module):
         the input did and as the output will be stored; the power, threshold and mask stay in float32."""
         forward, inverse, bins = fourier_bases(to_device_async(lengths, xf.device), xf.shape[1])
         spec = torch.bmm(forward, xf).float()  # (batch, 2K, channels): [Re; Im]
-        re, im = spec.chunk(2, dim=1)
-        log_power = torch.log(re.square() + im.square() + self.eps)
-        mask = torch.sigmoid(self.sharpness * (log_power - self.log_threshold(log_power, bins)))
-        return torch.bmm(inverse, spec * mask.repeat(1, 2, 1)).float()
+        parts = spec.unflatten(1, (2, -1))  # (batch, 2, K, channels): Re and Im
+        mask = self.mask(parts.square().sum(1), bins=bins)
+        return torch.bmm(inverse, (parts * mask.unsqueeze(1)).flatten(1, 2)).float()
 
     def padded_mode(self, lengths: Tensor, frames: int) -> str:
         """How "auto" filters a padded batch: the batched DFT when its rows have more than one length and it
