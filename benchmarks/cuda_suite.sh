@@ -8,8 +8,8 @@
 # train_throughput.py is run first on the same card, for a before/after pair measured in one session.
 # Needs mamba-ssm importable for its rows (a wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE is enough: the SSD
 # kernels are Triton); PYTHON picks the interpreter (default python3); STEPS="throughput latency" runs only
-# the steps named (default all: throughput padded throughput_base tests throughput_compiled fold latency
-# ssd_ieee).
+# the steps named (default all, in this order: throughput throughput_base padded fold tests throughput_compiled
+# latency ssd_ieee).
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
@@ -40,19 +40,19 @@ $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 cat "$out/gpu.txt"
 
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
-    --variants tf_cmdt --backends mamba_ssm torch --steps trainer pageable graphed --out "$out/eager"
-run padded 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
-    --variants tf_cmdt --backends mamba_ssm torch --lengths iemocap --frames 600 --filter grouped dft --out "$out/padded"
+    --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
 if [ -n "$base" ]; then
     run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
         --device cuda --variants tf_cmdt --backends mamba_ssm torch --repeats 5 --out "$out/base"
 fi
+run padded 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
+    --variants tf_cmdt --backends mamba_ssm torch --lengths iemocap --frames 600 --filter grouped dft --out "$out/padded"
+run fold 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
+    --out "$out/fold"
 run tests 240 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -p no:cacheprovider -m gpu \
     "$here/tests/test_cuda_training.py" "$here/tests/test_ssd.py"
 run throughput_compiled 360 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends torch mamba_ssm --steps compiled_graphed compiled --out "$out/compiled"
-run fold 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
-    --out "$out/fold"
 run latency 120 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/latency.py" --device cuda \
     --lengths 1000 2000 4000 8000 --out "$out/latency"
 run ssd_ieee 240 env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=/tmp/tfmamba-triton-ieee PYTHONPATH="$(path_with "$here")" \
