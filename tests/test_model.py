@@ -300,6 +300,23 @@ def test_inference_fast_path_matches_the_batched_masked_path(variant):
         assert torch.equal(fast.mask, reference.mask)
 
 
+@pytest.mark.parametrize("variant", ["tf", "dual_temporal", "temporal", "attention"])
+def test_inference_fast_path_runs_under_bf16_autocast(variant):
+    """Evaluation on a GPU runs the no-autograd path under bf16 autocast (CPU autocast here): the folded block adds
+    the branches' bf16 products into its float32 residual. Within bf16's precision of the autograd path's result."""
+    torch.manual_seed(0)
+    model = build_model(variant, num_classes=3, input_dim=20, **SMALL).eval()
+    _randomise_filter_heads(model)
+    x, lengths = torch.randn(3, 37, 20), torch.tensor([37, 20, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model(x, lengths).logits.detach().float()
+        with torch.no_grad():
+            fast = model(x, lengths)
+    assert fast.sequence.dtype == torch.float32, "the residual stream stays float32"
+    error = (fast.logits.float() - reference).abs().max() / reference.abs().max()
+    assert error < 2e-2, (variant, error)
+
+
 def test_full_size_tf_fast_path_matches_the_sequential_reference(monkeypatch):
     """The paper-size `tf` model: the inference path (SDPA without a mask, folded block, chunked in-place SSD) against
     the batched path with a key-padding mask and the step-by-step SSD recurrence: within 1e-5 in float32."""

@@ -50,8 +50,13 @@ class TFMambaBlock(nn.Module):
         inner = [self.first.mix(normed, lengths, norm_weight=False),
                  self.second.mix(normed, lengths, norm_weight=False) if self.second is not None else normed]
         out = torch.add(x, self.fuse.bias)
+        flat = out.view(-1, out.shape[-1])
         for y, weight in zip(inner, folded):
-            out.view(-1, out.shape[-1]).addmm_(y.reshape(-1, y.shape[-1]), weight.t())
+            y = y.reshape(-1, y.shape[-1])
+            if y.dtype == flat.dtype:
+                flat.addmm_(y, weight.t())
+            else:  # under autocast a branch gives bf16: multiply in its dtype, add into the float32 residual
+                flat.add_(y @ weight.t().to(y.dtype))
         return out
 
     def _folded_weights(self) -> list[Tensor] | None:
