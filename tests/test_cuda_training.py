@@ -94,3 +94,22 @@ def test_gated_rmsnorm_through_the_fused_cuda_kernel_matches_its_definition() ->
     want = torch.autograd.grad((expected * weights).sum(), (x, z, norm.weight))
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_a_whole_fold_on_the_gpu(tmp_path, backend: str) -> None:
+    """`train_fold` on CUDA as a sweep's worker runs it: pinned float16 batches, bf16 autocast in training and
+    evaluation (the inference path), checkpoints, the saved model; then the saved model predicts on the GPU."""
+    from test_train import run, synthetic, tiny_config
+
+    from tfmamba.training.outputs import load_trained_model
+
+    result = run(tmp_path, "gpu", tiny_config(epochs=2, ssd_backend=backend, amp=True), data=synthetic())
+    assert result.status == "ok" and 0 <= result.test["ua"] <= 1
+    model, _ = load_trained_model(tmp_path / "gpu")
+    model = model.to("cuda").eval()
+    store, _, fold = synthetic()
+    x = torch.from_numpy(store.get(fold.test[0]).astype("float32"))[None].cuda()
+    with torch.no_grad():
+        logits = model(x, torch.tensor([x.shape[1]])).logits
+    assert logits.shape == (1, 4) and bool(torch.isfinite(logits).all())

@@ -127,6 +127,21 @@ def test_outputs_reports_and_the_saved_model(tmp_path):
     assert ua == pytest.approx(result.test["ua"])  # the folded weights on raw features reproduce the test
 
 
+@pytest.mark.parametrize("variant", ["tf", "dual_temporal", "temporal"])
+def test_a_fold_under_bf16_autocast_as_on_a_gpu(tmp_path, monkeypatch, variant):
+    """On a GPU with `amp` training and evaluation run under bf16 autocast (the inference path then mixes bf16
+    branch outputs into a float32 residual). Forced on here through the CPU's autocast, a whole fold trains,
+    validates, tests and saves."""
+    from tfmamba.training import loop
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(loop, "autocast", lambda config, device: torch.autocast(
+        "cpu", dtype=torch.bfloat16, enabled=config.amp, cache_enabled=False))
+    result = run(tmp_path, "amp", tiny_config(epochs=1, variant=variant, amp=True))
+    assert result.status == "ok" and np.isfinite(result.valid["loss"]) and 0 <= result.test["ua"] <= 1
+    assert (tmp_path / "amp" / "model.safetensors").is_file()
+
+
 def test_folding_the_input_norm_is_exact():
     torch.manual_seed(0)
     linear = torch.nn.Linear(5, 3)
