@@ -83,6 +83,23 @@ class UtilisationSampler:
             self._thread.join()
 
 
+class EpochClock:
+    """A fold's reporter that prints when each epoch's report arrives (seconds since the fold started): a run
+    stopped at its time limit still shows how far it got, and the first epoch's start-up (kernel compiles for new
+    shapes) shows against the second's."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers, self.start, self.marks = workers, time.perf_counter(), []
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        self.marks.append(round(time.perf_counter() - self.start, 2))
+        print(json.dumps({"num_workers": self.workers, "report": "test" if metrics.get("done") else f"epoch {metrics.get('epoch', 0):.0f}",
+                          "seconds": self.marks[-1]}), flush=True)
+
+    def resume_dir(self) -> Path | None:
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -104,13 +121,14 @@ def main() -> int:
     for workers in args.num_workers:
         config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, **model)
         with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
-            start = time.perf_counter()
-            result = train_fold(config, fold, store, None, manifest=manifest, out_dir=out_dir, device=str(device),
+            clock = EpochClock(workers)
+            result = train_fold(config, fold, store, clock, manifest=manifest, out_dir=out_dir, device=str(device),
                                 progress=False)
-            wall = time.perf_counter() - start
+            wall = time.perf_counter() - clock.start
         row = {"num_workers": workers, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
                len(fold.valid) + len(fold.test), "fold_wall_s": wall, "train_seconds": result.train_seconds,
-               "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status}
+               "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
+               "reports_at_s": clock.marks}
         if sampler.samples:
             row |= {"gpu_utilisation_mean_pct": statistics.fmean(sampler.samples),
                     "gpu_busy_share_of_wall": statistics.fmean(s > 0 for s in sampler.samples),

@@ -46,6 +46,8 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     fold = json.loads((tmp_path / "fold_gpu-cpu-quick.json").read_text())
     assert [r["num_workers"] for r in fold["records"]] == [0, 2]
     assert all(r["status"] == "ok" and 0 < r["train_seconds"] <= r["fold_wall_s"] for r in fold["records"])
+    assert all(len(r["reports_at_s"]) == r["epochs"] + 1 and r["reports_at_s"] == sorted(r["reports_at_s"])
+               for r in fold["records"]), "a report per epoch and one with the test metrics, in order"
 
     cache = json.loads((tmp_path / "feature_cache_quick.json").read_text())
     assert cache["ratio_with_open"] > 1 and cache["max_abs_diff_cache_vs_fresh"] < 1e-2
