@@ -206,8 +206,18 @@ def padding_share(batches: list[dict]) -> float:
     return 1.0 - sum(int(b["lengths"].sum()) for b in batches) / frames
 
 
+def mean_step_flops(model_config: ModelConfig, config: TrainConfig, lengths: list[list[int]],
+                    device: torch.device) -> float:
+    """The mean FLOPs of a step over batches of these clip lengths: `step_flops` at each batch's padded shape
+    (batch x its longest clip), counted once per distinct shape. The model computes on padded frames too."""
+    shapes = [(len(row), max(row)) for row in lengths]
+    counted = {shape: step_flops(model_config, config, *shape, device) for shape in sorted(set(shapes))}
+    return sum(counted[shape] for shape in shapes) / len(shapes)
+
+
 def step_flops(model_config: ModelConfig, config: TrainConfig, batch: int, frames: int, device: torch.device) -> int:
-    """FLOPs of one training step's forward and backward, counted on the torch SSD (FFTs are not counted)."""
+    """FLOPs of one training step's forward and backward at batch x frames, unpadded, counted on the torch SSD
+    (FFTs are not counted, nor the padded filter's DFT that stands in for them)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
@@ -277,7 +287,8 @@ def main() -> int:
     for variant in args.variants:
         config = TrainConfig(cmdt_weight=0.1 if variant == "tf_cmdt" else 0.0, amp=True, epochs=1000)
         model_config = ModelConfig.from_dict({**config.model.to_dict(), "variant": variant, **sizes})
-        flops = step_flops(model_config, config, batch, frames, device) if cuda else None
+        flops = mean_step_flops(model_config, config, batch_lengths(per_epoch, batch, frames, args.lengths),
+                                device) if cuda else None
         for backend in args.backends if variant in SSD_VARIANTS else ["-"]:
             for step, padded in [(step, mode) for step in args.steps for mode in args.filter]:
                 torch.manual_seed(0)
@@ -342,7 +353,7 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
     if cuda:
         lines += [f"bf16 dense matmul peak: {payload['bf16_peak_tflops_measured']:.0f} TFLOP/s measured here, "
                   f"{payload['bf16_peak_tflops_datasheet']} by the datasheet. MFU = the model's counted FLOPs per "
-                  "step / step time / peak.", ""]
+                  "step (at each batch's padded shape) / step time / peak.", ""]
     header = ["variant", "SSD backend", "step", "filter", "lengths (padding)", "ops", "step ms", "utt/s"]
     header += ["TFLOP/s", "MFU (measured peak)", "MFU (datasheet)"] if cuda else []
     rows = []
