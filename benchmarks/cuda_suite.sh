@@ -49,7 +49,7 @@ run padded 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train
     --variants tf_cmdt --backends mamba_ssm torch --lengths iemocap --frames 600 --filter grouped dft --out "$out/padded"
 run fold 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
     --out "$out/fold"
-run tests 240 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -p no:cacheprovider -m gpu \
+run tests 360 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -p no:cacheprovider -m gpu \
     "$here/tests/test_cuda_training.py" "$here/tests/test_ssd.py"
 run throughput_compiled 360 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends torch mamba_ssm --steps compiled_graphed compiled --out "$out/compiled"
