@@ -317,6 +317,30 @@ def test_inference_fast_path_runs_under_bf16_autocast(variant):
     assert error < 2e-2, (variant, error)
 
 
+@pytest.mark.parametrize("padded", ["grouped", "dft"])
+@pytest.mark.parametrize("variant", ["tf", "dual_temporal", "temporal"])
+def test_batched_inference_path_as_on_a_gpu_under_bf16_autocast(monkeypatch, variant, padded):
+    """A GPU evaluates the padded batch at once without autograd, under bf16 autocast, with the SSD's whole-sequence
+    in-place form (`out=` matmuls) and the filter's in-place padded forms. Forced here on a CPU (its autocast, the
+    SSD's GPU form): within bf16's precision of the autograd path, in float32."""
+    from tfmamba import ssd
+
+    monkeypatch.setattr(ssd, "_scan_by_chunk", lambda device: False)
+    torch.manual_seed(0)
+    model = build_model(variant, num_classes=3, input_dim=20, **SMALL).eval()
+    _randomise_filter_heads(model)
+    set_padded_mode(model, padded)
+    x, lengths = torch.randn(3, 37, 20), torch.tensor([37, 20, 5])
+    valid = (torch.arange(37)[None, :] < lengths[:, None]).unsqueeze(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model.sequence(x, lengths).detach() * valid
+        with torch.no_grad():
+            fast = model.sequence(x, lengths) * valid
+    assert fast.dtype == torch.float32
+    error = (fast - reference).abs().max() / reference.abs().max()
+    assert error < 2e-2, (variant, padded, error)
+
+
 def test_full_size_tf_fast_path_matches_the_sequential_reference(monkeypatch):
     """The paper-size `tf` model: the inference path (SDPA without a mask, folded block, chunked in-place SSD) against
     the batched path with a key-padding mask and the step-by-step SSD recurrence: within 1e-5 in float32."""
