@@ -9,6 +9,22 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FRAME_RATE = 50.0  # WavLM frames per second
+
+
+def iemocap_seconds(rng, count: int):
+    """Durations of `count` IEMOCAP-shaped clips (a numpy array, seconds): log-normal around 4.5 s, clipped to
+    1-30 s; `rng` a numpy Generator."""
+    import numpy as np
+
+    return np.clip(rng.lognormal(np.log(4.5), 0.6, size=count), 1.0, 30.0)
+
+
+def clip_frames(seconds):
+    """Frame counts (int64, at least 1) of clips of these durations at FRAME_RATE."""
+    import numpy as np
+
+    return np.maximum(1, (seconds * FRAME_RATE).astype(np.int64))
 
 
 def machine_info() -> dict:

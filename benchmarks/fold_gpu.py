@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info  # noqa: E402
+from _common import FRAME_RATE, RESULTS, clip_frames, iemocap_seconds, machine_info  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 
 from tfmamba.config import TrainConfig  # noqa: E402
@@ -39,14 +39,13 @@ from tfmamba.features.store import FeatureStore  # noqa: E402
 from tfmamba.training.fold import train_fold  # noqa: E402
 
 LABELS = ["neu", "hap", "ang", "sad"]
-FRAME_RATE = 50.0
 
 
 def synthetic_corpus(clips: int, dim: int, seed: int = 0) -> tuple[FeatureStore, Manifest, Fold]:
     """IEMOCAP-shaped random features: durations log-normal around 4.5 s, clipped to 1-30 s."""
     rng = np.random.default_rng(seed)
-    seconds = np.clip(rng.lognormal(np.log(4.5), 0.6, size=clips), 1.0, 30.0)
-    lengths = np.maximum(1, (seconds * FRAME_RATE).astype(np.int64))
+    seconds = iemocap_seconds(rng, clips)
+    lengths = clip_frames(seconds)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     features = rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32).astype(np.float16)
     ids = [f"u{i:05d}" for i in range(clips)]

@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info  # noqa: E402
+from _common import RESULTS, clip_frames, iemocap_seconds, machine_info  # noqa: E402
 from _timing import markdown_table, median_seconds, sync  # noqa: E402
 
 from tfmamba.config import TrainConfig  # noqa: E402
@@ -68,7 +68,6 @@ NOT_DISTRIBUTED = Dist()
 
 
 LENGTHS = ("full", "iemocap")
-FRAME_RATE = 50.0  # WavLM frames per second
 
 
 def batch_lengths(count: int, batch: int, frames: int, how: str, seed: int = 0) -> list[list[int]]:
@@ -78,8 +77,7 @@ def batch_lengths(count: int, batch: int, frames: int, how: str, seed: int = 0) 
     if how == "full":
         return [[frames] * batch for _ in range(count)]
     rng = np.random.default_rng(seed)
-    seconds = np.clip(rng.lognormal(np.log(4.5), 0.6, size=batch * 50), 1.0, 30.0)
-    pool = np.sort(np.minimum(frames, np.maximum(1, (seconds * FRAME_RATE).astype(np.int64))))
+    pool = np.sort(np.minimum(frames, clip_frames(iemocap_seconds(rng, batch * 50))))
     picks = np.linspace(0, 49, count).round().astype(int)
     return [pool[i * batch: (i + 1) * batch].tolist() for i in picks]
 
