@@ -90,7 +90,8 @@ def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, layou
                        tune_config=tune.TuneConfig(metric=ctx.metric, mode=ctx.mode, num_samples=1,
                                                    max_concurrent_trials=layout.max_concurrent,
                                                    reuse_actors=REUSE_TRIAL_ACTORS),
-                       run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1))
+                       run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1,
+                                                 callbacks=launch.result_loggers()))
     return tuner.fit()
 
 

@@ -190,12 +190,29 @@ def trainable(ctx: Any, trial_resources: dict[str, float]):
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
 
 
+# Tune adds a CSV, a JSON and a TensorBoard logger to every run unless this is "1". The TensorBoard writer imports
+# torch into the driver (~1.3 s of CPU) before the first trial starts, while the lanes start on the same cores,
+# and nothing here reads its event files (trials are compared in MLflow). A value in the environment wins.
+TUNE_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+def result_loggers() -> list[Any]:
+    """Tune's per-trial result logs a run keeps: `result.json` and `progress.csv` (what Tune's `ExperimentAnalysis`
+    and a resumed run read), without the TensorBoard event files (`TUNE_AUTO_LOGGERS_ENV`; set it to 0 to get
+    them back)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ.setdefault(TUNE_AUTO_LOGGERS_ENV, "1")
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 def restore_tuner(path: str, trainable_fn, what: str):
     """The Tuner saved at `path`, to go on with its unfinished and errored trials (finished ones stay)."""
     from ray import tune
 
     if not tune.Tuner.can_restore(path):
         raise SystemExit(f"--resume: no restorable {what} at {path}")
+    os.environ.setdefault(TUNE_AUTO_LOGGERS_ENV, "1")  # the saved run config holds its `result_loggers()`
     logger.info("resuming %s from %s", what, path)
     return tune.Tuner.restore(path, trainable=trainable_fn, resume_unfinished=True, resume_errored=True)
 

@@ -175,7 +175,7 @@ def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: 
                                   failure_config=tune.FailureConfig(max_failures=args.trial_retries),
                                   callbacks=[ProgressPrinter(ctx.metric, ctx.mode, n_folds, args.num_samples),
                                              BestSoFar(ctx.tracking_uri, ctx.parent_run_id, ctx.metric, ctx.mode,
-                                                       n_folds)]),
+                                                       n_folds), *launch.result_loggers()]),
     )
 
 

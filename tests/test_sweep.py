@@ -59,7 +59,8 @@ def run_tree(uri: str, name: str) -> dict[str, list]:
 
 def check_tree(uri: str, name: str, storage: Path, epochs: int = 1) -> dict[str, list]:
     """1 sweep run, 2 trial runs under it, 2 fold runs under each; params and metrics as Tune saw them, and every
-    fold's curve with one point per epoch."""
+    fold's curve with one point per epoch. Each trial keeps Tune's JSON and CSV result logs and no TensorBoard
+    event files (`launch.result_loggers`)."""
     from mlflow.tracking import MlflowClient
 
     tree = run_tree(uri, name)
@@ -76,6 +77,8 @@ def check_tree(uri: str, name: str, storage: Path, epochs: int = 1) -> dict[str,
     for params in (storage / name).glob("*/params.json"):
         trial_id = params.parent.name.split("_")[2]
         tune_configs[trial_id] = json.loads(params.read_text())
+        assert (params.parent / "result.json").is_file() and (params.parent / "progress.csv").is_file()
+        assert not list(params.parent.glob("events.out.tfevents*")), sorted(p.name for p in params.parent.iterdir())
     assert set(tune_configs) == set(trial_runs)
     for trial_id, config in tune_configs.items():
         logged = trial_runs[trial_id].data.params
