@@ -100,7 +100,7 @@ TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 PRIVATE_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-_WARM_UP: list[threading.Thread] = []  # `warm_up` threads started beside Ray's start, joined by `open_parent_run`
+_WARM_UP: list[threading.Thread] = []  # `warm_up` threads started beside Ray's start, joined by `join_warm_up`
 
 
 def start_ray(address: str | None, tracking_uri: str) -> None:
@@ -125,6 +125,13 @@ def start_ray(address: str | None, tracking_uri: str) -> None:
         except RayJoinError as err:
             raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
     logger.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def join_warm_up() -> None:
+    """Wait for `start_ray`'s warm-up: before the driver's first MLflow call or import of Tune (two threads importing
+    Tune at once can meet its modules half-initialised)."""
+    while _WARM_UP:
+        _WARM_UP.pop().join()
 
 
 def check_fold_nodes(args: argparse.Namespace, where: ResultsLocation, caches: dict[str, str]) -> None:
@@ -161,8 +168,7 @@ def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any],
     run gets `params`, the `files` (local path -> artifact folder) and `texts` (artifact path -> text); a
     resumed one keeps those of its first start, and its runs a killed driver left RUNNING are closed."""
     uri = where.tracking_uri
-    while _WARM_UP:
-        _WARM_UP.pop().join()
+    join_warm_up()
     experiment_id = mlflow_runs.ensure_experiment(uri, where.experiment,
                                                   mlflow_runs.default_artifact_location(uri, where.experiment))
     run_id = mlflow_runs.get_or_create_run(uri, experiment_id, mlflow_runs.sweep_tags(where.name), run_name)

@@ -108,8 +108,9 @@ NAME starts TPE from the finished trials of the earlier sweep NAME (same or over
 
 def prepare_study(args: argparse.Namespace, name: str, space: SearchSpace, modes: list[str],
                   storage_url: str) -> None:
-    """Before anything starts: the new sweep's study name must be free in the storage, and `--warm-start`'s
-    finished trials are copied into it (exits naming the problem)."""
+    """Before the sweep's lanes and MLflow run: the new sweep's study name must be free in the storage, and
+    `--warm-start`'s finished trials are copied into it (exits naming the problem)."""
+    launch.join_warm_up()  # it imports Tune and Optuna
     from ray.tune.search.optuna import OptunaSearch
 
     try:
@@ -195,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     objectives = args.objectives or [(metric, mode)]
     metric, mode = next((n, m) for n, m in objectives if n not in pareto.COSTS)  # picks the best model
     study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
+    launch.start_ray(args.address, where.tracking_uri)  # its warm-up imports Tune and Optuna meanwhile
     if not args.resume:
         prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
-    launch.start_ray(args.address, where.tracking_uri)
     if not args.verbose:
         print(f"Ray worker logs (fold training output): {console.worker_logs_dir()}/worker-*.out "
               "(--verbose shows them here)", flush=True)

@@ -263,6 +263,13 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
     assert len(warm.trials) == len(study.trials) + 1
     assert [m.name for m in client.search_registered_models()] == ["test-ser"]  # no --register: nothing new
 
+    # A new Tune folder, but the study name is taken in optuna.db: the sweep stops before its lanes and runs.
+    taken = subprocess.run(sweep_command(demo, tmp_path / "elsewhere", "steer", "--mlflow-uri", uri), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert taken.returncode != 0
+    assert "an Optuna study named 'steer' already exists" in taken.stderr, taken.stderr[-3000:]
+    assert len(run_tree(uri, "steer")["sweep"]) == 1
+
 
 def test_pareto_search_on_accuracy_and_size(demo, tmp_path: Path) -> None:
     """--objectives valid_ua_mean:max,params:min: both objectives in the stored study, the params counted per trial,
