@@ -81,6 +81,7 @@ class FoldDispatcher:
         self._changed = asyncio.Condition()
         self._results: dict[str, asyncio.Queue] = {}
         self._drivers: dict[str, str] = {}  # trial id -> its driver's actor id
+        self._groups: dict[str, Any] = {}  # lane -> the placement group its controller reserved (`keep_placement_group`)
         self._watcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -265,7 +266,16 @@ class FoldDispatcher:
         except BaseException as err:  # told to the trial the lane serves
             error = f"{type(err).__name__}: {err}"
             logger.warning("lane %s: its Train run failed: %s", name, error)
+        group = self._groups.pop(name, None)
+        if error is not None and group is not None:
+            _remove_placement_group(group, name)
         asyncio.run_coroutine_threadsafe(self._lane_ended(name, error), self._loop)
+
+    async def keep_placement_group(self, lane: str, group: Any) -> None:
+        """Lane `lane`'s controller reserved placement group `group` (`hand_placement_group`): if its Train run fails,
+        the group is removed here, so that a controller that died without removing it holds no CPUs or GPUs a new
+        lane needs."""
+        self._groups[lane] = group
 
     async def _lane_ended(self, name: str, error: str | None) -> None:
         """Lane `name`'s Train run is over: the folds it had not finished fail, with `error`."""
@@ -339,6 +349,25 @@ def start_dispatcher(sweep_id: str, fit_lane: Callable[[str, Any], Any] | None =
         if wait:
             wait_for_lanes()
     return name
+
+
+def hand_placement_group(dispatcher: Any, lane: str, group: Any) -> None:
+    """Called in lane `lane`'s Train controller (`lane_trainer`'s `keeper`): give its placement group to the
+    sweep's dispatcher to remove should the controller die first."""
+    import ray
+
+    ray.get(dispatcher.keep_placement_group.remote(lane, group))
+
+
+def _remove_placement_group(group: Any, lane: str) -> None:
+    """Remove the placement group of lane `lane`, whose Train run failed (gone already if its controller removed it)."""
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        remove_placement_group(group)  # a no-op where its controller removed it
+        logger.info("lane %s: its placement group %s is removed", lane, group.id.hex())
+    except Exception as err:
+        logger.warning("lane %s: could not remove its placement group %s: %s", lane, group.id.hex(), err)
 
 
 def wait_for_lanes() -> None:

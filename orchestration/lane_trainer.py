@@ -13,17 +13,22 @@ wall-clock time before the first fold trains:
 - `local=True` (the sweep's private one-machine Ray): the controller sends no resource requests to Ray Data's
   autoscaling coordinator, an actor process started on the first request that the controller waits for (~1.5 s on
   2 cores); a one-machine Ray has no autoscaler to tell. A joined cluster keeps them: they make it add nodes.
+- `keeper` (given on the private Ray): the worker group's placement group is handed to `keeper` (the sweep's
+  dispatcher, a process that already runs), which removes it if the controller dies without doing so, instead of to
+  the detached cleaner actor Train starts per run (a process importing Ray Train and pandas, ~1.4 s of CPU while the
+  lanes start, whose registration the worker group's start waits for).
 
-The last two rest on private Ray 2.60 API; where it cannot be found the trainer keeps that part as it is.
+The last three rest on private Ray 2.60 API; where it cannot be found the trainer keeps that part as it is.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
-def lane_trainer(workers: int, local: bool = False) -> type:
-    """The trainer class of a lane of `workers` workers; `local` on the sweep's private local Ray."""
+def lane_trainer(workers: int, local: bool = False, keeper: Callable[[Any], None] | None = None) -> type:
+    """The trainer class of a lane of `workers` workers; `local` on the sweep's private local Ray; `keeper(group)`
+    is told each placement group the lane's controller reserves (called in the controller's process)."""
     if workers > 1:
         from ray.train.torch import TorchTrainer as base
     else:
@@ -33,13 +38,15 @@ def lane_trainer(workers: int, local: bool = False) -> type:
     except ImportError:
         DatasetsCallback = None
     quiet_policy = _policy_without_autoscaler() if local else None
+    handover = _placement_group_handover(keeper) if keeper is not None else None
 
     class LaneTrainer(base):
         def _create_default_callbacks(self) -> list[Any]:
             callbacks = super()._create_default_callbacks()
-            if self.datasets or DatasetsCallback is None:
-                return callbacks
-            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+            unwanted = tuple(kind for kind in (None if self.datasets else DatasetsCallback,
+                                               handover and handover.replaces) if kind is not None)
+            callbacks = [callback for callback in callbacks if not isinstance(callback, unwanted)]
+            return callbacks + [handover] if handover is not None else callbacks
 
         def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
             policy = controller_init_kwargs.get("scaling_policy")
@@ -74,3 +81,21 @@ def _policy_without_autoscaler() -> type | None:
             return None
 
     return LocalScalingPolicy
+
+
+def _placement_group_handover(keeper: Callable[[Any], None]) -> Any:
+    """A worker-group callback telling `keeper` each placement group, in place of Train's cleaner callback (None
+    where Ray has neither)."""
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    except ImportError:
+        return None
+
+    class PlacementGroupHandover(WorkerGroupCallback):
+        replaces = PlacementGroupCleanerCallback
+
+        def after_worker_group_start(self, worker_group: Any) -> None:
+            keeper(worker_group.get_worker_group_state().placement_group_handle.placement_group)
+
+    return PlacementGroupHandover()

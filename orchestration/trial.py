@@ -29,6 +29,7 @@ import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from orchestration import mlflow_runs
 from orchestration.console import trial_label, trial_number
-from orchestration.fold_lanes import FoldLanes
+from orchestration.fold_lanes import FoldLanes, hand_placement_group
 from orchestration.fold_worker import LaneTask, train_lane_worker
 from orchestration.search_space import SearchSpace
 
@@ -171,7 +172,8 @@ def fit_lane(spec: LaneSpec, lane: str, dispatcher: Any) -> Any:
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     task = LaneTask(lane=lane, dispatcher=dispatcher, manifest=spec.manifest, tracking_uri=spec.tracking_uri,
                     costs=spec.costs)
-    trainer = lane_trainer(spec.workers_per_fold, spec.local)(
+    keeper = partial(hand_placement_group, dispatcher, lane) if spec.local else None
+    trainer = lane_trainer(spec.workers_per_fold, spec.local, keeper)(
         train_lane_worker,
         train_loop_config=task.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_fold, use_gpu=use_gpu,
