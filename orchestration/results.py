@@ -50,7 +50,8 @@ class SweepSummary:
 
     @property
     def overhead_ratio(self) -> float | None:
-        """Sweep wall time / (sum of fold training times / fold slots): 1.0 means no Ray overhead."""
+        """Sweep wall time (from its data being ready) / (sum of fold training times / fold slots): 1.0 means no
+        Ray overhead."""
         return self.wall_seconds / (self.fold_seconds / self.parallel_slots) if self.fold_seconds else None
 
 
