@@ -62,13 +62,13 @@ class FoldDispatcher:
     """
 
     def __init__(self, fit_lane: Callable[[str, Any], Any] | None = None, fold_retries: int = 0,
-                 idle_seconds: float = IDLE_SECONDS) -> None:
+                 idle_seconds: float = IDLE_SECONDS, lanes: int = 0) -> None:
         self._fit_lane = fit_lane
         self._fold_retries = fold_retries
         self._idle_seconds = idle_seconds
         self._lanes: dict[str, Lane] = {}
         self._started = 0
-        self._capacity = 0  # lanes the sweep keeps at most (0: no limit)
+        self._capacity = lanes  # lanes the sweep keeps at most (0: no limit), known before any call (`start`)
         self._waiting: list[tuple[int, int]] = []  # trials waiting for lanes: (order, arrival)
         self._tickets = itertools.count()
         self._threads: list[threading.Thread] = []
@@ -85,12 +85,12 @@ class FoldDispatcher:
         self._watcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, lanes: int) -> list[str]:
-        """Start `lanes` idle lanes now, before any trial asks (their start-up overlaps Tune's); from then on the
-        sweep keeps at most that many (the fold slots it planned for)."""
+    async def start(self) -> list[str]:
+        """Start the sweep's lanes now, idle, before any trial asks (their start-up overlaps Tune's): as many as its
+        limit leaves room for (a trial that asked first has started its own)."""
         async with self._changed:
-            self._capacity += lanes
-            return [self._new_lane().name for _ in range(lanes)]
+            room = self._capacity - sum(not lane.stopped for lane in self._lanes.values())
+            return [self._new_lane().name for _ in range(max(0, room))]
 
     async def acquire(self, trial_id: str, count: int, driver: str | None = None, order: int = 0) -> list[str]:
         """Lend `count` lanes to the trial; `driver` is the trial's actor id, watched so that a trial whose process is
@@ -328,26 +328,26 @@ class FoldDispatcher:
 
 
 _STARTED: list[Any] = []  # the driver keeps its dispatcher's handle for the sweep's lifetime
-_STARTING: list[Any] = []  # `start` calls not waited for yet (`wait_for_lanes`)
 
 
 def start_dispatcher(sweep_id: str, fit_lane: Callable[[str, Any], Any] | None = None, lanes: int = 0,
                      fold_retries: int = 0, idle_seconds: float = IDLE_SECONDS, wait: bool = True) -> str:
-    """Start the sweep's dispatcher on this (the driver's) node with `lanes` lanes warming up; returns the name
-    trials find it by. With `wait=False` it returns at once (the actor's process start and imports, ~2 s on 2
-    cores, overlap the driver's next steps): `wait_for_lanes` must come before any trial asks for a lane."""
+    """Start the sweep's dispatcher on this (the driver's) node with `lanes` lanes warming up (and at most that many:
+    0, no limit); returns the name trials find it by. With `wait=False` it returns at once: the actor's process start
+    and imports (~2 s on 2 cores) overlap the driver's next steps and Tune's start, and a trial that asks for lanes
+    first is answered after the actor's constructor, so it finds the limit in place."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name = f"tfmamba-folds-{sweep_id}"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     dispatcher = ray.remote(FoldDispatcher).options(name=name, num_cpus=0, scheduling_strategy=here).remote(
-        fit_lane, fold_retries, idle_seconds)
+        fit_lane, fold_retries, idle_seconds, lanes)
     _STARTED.append(dispatcher)
     if lanes:
-        _STARTING.append(dispatcher.start.remote(lanes))
+        starting = dispatcher.start.remote()
         if wait:
-            wait_for_lanes()
+            ray.get(starting)
     return name
 
 
@@ -368,15 +368,6 @@ def _remove_placement_group(group: Any, lane: str) -> None:
         logger.info("lane %s: its placement group %s is removed", lane, group.id.hex())
     except Exception as err:
         logger.warning("lane %s: could not remove its placement group %s: %s", lane, group.id.hex(), err)
-
-
-def wait_for_lanes() -> None:
-    """Wait until the dispatchers this driver started have set their lanes going (so that a trial finds the sweep's
-    lane limit in place); raises what their `start` raised."""
-    import ray
-
-    while _STARTING:
-        ray.get(_STARTING.pop(0))
 
 
 def close_dispatcher(timeout: float = 60.0) -> None:

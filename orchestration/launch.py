@@ -185,14 +185,12 @@ def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any],
 
 
 def trainable(ctx: Any, trial_resources: dict[str, float]):
-    """The trial function with the sweep's context and the trial driver's resources, once the sweep's lanes are
-    starting (`start_lanes` does not wait for them: their start overlaps the MLflow runs and the Tuner's set-up)."""
+    """The trial function with the sweep's context and the trial driver's resources (`start_lanes` does not wait for
+    the lanes: their start overlaps the MLflow runs, the Tuner's set-up and the trial drivers')."""
     from ray import tune
 
-    from orchestration.fold_lanes import wait_for_lanes
     from orchestration.trial import run_trial
 
-    wait_for_lanes()
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
 
 

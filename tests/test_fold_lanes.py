@@ -72,8 +72,8 @@ def test_lanes_pass_from_trial_to_trial_and_a_given_back_fold_is_dropped() -> No
 
 def test_trials_get_warm_lanes_in_tunes_order_and_wait_while_every_lane_is_lent() -> None:
     async def scenario() -> None:
-        dispatcher = FoldDispatcher()
-        a, b = await dispatcher.start(2)  # no fit_lane here: two lanes whose workers the test plays
+        dispatcher = FoldDispatcher(lanes=2)
+        a, b = await dispatcher.start()  # no fit_lane here: two lanes whose workers the test plays
         second = asyncio.create_task(dispatcher.acquire("t2", 1, order=2))  # got here first
         first = asyncio.create_task(dispatcher.acquire("t1", 1, order=1))
         await asyncio.sleep(0.05)
@@ -91,6 +91,24 @@ def test_trials_get_warm_lanes_in_tunes_order_and_wait_while_every_lane_is_lent(
         assert await asyncio.wait_for(third, 1) == [a]
         for worker in workers:
             worker.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_trial_that_asks_before_the_lanes_start_finds_the_limit_in_place() -> None:
+    """The driver does not wait for `start`: a trial driver's call may reach the dispatcher first. It starts its
+    lane itself, `start` only the rest, and the sweep never holds more lanes than its limit."""
+    async def scenario() -> None:
+        dispatcher = FoldDispatcher(lanes=2)
+        [first] = await asyncio.wait_for(dispatcher.acquire("t1", 1, order=1), 1)
+        assert await dispatcher.start() == ["lane1"] and first == "lane0"
+        worker = asyncio.create_task(dispatcher.claim("lane1", None))  # lane1's workers are up
+        assert await asyncio.wait_for(dispatcher.acquire("t2", 1, order=2), 1) == ["lane1"]
+        third = asyncio.create_task(dispatcher.acquire("t3", 1, order=3))
+        await asyncio.sleep(0.05)
+        assert not third.done() and await dispatcher.start() == []  # both lanes are lent; none more
+        third.cancel()
+        worker.cancel()
 
     asyncio.run(scenario())
 
