@@ -81,7 +81,7 @@ class FoldDispatcher:
         self._changed = asyncio.Condition()
         self._results: dict[str, asyncio.Queue] = {}
         self._drivers: dict[str, str] = {}  # trial id -> its driver's actor id
-        self._groups: dict[str, Any] = {}  # lane -> the placement group its controller reserved (`keep_placement_group`)
+        self._groups: dict[str, Any] = {}  # lane -> its controller's placement group (`keep_placement_group`)
         self._watcher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 

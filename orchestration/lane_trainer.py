@@ -43,10 +43,12 @@ def lane_trainer(workers: int, local: bool = False, keeper: Callable[[Any], None
     class LaneTrainer(base):
         def _create_default_callbacks(self) -> list[Any]:
             callbacks = super()._create_default_callbacks()
-            unwanted = tuple(kind for kind in (None if self.datasets else DatasetsCallback,
-                                               handover and handover.replaces) if kind is not None)
-            callbacks = [callback for callback in callbacks if not isinstance(callback, unwanted)]
-            return callbacks + [handover] if handover is not None else callbacks
+            if DatasetsCallback is not None and not self.datasets:
+                callbacks = [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+            if handover is not None:
+                callbacks = [callback for callback in callbacks if not isinstance(callback, handover.replaces)]
+                callbacks.append(handover)
+            return callbacks
 
         def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
             policy = controller_init_kwargs.get("scaling_policy")

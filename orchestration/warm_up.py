@@ -4,8 +4,9 @@
 for those ~4 s), whereas right after it the driver's imports of MLflow and Tune (~3 s of CPU) and the creation of a
 new SQLite MLflow store's tables (~1.3 s) would compete with the lanes' start-up for both cores. `start_warm_up` does
 them in a thread beside `ray.init`; `join` it before the driver's first MLflow call or import of Tune (two threads
-creating one store's tables at once would clash, and two importing Tune at once can meet its modules half-initialised). The store is opened only when asked (`open_store`: the private Ray, whose start does not
-fail like a join can): a cluster that cannot be joined leaves no MLflow database behind.
+creating one store's tables at once would clash, and two importing Tune at once can meet its modules
+half-initialised). The store is opened only when asked (`open_store`: the private Ray, whose start does not fail
+like a join can): a cluster that cannot be joined leaves no MLflow database behind.
 """
 
 from __future__ import annotations
