@@ -142,6 +142,37 @@ def test_a_fold_under_bf16_autocast_as_on_a_gpu(tmp_path, monkeypatch, variant):
     assert (tmp_path / "amp" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_a_compiled_fold_trains_as_the_eager_one(tmp_path, monkeypatch):
+    """`compile=True` runs the training steps through torch.compile (Inductor, here on the CPU): the same losses
+    as the eager fold (dropout off: compiled dropout draws other random numbers), the same saved model, and one
+    graph break only: the forward's first line, reading the lengths on the host (is anything padded). The SSD's
+    log of its backend choice once split the graph at every scan of a process's first compiled step (hence the
+    fresh log record here), and the frequency filter's check for a batch of one length split it at every step."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from tfmamba import ssd
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(ssd, "_LOGGED_CHOICES", set())
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = run(tmp_path, "compiled", tiny_config(dropout=0.0, compile=True))
+    breaks = dict(counters["graph_break"])
+    eager = run(tmp_path, "eager", tiny_config(dropout=0.0))
+    assert len(compiled.history) == len(eager.history) == 2
+    for ours, theirs in zip(compiled.history, eager.history):
+        for key in ("train_loss", "train_ce", "train_cmdt", "valid_loss"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+    assert sum(breaks.values()) == 1 and "Tensor.item()" in next(iter(breaks)), breaks
+    weights = {name: tensor for name, tensor in load_trained_model(tmp_path / "compiled")[0].state_dict().items()}
+    reference = load_trained_model(tmp_path / "eager")[0].state_dict()
+    assert weights.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+
+
 def test_folding_the_input_norm_is_exact():
     torch.manual_seed(0)
     linear = torch.nn.Linear(5, 3)

@@ -51,6 +51,10 @@ class TrainConfig:
     standard deviation (for un-normalised features such as raw log-mels); the statistics are
     folded into the model's input projection when the weights are saved, so a trained model
     takes raw features.
+
+    `compile=True` runs the training steps through `torch.compile(model)` (`training.loop.step_module`): fused
+    kernels on a GPU, for a compilation in a process's first fold (a minute or two); the weights, checkpoints and
+    evaluation are the eager model's.
     """
 
     # model (its num_classes and input_dim are placeholders until `model_config` sets them from the data)
@@ -73,6 +77,7 @@ class TrainConfig:
     max_frames: int | None = 600
     eval_max_frames: int | None = None
     amp: bool = True
+    compile: bool = False
     num_workers: int = 0
     input_norm: str = "none"
 

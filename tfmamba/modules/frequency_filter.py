@@ -208,10 +208,14 @@ class FrequencyFilter(nn.Module):
 
     def padded_mode(self, lengths: Tensor, frames: int) -> str:
         """How "auto" filters a padded batch: the batched DFT when its rows have more than one length and it
-        is at most `DFT_MAX_FRAMES` long, else grouped (one group, or less arithmetic for long clips)."""
+        is at most `DFT_MAX_FRAMES` long, else grouped (one group, or less arithmetic for long clips).
+
+        Under `torch.compile` the lengths are not read (a host-side read splits the compiled graph): a batch of
+        one length up to `DFT_MAX_FRAMES` takes the DFT too, with the same result."""
         if self.padded == "auto":
-            mixed = frames <= DFT_MAX_FRAMES and bool((lengths != lengths[0]).any())
-            return "dft" if mixed else "grouped"
+            if frames > DFT_MAX_FRAMES:
+                return "grouped"
+            return "dft" if torch.compiler.is_compiling() or bool((lengths != lengths[0]).any()) else "grouped"
         return self.padded
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:

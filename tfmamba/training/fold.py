@@ -37,7 +37,7 @@ from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm, input_norm
 from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader
-from tfmamba.training.loop import evaluate, make_cmdt, make_optimizer, make_scheduler, train_epoch
+from tfmamba.training.loop import evaluate, make_cmdt, make_optimizer, make_scheduler, step_module, train_epoch
 from tfmamba.training.outputs import deployable_weights, model_description, write_json, write_outputs
 
 __all__ = ["FoldResult", "Reporter", "train_fold"]
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints/last"
 PROGRESS_VERSION = 1
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers"})
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile"})
 
 
 class Reporter(Protocol):
@@ -137,6 +137,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     state = _resume(config, fold, reporter, out_dir, model, optimizer, scheduler)
     _check_same_start(state.epoch, where)
     net = distributed.wrap(model, dev, where)
+    step_net = step_module(config, net, dev)
     best_weights = state.best_weights if state.best_weights is not None else cpu_state_dict(model)
     logger.info("fold %d (%s): %d train / %d valid / %d test utterances, %s on %s, best epoch on %s, %s",
                 fold.index, fold.name, len(data.train), len(data.valid), len(data.test), model_config.variant, dev, select,
@@ -151,7 +152,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             sampler.set_epoch(epoch)
             data.train.set_epoch(epoch)
             row: dict[str, float] = {"epoch": epoch}
-            row |= train_epoch(config, net, norm, loader, optimizer, scheduler, dev, epoch, where, cmdt,
+            row |= train_epoch(config, step_net, norm, loader, optimizer, scheduler, dev, epoch, where, cmdt,
                                on_step=lambda loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
             valid = evaluate(config, net, norm, valid_loader, len(data.valid), dev, where)
             if not math.isfinite(valid.loss):

@@ -3,6 +3,7 @@
 Loss (paper Eq. 9): cross-entropy + cmdt_weight * CMDT, the CMDT term skipped when the weight is 0.
 A non-finite loss on any rank stops every rank with a `TrainingError` naming the epoch and step.
 On CUDA with `amp` the forward pass runs under bf16 autocast; the losses are computed in float32.
+With `compile` the training steps call the model through `torch.compile` (`step_module`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tfmamba.config import TrainConfig
 from tfmamba.device import to_device_async
 from tfmamba.errors import TrainingError
 from tfmamba.losses import CMDTLoss, total_loss
+from tfmamba.ssd import resolve_backend
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm
 
@@ -85,6 +87,21 @@ class Batch:
     features: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
+
+
+def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn.Module:
+    """The module the training steps call: `net`, or with `config.compile` `torch.compile(net)`, which shares its
+    parameters (so the optimiser, checkpoints and evaluation keep using `net`).
+
+    Padded batches come in many lengths: Dynamo compiles the first length it sees, then once more with the length
+    as a symbolic size, which serves the rest, and later models of the same settings in this process (a lane's
+    next folds). The forward's one host-side read of the lengths (is anything padded) comes before its compiled
+    graph; the frequency filter reads none when compiled (`FrequencyFilter.padded_mode`). The SSD backend is
+    chosen (and logged) here, eagerly: Dynamo cannot trace the logging."""
+    if not config.compile:
+        return net
+    resolve_backend(config.model.ssd_backend, device)
+    return torch.compile(net)
 
 
 def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
