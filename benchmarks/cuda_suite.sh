@@ -8,8 +8,8 @@
 # train_throughput.py is run first on the same card, for a before/after pair measured in one session.
 # Needs mamba-ssm importable for its rows (a wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE is enough: the SSD
 # kernels are Triton); PYTHON picks the interpreter (default python3); STEPS="throughput latency" runs only
-# the steps named (default all, in this order: throughput throughput_base padded fold tests throughput_compiled
-# latency ssd_ieee).
+# the steps named (default all, in this order: throughput throughput_base padded fold fold_compiled tests
+# throughput_compiled latency ssd_ieee).
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
@@ -49,6 +49,8 @@ run padded 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train
     --variants tf_cmdt --backends mamba_ssm torch --lengths iemocap --frames 600 --filter grouped dft --out "$out/padded"
 run fold 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
     --out "$out/fold"
+run fold_compiled 420 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
+    --num-workers 2 --compile off on --ssd-backend torch --out "$out/fold_compiled"
 run tests 360 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -p no:cacheprovider -m gpu \
     "$here/tests/test_cuda_training.py" "$here/tests/test_ssd.py"
 run throughput_compiled 360 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \

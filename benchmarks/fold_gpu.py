@@ -3,13 +3,16 @@ against the GPU's busy time: does the data loader keep the GPU fed?
 
 The corpus is synthetic and IEMOCAP-shaped: 1024-dim float16 features at 50 frames/s, clip durations
 log-normal around 4.5 s (1-30 s), 4 balanced classes, split 70/15/15; training clips cropped to `max_frames`
-(600) as the trainer does, batches of 32 from its length buckets. Each `--num-workers` value trains the same
-fold from the same seed. On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the
-share of time a kernel was running, from NVML) every 50 ms during the fold.
+(600) as the trainer does, batches of 32 from its length buckets. Each `--num-workers` value, eager and with
+`--compile on` (`TrainConfig.compile`: the training steps through `torch.compile`), trains the same fold from the
+same seed; a compiled fold's wall includes its compilation (its first epoch's report shows it against the
+second's). On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the share of time a kernel
+was running, from NVML) every 50 ms during the fold.
 
 Writes benchmarks/results/fold_gpu-<device>.json and .md (or under --out).
 
     python benchmarks/fold_gpu.py --device cuda                 # 1600 clips, 2 epochs, num_workers 0 and 2
+    python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile off on --ssd-backend torch
     python benchmarks/fold_gpu.py --quick                       # tiny smoke run (CI)
 """
 
@@ -87,12 +90,12 @@ class EpochClock:
     stopped at its time limit still shows how far it got, and the first epoch's start-up (kernel compiles for new
     shapes) shows against the second's."""
 
-    def __init__(self, workers: int) -> None:
-        self.workers, self.start, self.marks = workers, time.perf_counter(), []
+    def __init__(self, label: dict[str, object]) -> None:
+        self.label, self.start, self.marks = label, time.perf_counter(), []
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.marks.append(round(time.perf_counter() - self.start, 2))
-        print(json.dumps({"num_workers": self.workers, "report": "test" if metrics.get("done") else f"epoch {metrics.get('epoch', 0):.0f}",
+        print(json.dumps({**self.label, "report": "test" if metrics.get("done") else f"epoch {metrics.get('epoch', 0):.0f}",
                           "seconds": self.marks[-1]}), flush=True)
 
     def resume_dir(self) -> Path | None:
@@ -105,26 +108,31 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=1600, help="utterances in the corpus (70%% train)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 2], help="loader workers to compare")
+    parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"],
+                        help="train eagerly (off) and/or through torch.compile (on) (default: off)")
     parser.add_argument("--variant", default="tf_cmdt")
+    parser.add_argument("--ssd-backend", default="auto", help="auto (mamba-ssm on CUDA when importable), torch, mamba_ssm")
     parser.add_argument("--quick", action="store_true", help="tiny corpus and model (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    dim, clips, epochs, model = 1024, args.clips, args.epochs, {"variant": args.variant}
+    dim, clips, epochs = 1024, args.clips, args.epochs
+    model = {"variant": args.variant, "ssd_backend": args.ssd_backend}
     if args.quick:
         dim, clips, epochs = 16, 48, 1
         model |= dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16], chunk_size=16)
     store, manifest, fold = synthetic_corpus(clips, dim)
     records = []
-    for workers in args.num_workers:
-        config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, **model)
+    for workers, compiled in [(w, c == "on") for w in args.num_workers for c in args.compile]:
+        config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, compile=compiled, **model)
+        label = {"num_workers": workers, "compile": compiled}
         with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
-            clock = EpochClock(workers)
+            clock = EpochClock(label)
             result = train_fold(config, fold, store, clock, manifest=manifest, out_dir=out_dir, device=str(device),
                                 progress=False)
             wall = time.perf_counter() - clock.start
-        row = {"num_workers": workers, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
+        row = {**label, "ssd_backend": args.ssd_backend, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
                len(fold.valid) + len(fold.test), "fold_wall_s": wall, "train_seconds": result.train_seconds,
                "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
                "reports_at_s": clock.marks}
@@ -143,10 +151,12 @@ def main() -> int:
     m = payload["machine"]
     lines = [f"# A whole fold on {m['device']}", "",
              f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {args.variant}, {clips} "
-             f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600.", ""]
-    lines += markdown_table(["loader workers", "fold wall s", "training s", "train utt/s of wall", "GPU utilisation"],
-                            [[r["num_workers"], f"{r['fold_wall_s']:.1f}", f"{r['train_seconds']:.1f}",
-                              f"{r['train_utt_per_s_of_wall']:.1f}",
+             f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}.", ""]
+    lines += markdown_table(["loader workers", "compiled", "fold wall s", "training s", "train utt/s of wall",
+                             "epoch reports at s", "GPU utilisation"],
+                            [[r["num_workers"], "yes" if r["compile"] else "no", f"{r['fold_wall_s']:.1f}",
+                              f"{r['train_seconds']:.1f}",
+                              f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),
                               f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-"]
                              for r in records])
     (args.out / f"fold_gpu-{tag}.md").write_text("\n".join(lines) + "\n")
