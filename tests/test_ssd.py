@@ -24,6 +24,30 @@ def make_inputs(b, l, h, p, g, n, dtype=torch.float64, seed=0, requires_grad=Fal
     )
 
 
+@pytest.mark.slow
+def test_the_compiled_scan_passes_states_between_chunks_without_a_loop():
+    """Under torch.compile the chunk-to-chunk state passing is one weighted sum (`_entering_states`): the same
+    outputs and gradients as eager, and one graph for 3-8 chunks, where the loop compiled once per chunk count
+    (padded batches of every length would have run out of Dynamo's recompilations)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(ssd_scan, dynamic=True, backend="aot_eager")
+    for length in (130, 260, 450):
+        inputs, extras = mixer_like_inputs(2, length, nheads=4, headdim=8, ngroups=2, dstate=16, dtype=torch.float64)
+        eager = {k: v.requires_grad_() for k, v in inputs.items()}
+        traced = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        expected, got = ssd_scan(**eager, chunk_size=64, **extras), compiled(**traced, chunk_size=64, **extras)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        expected.square().sum().backward()
+        got.square().sum().backward()
+        for name in eager:
+            torch.testing.assert_close(traced[name].grad, eager[name].grad, rtol=1e-9, atol=1e-9, msg=name)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize(
     "b,l,h,p,g,n,chunk",
     [

@@ -102,7 +102,9 @@ class TFMamba(nn.Module):
         causal in time, or masked to the valid frames.
         """
         seqlen = features.shape[1]
-        unpadded = lengths.device.type == "cpu" and bool((lengths >= seqlen).all())  # known on the host
+        # Known on the host. Under torch.compile it is not read (that would split the graph): the padded path.
+        unpadded = (lengths.device.type == "cpu" and not torch.compiler.is_compiling()
+                    and bool((lengths >= seqlen).all()))
         if unpadded:  # no copy of the lengths to the GPU (nor one a CUDA graph would have to capture)
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         else:

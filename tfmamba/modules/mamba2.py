@@ -90,8 +90,18 @@ class Mamba2Mixer(nn.Module):
         Without autograd on a CPU the conv runs as a 2-D conv on a channels-last view of xbc (batch, conv_dim,
         1, seqlen with the channels innermost), which oneDNN's depthwise kernel takes as it is: no
         transposing copies, ~5x faster than `nn.Conv1d` on the transposed input (the same sums).
+        Under `torch.compile` it is d_conv shifted multiply-adds, which Inductor fuses into one elementwise kernel
+        for any length: its lowering of the conv's backward fixes the sequence length, a recompilation per padded
+        length.
         """
         seqlen = xbc.shape[1]
+        if torch.compiler.is_compiling():
+            padded = F.pad(xbc, (0, 0, self.d_conv - 1, 0))  # d_conv - 1 zero frames before the first
+            weight = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv): tap j reads frame t + j - (d_conv - 1)
+            out = self.conv1d.bias + padded[:, :seqlen] * weight[:, 0]
+            for j in range(1, self.d_conv):
+                out = out + padded[:, j:j + seqlen] * weight[:, j]
+            return F.silu(out)
         if torch.is_grad_enabled() or xbc.device.type != "cpu":
             return F.silu(self.conv1d(xbc.transpose(1, 2))[..., :seqlen].transpose(1, 2))
         channels_last = xbc.unsqueeze(1).permute(0, 3, 1, 2)  # (batch, conv_dim, 1, seqlen), a view

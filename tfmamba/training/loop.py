@@ -93,15 +93,15 @@ def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn
     """The module the training steps call: `net`, or with `config.compile` `torch.compile(net)`, which shares its
     parameters (so the optimiser, checkpoints and evaluation keep using `net`).
 
-    Padded batches come in many lengths: Dynamo compiles the first length it sees, then once more with the length
-    as a symbolic size, which serves the rest, and later models of the same settings in this process (a lane's
-    next folds). The forward's one host-side read of the lengths (is anything padded) comes before its compiled
-    graph; the frequency filter reads none when compiled (`FrequencyFilter.padded_mode`). The SSD backend is
-    chosen (and logged) here, eagerly: Dynamo cannot trace the logging."""
+    Padded batches come in many lengths, so the sizes are symbolic from the start (`dynamic=True`): one graph
+    serves every batch, and later models of the same settings in this process (a lane's next folds). Left to
+    Dynamo's automatic dynamic shapes, every new length compiled again, until its limit of 8 left the rest eager.
+    Compiled, the model reads no lengths on the host (`TFMamba.forward`, `FrequencyFilter.padded_mode`), which
+    would split the graph. The SSD backend is chosen (and logged) here, eagerly: Dynamo cannot trace the logging."""
     if not config.compile:
         return net
     resolve_backend(config.model.ssd_backend, device)
-    return torch.compile(net)
+    return torch.compile(net, dynamic=True)
 
 
 def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
