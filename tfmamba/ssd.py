@@ -226,7 +226,7 @@ def ssd_scan(
             for k in range(1, c - 1):
                 steps[:, :, k + 1].addcmul_(steps[:, :, k], chunk_decay[:, :, k])
         elif torch.compiler.is_compiling():
-            prev = _entering_states(torch.exp, acs[..., -1].view(b, g, hg, c), (Bt @ xw).view(b, g, c - 1, n, hg, p))
+            prev = _entering_states(acs[..., -1].view(b, g, hg, c), (Bt @ xw).view(b, g, c - 1, n, hg, p))
             prev = prev.reshape(b, g, c, n, hg * p)
         else:
             states = (Bt @ xw).view(b, g, c - 1, n, hg, p)
@@ -250,7 +250,7 @@ def ssd_scan(
     return _skip_and_gate(y, xs, D, z, inplace)
 
 
-def _entering_states(exp: Callable[[Tensor], Tensor], log_decay: Tensor, states: Tensor) -> Tensor:
+def _entering_states(log_decay: Tensor, states: Tensor) -> Tensor:
     """The state entering each of c chunks, (b, g, c, n, hg, p), from each chunk's own end state `states`
     (b, g, c - 1, n, hg, p; the last chunk's is never read) and its log-decay over the chunk (b, g, hg, c), as one
     weighted sum: chunk k receives chunk j's state (j < k) decayed over chunks j+1..k-1. The loop that passes
@@ -260,7 +260,7 @@ def _entering_states(exp: Callable[[Tensor], Tensor], log_decay: Tensor, states:
     c = log_decay.shape[-1]
     gaps = exclusive[..., :, None] - inclusive[..., None, : c - 1]  # (b, g, hg, k, j): log decay from j's end to k
     later = torch.ones(c, c - 1, dtype=torch.bool, device=log_decay.device).tril(-1)  # j < k
-    weights = exp(gaps.masked_fill(~later, float("-inf")))
+    weights = torch.exp(gaps.masked_fill(~later, float("-inf")))
     return torch.einsum("bghkj,bgjnhp->bgknhp", weights, states)
 
 
