@@ -261,7 +261,8 @@ def _entering_states(log_decay: Tensor, states: Tensor) -> Tensor:
     gaps = exclusive[..., :, None] - inclusive[..., None, : c - 1]  # (b, g, hg, k, j): log decay from j's end to k
     later = torch.ones(c, c - 1, dtype=torch.bool, device=log_decay.device).tril(-1)  # j < k
     weights = torch.exp(gaps.masked_fill(~later, float("-inf")))
-    return torch.einsum("bghkj,bgjnhp->bgknhp", weights, states)
+    with torch.autocast(log_decay.device.type, enabled=False):  # a small sum, kept in float32 as the loop's adds are
+        return torch.einsum("bghkj,bgjnhp->bgknhp", weights, states.to(weights.dtype))
 
 
 def _scan_by_chunk(device: torch.device) -> bool:
