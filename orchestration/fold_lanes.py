@@ -89,14 +89,13 @@ class FoldDispatcher:
         """Start the sweep's lanes now, idle, before any trial asks (their start-up overlaps Tune's): as many as its
         limit leaves room for (a trial that asked first has started its own)."""
         async with self._changed:
-            room = self._capacity - sum(not lane.stopped for lane in self._lanes.values())
-            return [self._new_lane().name for _ in range(max(0, room))]
+            return [self._new_lane().name for _ in range(max(0, self._room()))]
 
     async def acquire(self, trial_id: str, count: int, driver: str | None = None, order: int = 0) -> list[str]:
         """Lend `count` lanes to the trial; `driver` is the trial's actor id, watched so that a trial whose process is
-        gone gives its lanes back. Without a lane limit (`start` sets it): idle lanes first, new ones for the rest.
-        With one, trials wait in turn (`order`: Tune's trial number, then arrival) for warm lanes, or for room to
-        start new ones, so they train in the order Tune started them whatever order they got here in."""
+        gone gives its lanes back. Without a lane limit (the constructor's `lanes`): idle lanes first, new ones for
+        the rest. With one, trials wait in turn (`order`: Tune's trial number, then arrival) for warm lanes, or for
+        room to start new ones, so they train in the order Tune started them whatever order they got here in."""
         async with self._changed:
             if driver is not None:
                 self._drivers[trial_id] = driver
@@ -124,8 +123,11 @@ class FoldDispatcher:
         if ticket != min(self._waiting):
             return None
         warm = [lane for lane in idle if lane.ready][:count]
-        room = self._capacity - sum(not lane.stopped for lane in self._lanes.values())
-        return warm if len(warm) + room >= count else None
+        return warm if len(warm) + self._room() >= count else None
+
+    def _room(self) -> int:
+        """Lanes the limit leaves room to start (negative past it)."""
+        return self._capacity - sum(not lane.stopped for lane in self._lanes.values())
 
     async def release(self, trial_id: str) -> None:
         """The trial is done with its lanes (ended, failed, stopped): they wait for the next trial, and folds still
