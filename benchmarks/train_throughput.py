@@ -54,6 +54,7 @@ from tfmamba.config import TrainConfig  # noqa: E402
 from tfmamba.features.dataset import pad_collate  # noqa: E402
 from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
 from tfmamba.modules.frequency_filter import PADDED_MODES, set_padded_mode  # noqa: E402
+from tfmamba.ssd import resolve_backend  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
 from tfmamba.training.loaders import batch_dtype  # noqa: E402
 from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer, make_scheduler,  # noqa: E402
@@ -300,6 +301,8 @@ def main() -> int:
                        "padding": padding_share(batches)}
                 try:
                     started = time.perf_counter()
+                    if step.startswith("compiled"):
+                        resolve_backend(model_config.ssd_backend if backend == "-" else backend, device)
                     net = torch.compile(model) if step.startswith("compiled") else model
                     if step.endswith("graphed"):
                         epoch = graphed_epoch(config, net, device, batches, per_epoch)

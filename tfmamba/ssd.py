@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tfmamba import mamba_ssm_op
 from tfmamba.model_config import SSD_BACKENDS
 
 __all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs", "BACKENDS"]
@@ -383,12 +384,19 @@ def mamba_ssm_scan(
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
 ) -> Tensor:
-    """mamba-ssm's fused Triton kernel (CUDA only); raises RuntimeError when it is unavailable."""
+    """mamba-ssm's fused Triton kernel (CUDA only); raises RuntimeError when it is unavailable.
+
+    Under `torch.compile` the same kernels run through `mamba_ssm_op` (a custom op the compiler keeps in its graph),
+    with the gate z, if any, applied after it as the kernel does (y * silu(z))."""
     scan = _import_mamba_chunk_scan()
     if scan is None:
         raise RuntimeError("mamba-ssm is not importable: install the `gpu` extra on a CUDA machine (see README)")
     if not x.is_cuda:
         raise RuntimeError("the mamba_ssm backend needs CUDA tensors")
+    if torch.compiler.is_compiling():
+        y = mamba_ssm_op.chunk_scan(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                    dt_limit=dt_limit)
+        return y if z is None else y * F.silu(z)
     return scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
 
 
