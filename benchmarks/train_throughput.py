@@ -9,8 +9,9 @@ bf16 autocast on CUDA. `--steps` picks how a step runs:
   batch itself before its copy to the GPU);
 - `graphed`: the same step captured once as a CUDA graph and replayed (fused, capturable AdamW with a tensor
   LR, so the schedule still applies): what the step costs without Python's and the driver's launch overhead;
-- `compiled`: the trainer's step around `torch.compile(model)`;
-- `compiled_graphed`: `graphed` around `torch.compile(model)` (fused kernels, replayed).
+- `compiled`: the trainer's step with `compile=True` (`training.loop.CompiledSteps`: `torch.compile(model,
+  dynamic=True)`, an unpadded batch passed without its lengths);
+- `compiled_graphed`: `graphed` around that compiled model (fused kernels, replayed).
 
 `--lengths iemocap` gives the batches real padding: clip durations IEMOCAP-shaped (log-normal around 4.5 s at
 50 frames/s, 1-30 s), cropped to `--frames` as the trainer crops, and batched by length as its sampler does
@@ -57,8 +58,8 @@ from tfmamba.modules.frequency_filter import PADDED_MODES, set_padded_mode  # no
 from tfmamba.ssd import resolve_backend  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
 from tfmamba.training.loaders import batch_dtype  # noqa: E402
-from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer, make_scheduler,  # noqa: E402
-                                   parameter_groups, to_device, train_epoch)
+from tfmamba.training.loop import (CompiledSteps, LaggedValues, batch_losses, make_cmdt, make_optimizer,  # noqa: E402
+                                   make_scheduler, parameter_groups, to_device, train_epoch)
 from tfmamba.training.distributed import Dist  # noqa: E402
 
 SSD_VARIANTS = {"temporal", "tf", "tf_cmdt", "dual_temporal"}
@@ -303,7 +304,7 @@ def main() -> int:
                     started = time.perf_counter()
                     if step.startswith("compiled"):
                         resolve_backend(model_config.ssd_backend if backend == "-" else backend, device)
-                    net = torch.compile(model) if step.startswith("compiled") else model
+                    net = CompiledSteps(model) if step.startswith("compiled") else model
                     if step.endswith("graphed"):
                         epoch = graphed_epoch(config, net, device, batches, per_epoch)
                     else:

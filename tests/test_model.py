@@ -317,6 +317,21 @@ def test_inference_fast_path_runs_under_bf16_autocast(variant):
     assert error < 2e-2, (variant, error)
 
 
+def test_folded_block_weights_are_made_in_their_own_dtype_under_autocast():
+    """The block's folded weights, first made under bf16 autocast (a GPU's evaluation), stay float32: a later call
+    whose branches give float32 (no autocast here; mamba-ssm's path under autocast on a GPU) multiplies float32 by
+    float32, and matches the unfolded autograd path."""
+    torch.manual_seed(0)
+    model = build_model("tf", num_classes=3, input_dim=20, **SMALL).eval()
+    x, lengths = torch.randn(3, 37, 20), torch.tensor([37, 20, 5])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x, lengths)
+        assert all(w.dtype == torch.float32 for w in model.block._folded_weights())
+        folded = model(x, lengths).logits
+    torch.testing.assert_close(folded, model(x, lengths).logits.detach(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("padded", ["grouped", "dft"])
 @pytest.mark.parametrize("variant", ["tf", "dual_temporal", "temporal"])
 def test_batched_inference_path_as_on_a_gpu_under_bf16_autocast(monkeypatch, variant, padded):

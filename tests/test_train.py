@@ -369,3 +369,22 @@ def test_a_model_saved_before_the_frequency_branch_change_still_loads(tmp_path):
     path.write_text(json.dumps(description))
     model, _ = load_trained_model(tmp_path / "old")
     assert model.block.second.conv1d is not None and model.block.second.xbc_filter.head is None
+
+
+def test_compiled_steps_pass_an_unpadded_batch_without_its_lengths(monkeypatch):
+    """The compiled step cannot read the lengths without splitting its graph, so `CompiledSteps` reads them on the
+    host first: nothing padded, lengths None (the unpadded graph); anything padded, the lengths."""
+    from tfmamba.training.loop import CompiledSteps
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, features, lengths):
+            seen.append(lengths)
+            return features
+
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: net)  # the decision is taken before the graph
+    steps = CompiledSteps(Recorder())
+    steps(torch.zeros(2, 5, 3), torch.tensor([5, 5]))
+    steps(torch.zeros(2, 5, 3), torch.tensor([5, 4]))
+    assert seen[0] is None and seen[1].tolist() == [5, 4]

@@ -19,9 +19,11 @@ def pick_device(device: str | None) -> torch.device:
 
 def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`tensor` on `device` without the host waiting: a host tensor bound for a GPU is copied from pinned
-    memory (pinned first if it is not), since a copy from ordinary host memory synchronises the stream."""
+    memory (pinned first if it is not), since a copy from ordinary host memory synchronises the stream. Under
+    `torch.compile` the copy is the graph's (Dynamo cannot trace pinning): the loader's tensors are pinned already."""
     if tensor.device == device:
         return tensor
-    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+    if (device.type == "cuda" and tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not tensor.is_pinned()):
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)

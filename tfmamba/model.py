@@ -89,8 +89,9 @@ class TFMamba(nn.Module):
             second = TemporalBranch(c.d_model, **mixer_kwargs)
         return TFMambaBlock(c.d_model, TemporalBranch(c.d_model, **mixer_kwargs), second)
 
-    def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
-        """features (batch, seqlen, input_dim), right-padded; lengths (batch,) valid frames (>= 1).
+    def forward(self, features: Tensor, lengths: Tensor | None) -> ModelOutput:
+        """features (batch, seqlen, input_dim), right-padded; lengths (batch,) valid frames (>= 1), or None when
+        every frame is valid (what a compiled training step passes for a batch with nothing padded).
 
         Lengths on the host (a CPU tensor, as the data loader makes them) while the features are on a GPU
         let every decision that depends on them (is anything padded, which rows share a length) be taken
@@ -102,9 +103,10 @@ class TFMamba(nn.Module):
         causal in time, or masked to the valid frames.
         """
         seqlen = features.shape[1]
-        # Known on the host. Under torch.compile it is not read (that would split the graph): the padded path.
-        unpadded = (lengths.device.type == "cpu" and not torch.compiler.is_compiling()
-                    and bool((lengths >= seqlen).all()))
+        # Known on the host. Under torch.compile it is not read (that would split the graph): the padded path,
+        # unless the caller, who can read them, passes None (`training.loop.CompiledSteps`).
+        unpadded = lengths is None or (lengths.device.type == "cpu" and not torch.compiler.is_compiling()
+                                       and bool((lengths >= seqlen).all()))
         if unpadded:  # no copy of the lengths to the GPU (nor one a CUDA graph would have to capture)
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         else:
@@ -114,7 +116,8 @@ class TFMamba(nn.Module):
             x = self.sequence(features, None)
             return ModelOutput(self.classifier(x.mean(1)), x, mask)
         if each_utterance:
-            x = self._each_utterance(features, lengths)
+            full = torch.full(features.shape[:1], seqlen, dtype=torch.long)
+            x = self._each_utterance(features, full if lengths is None else lengths)
         else:
             x = self.sequence(features, lengths)
             x = x * mask.unsqueeze(-1).to(x.dtype)

@@ -72,6 +72,7 @@ class TFMambaBlock(nn.Module):
             return None
         key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._folded is None or self._folded[0] != key:
-            self._folded = (key, [u if pair is None else u @ (pair[0] * pair[1].to(pair[0].dtype))
-                                  for u, pair in zip(parts, outs)])
+            with torch.autocast(self.fuse.weight.device.type, enabled=False):  # in the weights' own dtype, always
+                self._folded = (key, [u if pair is None else u @ (pair[0] * pair[1].to(pair[0].dtype))
+                                      for u, pair in zip(parts, outs)])
         return self._folded[1]

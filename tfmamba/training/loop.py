@@ -89,19 +89,35 @@ class Batch:
     labels: torch.Tensor
 
 
+class CompiledSteps(nn.Module):
+    """`torch.compile(net, dynamic=True)` for the training steps, with the one decision that needs the lengths on
+    the host taken before the graph: a batch with nothing padded is passed as lengths None (the unpadded graph:
+    no masks, the plain FFT filter), which the compiled model could not tell without splitting its graph."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.compiled = torch.compile(net, dynamic=True)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> object:
+        if lengths is not None and lengths.device.type == "cpu" and bool((lengths >= features.shape[1]).all()):
+            lengths = None
+        return self.compiled(features, lengths)
+
+
 def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn.Module:
-    """The module the training steps call: `net`, or with `config.compile` `torch.compile(net)`, which shares its
+    """The module the training steps call: `net`, or with `config.compile` `CompiledSteps(net)`, which shares its
     parameters (so the optimiser, checkpoints and evaluation keep using `net`).
 
     Padded batches come in many lengths, so the sizes are symbolic from the start (`dynamic=True`): one graph
-    serves every batch, and later models of the same settings in this process (a lane's next folds). Left to
-    Dynamo's automatic dynamic shapes, every new length compiled again, until its limit of 8 left the rest eager.
-    Compiled, the model reads no lengths on the host (`TFMamba.forward`, `FrequencyFilter.padded_mode`), which
-    would split the graph. The SSD backend is chosen (and logged) here, eagerly: Dynamo cannot trace the logging."""
+    serves every padded batch (another every unpadded one), and later models of the same settings in this process
+    (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
+    limit of 8 left the rest eager. Compiled, the model reads no lengths on the host (`TFMamba.forward`,
+    `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen (and logged) here,
+    eagerly: Dynamo cannot trace the logging."""
     if not config.compile:
         return net
     resolve_backend(config.model.ssd_backend, device)
-    return torch.compile(net, dynamic=True)
+    return CompiledSteps(net)
 
 
 def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
