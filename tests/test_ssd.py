@@ -24,6 +24,16 @@ def make_inputs(b, l, h, p, g, n, dtype=torch.float64, seed=0, requires_grad=Fal
     )
 
 
+def test_a_first_scan_under_torch_compile_logs_nothing_and_stays_one_graph(monkeypatch):
+    """The backend choice is logged at a process's first scan of each kind; a log call inside a compiled graph
+    would split it (fullgraph fails), so under compile the log waits for an eager call."""
+    monkeypatch.setattr(ssd_mod, "_LOGGED_CHOICES", set())
+    inputs, extras = mixer_like_inputs(1, 20, nheads=2, headdim=4, dstate=4)
+    compiled = torch.compile(lambda **kw: ssd(**kw, chunk_size=8, backend="torch"), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(**inputs, **extras), ssd(**inputs, **extras, chunk_size=8, backend="torch"))
+    assert ssd_mod._LOGGED_CHOICES == {("torch", "torch")}  # logged by the eager call
+
+
 @pytest.mark.slow
 def test_the_compiled_scan_passes_states_between_chunks_without_a_loop():
     """Under torch.compile the chunk-to-chunk state passing is one weighted sum (`_entering_states`): the same

@@ -404,14 +404,14 @@ _LOGGED_CHOICES: set[tuple[str, str]] = set()
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn "auto" into "mamba_ssm" (CUDA and importable) or "torch"; log each choice once."""
+    """Turn "auto" into "mamba_ssm" (CUDA and importable) or "torch"; log each choice once (at an eager call)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown SSD backend {backend!r}; choose one of {BACKENDS}")
     chosen = backend
     if backend == "auto":
         chosen = "mamba_ssm" if device.type == "cuda" and _import_mamba_chunk_scan() is not None else "torch"
     key = (backend, chosen)
-    if key not in _LOGGED_CHOICES:
+    if key not in _LOGGED_CHOICES and not torch.compiler.is_compiling():  # a log call would split a compiled graph
         _LOGGED_CHOICES.add(key)
         logger.info("SSD backend: %s (asked for %s, device %s)", chosen, backend, device.type)
     return chosen
