@@ -142,8 +142,18 @@ def main() -> int:
                     "samples": len(sampler.samples)}
         records.append(row)
         print(json.dumps(row), flush=True)
+        write_results(args, records, clips, epochs)  # after every fold: a run stopped at its limit keeps them
+    print(f"wrote {args.out / f'fold_gpu-{result_tag(args)}.json'} and .md")
+    return 0
 
-    tag = device.type + ("-quick" if args.quick else "")
+
+def result_tag(args: argparse.Namespace) -> str:
+    return torch.device(args.device).type + ("-quick" if args.quick else "")
+
+
+def write_results(args: argparse.Namespace, records: list[dict], clips: int, epochs: int) -> None:
+    """benchmarks/results/fold_gpu-<device>.json and .md (or under --out) with the folds trained so far."""
+    tag = result_tag(args)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": "fold_gpu", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
                "variant": args.variant, "clips": clips, "records": records}
@@ -160,8 +170,6 @@ def main() -> int:
                               f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-"]
                              for r in records])
     (args.out / f"fold_gpu-{tag}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / f'fold_gpu-{tag}.json'} and .md")
-    return 0
 
 
 if __name__ == "__main__":

@@ -283,7 +283,18 @@ def main() -> int:
     device_name = machine_info()["device"]
     peak_measured = measured_bf16_tflops(device) if cuda else None
     peak_datasheet = datasheet_tflops(device_name) if cuda else None
-    records = []
+    records: list[dict] = []
+    tag = device.type + ("-quick" if args.quick else "")
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S")
+
+    def write_results() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        payload = {"benchmark": "train_throughput", "date": started_at, "machine": machine_info(),
+                   "bf16_peak_tflops_measured": peak_measured, "bf16_peak_tflops_datasheet": peak_datasheet,
+                   "records": records}
+        (args.out / f"train_throughput-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (args.out / f"train_throughput-{tag}.md").write_text("\n".join(markdown(payload, batch, frames, cuda)) + "\n")
+
     for variant in args.variants:
         config = TrainConfig(cmdt_weight=0.1 if variant == "tf_cmdt" else 0.0, amp=True, epochs=1000)
         model_config = ModelConfig.from_dict({**config.model.to_dict(), "variant": variant, **sizes})
@@ -329,17 +340,10 @@ def main() -> int:
                     torch.cuda.reset_peak_memory_stats(device)
                 records.append(row)
                 print(json.dumps(row), flush=True)
+                write_results()  # after every row: a run stopped at its time limit keeps what it finished
                 del model, batches
                 if cuda:
                     torch.cuda.empty_cache()
-
-    tag = device.type + ("-quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": machine_info(), "bf16_peak_tflops_measured": peak_measured,
-               "bf16_peak_tflops_datasheet": peak_datasheet, "records": records}
-    (args.out / f"train_throughput-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"train_throughput-{tag}.md").write_text("\n".join(markdown(payload, batch, frames, cuda)) + "\n")
     print(f"wrote {args.out / f'train_throughput-{tag}.json'} and .md")
     return 0
 
