@@ -42,9 +42,9 @@ cat "$out/gpu.txt"
 
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
-run throughput_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
-    --device cuda --variants tf_cmdt --backends mamba_ssm torch --steps graphed compiled_graphed --out "$out/compiled"
-run fold_compiled 230 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
+run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
+    --device cuda --variants tf_cmdt --backends mamba_ssm --steps graphed compiled_graphed --out "$out/compiled"
+run fold_compiled 300 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
     --num-workers 2 --compile off on --out "$out/fold_compiled"
 if [ -n "$base" ]; then
     run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
