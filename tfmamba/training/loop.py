@@ -24,6 +24,7 @@ from tfmamba.config import TrainConfig
 from tfmamba.device import to_device_async
 from tfmamba.errors import TrainingError
 from tfmamba.losses import CMDTLoss, total_loss
+from tfmamba.model import ModelOutput
 from tfmamba.ssd import resolve_backend
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm
@@ -98,7 +99,7 @@ class CompiledSteps(nn.Module):
         super().__init__()
         self.compiled = torch.compile(net, dynamic=True)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> object:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
         if lengths is not None and lengths.device.type == "cpu" and bool((lengths >= features.shape[1]).all()):
             lengths = None
         return self.compiled(features, lengths)
