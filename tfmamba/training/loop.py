@@ -113,8 +113,8 @@ def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn
     serves every padded batch (another every unpadded one), and later models of the same settings in this process
     (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
     limit of 8 left the rest eager. Compiled, the model reads no lengths on the host (`TFMamba.forward`,
-    `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen (and logged) here,
-    eagerly: Dynamo cannot trace the logging."""
+    `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen here, eagerly: "auto"
+    imports mamba-ssm on a GPU, which does not belong inside a graph."""
     if not config.compile:
         return net
     resolve_backend(config.model.ssd_backend, device)
