@@ -7,11 +7,13 @@ log-normal around 4.5 s (1-30 s), 4 balanced classes, split 70/15/15; training c
 `--compile on` (`TrainConfig.compile`: the training steps through `torch.compile`), trains the same fold from the
 same seed; a compiled fold's wall includes its compilation (its first epoch's report shows it against the
 second's). On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the share of time a kernel
-was running, from NVML) every 50 ms during the fold.
+was running, from NVML) every 50 ms during the fold: the share of samples with the GPU busy over the whole fold
+and up to each report, so that a process's first epoch (compiling kernels for new shapes) shows apart from the
+warm ones.
 
 Writes benchmarks/results/fold_gpu-<device>.json and .md (or under --out).
 
-    python benchmarks/fold_gpu.py --device cuda                 # 1600 clips, 2 epochs, num_workers 0 and 2
+    python benchmarks/fold_gpu.py --device cuda                 # 1600 clips, 3 epochs, num_workers 0 and 2
     python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile off on --ssd-backend torch
     python benchmarks/fold_gpu.py --quick                       # tiny smoke run (CI)
 """
@@ -62,17 +64,18 @@ def synthetic_corpus(clips: int, dim: int, seed: int = 0) -> tuple[FeatureStore,
 
 
 class UtilisationSampler:
-    """Samples `torch.cuda.utilization()` every `interval` seconds in a thread while in the `with` block."""
+    """Samples `torch.cuda.utilization()` every `interval` seconds in a thread while in the `with` block:
+    (time.perf_counter(), percent) pairs."""
 
     def __init__(self, device: torch.device, interval: float = 0.05) -> None:
         self.device, self.interval = device, interval
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.samples.append(float(torch.cuda.utilization(self.device)))
+            self.samples.append((time.perf_counter(), float(torch.cuda.utilization(self.device))))
 
     def __enter__(self) -> UtilisationSampler:
         if self.device.type == "cuda":
@@ -83,6 +86,16 @@ class UtilisationSampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+
+def busy_share_between(samples: list[tuple[float, float]], edges: list[float]) -> list[float | None]:
+    """The share of samples with a kernel running (utilisation > 0) in each interval between consecutive `edges`
+    (None for an interval with no sample): a process's first epoch, which compiles kernels, apart from the rest."""
+    shares = []
+    for low, high in zip(edges, edges[1:]):
+        inside = [percent > 0 for at, percent in samples if low <= at < high]
+        shares.append(statistics.fmean(inside) if inside else None)
+    return shares
 
 
 class EpochClock:
@@ -106,7 +119,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clips", type=int, default=1600, help="utterances in the corpus (70%% train)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs per fold (the first of a process also compiles kernels: 3 leave two warm ones)")
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 2], help="loader workers to compare")
     parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"],
                         help="train eagerly (off) and/or through torch.compile (on) (default: off)")
@@ -137,14 +151,24 @@ def main() -> int:
                "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
                "reports_at_s": clock.marks}
         if sampler.samples:
-            row |= {"gpu_utilisation_mean_pct": statistics.fmean(sampler.samples),
-                    "gpu_busy_share_of_wall": statistics.fmean(s > 0 for s in sampler.samples),
-                    "samples": len(sampler.samples)}
+            percents = [percent for _, percent in sampler.samples]
+            edges = [clock.start] + [clock.start + mark for mark in clock.marks]
+            row |= {"gpu_utilisation_mean_pct": statistics.fmean(percents),
+                    "gpu_busy_share_of_wall": statistics.fmean(p > 0 for p in percents),
+                    "gpu_busy_share_by_report": busy_share_between(sampler.samples, edges),
+                    "samples": len(percents)}
         records.append(row)
         print(json.dumps(row), flush=True)
         write_results(args, records, clips, epochs)  # after every fold: a run stopped at its limit keeps them
     print(f"wrote {args.out / f'fold_gpu-{result_tag(args)}.json'} and .md")
     return 0
+
+
+def busy_cell(row: dict) -> str:
+    if "gpu_busy_share_of_wall" not in row:
+        return "-"
+    parts = ["-" if share is None else f"{share:.0%}" for share in row.get("gpu_busy_share_by_report", [])]
+    return f"{row['gpu_busy_share_of_wall']:.0%}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def result_tag(args: argparse.Namespace) -> str:
@@ -163,11 +187,12 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
              f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {args.variant}, {clips} "
              f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}.", ""]
     lines += markdown_table(["loader workers", "compiled", "fold wall s", "training s", "train utt/s of wall",
-                             "epoch reports at s", "GPU utilisation"],
+                             "epoch reports at s", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
                             [[r["num_workers"], "yes" if r["compile"] else "no", f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",
                               f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),
-                              f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-"]
+                              f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-",
+                              busy_cell(r)]
                              for r in records])
     (args.out / f"fold_gpu-{tag}.md").write_text("\n".join(lines) + "\n")
 

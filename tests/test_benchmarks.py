@@ -71,3 +71,12 @@ def test_train_throughput_pads_batches_like_iemocap_and_counts_each_filters_ops(
     assert all(0 < r["padding"] < 0.5 and r["utt_per_s"] > 0 and r["lengths"] == "iemocap" for r in rows.values())
     assert rows["dft"]["ops_per_step"] < rows["grouped"]["ops_per_step"]
     assert "| tf_cmdt | torch | trainer | dft | iemocap (" in (tmp_path / "train_throughput-cpu-quick.md").read_text()
+
+
+def test_gpu_busy_share_up_to_each_report(monkeypatch):
+    """fold_gpu.py's per-report share of utilisation samples with the GPU busy (a first epoch apart from warm ones)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from fold_gpu import busy_share_between
+
+    samples = [(0.5, 0.0), (1.5, 0.0), (2.5, 90.0), (3.5, 40.0), (4.5, 0.0), (5.5, 70.0)]
+    assert busy_share_between(samples, [0.0, 2.0, 4.0, 6.0, 9.0]) == [0.0, 1.0, 0.5, None]
