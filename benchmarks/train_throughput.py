@@ -313,9 +313,10 @@ def main() -> int:
                        "padding": padding_share(batches)}
                 try:
                     started = time.perf_counter()
-                    if step.startswith("compiled"):
+                    net = model
+                    if step.startswith("compiled"):  # as `step_module`: the backend chosen before compiling
                         resolve_backend(model_config.ssd_backend if backend == "-" else backend, device)
-                    net = CompiledSteps(model) if step.startswith("compiled") else model
+                        net = CompiledSteps(model)
                     if step.endswith("graphed"):
                         epoch = graphed_epoch(config, net, device, batches, per_epoch)
                     else:
