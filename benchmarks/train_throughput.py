@@ -55,11 +55,10 @@ from tfmamba.config import TrainConfig  # noqa: E402
 from tfmamba.features.dataset import pad_collate  # noqa: E402
 from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
 from tfmamba.modules.frequency_filter import PADDED_MODES, set_padded_mode  # noqa: E402
-from tfmamba.ssd import resolve_backend  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
 from tfmamba.training.loaders import batch_dtype  # noqa: E402
-from tfmamba.training.loop import (CompiledSteps, LaggedValues, batch_losses, make_cmdt, make_optimizer,  # noqa: E402
-                                   make_scheduler, parameter_groups, to_device, train_epoch)
+from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer,  # noqa: E402
+                                   make_scheduler, parameter_groups, step_module, to_device, train_epoch)
 from tfmamba.training.distributed import Dist  # noqa: E402
 
 SSD_VARIANTS = {"temporal", "tf", "tf_cmdt", "dual_temporal"}
@@ -313,10 +312,8 @@ def main() -> int:
                        "padding": padding_share(batches)}
                 try:
                     started = time.perf_counter()
-                    net = model
-                    if step.startswith("compiled"):  # as `step_module`: the backend chosen before compiling
-                        resolve_backend(model_config.ssd_backend if backend == "-" else backend, device)
-                        net = CompiledSteps(model)
+                    compiled = config.replace(compile=step.startswith("compiled"), ssd_backend=settings["ssd_backend"])
+                    net = step_module(compiled, model, device)  # the model itself, or the trainer's CompiledSteps
                     if step.endswith("graphed"):
                         epoch = graphed_epoch(config, net, device, batches, per_epoch)
                     else:

@@ -38,6 +38,12 @@ class ModelOutput(NamedTuple):
     mask: Tensor
 
 
+def known_unpadded(lengths: Tensor, seqlen: int) -> bool:
+    """Whether every row of a batch padded to `seqlen` is valid throughout, read from lengths on the host; False
+    for lengths on a GPU, where reading them would make the host wait."""
+    return lengths.device.type == "cpu" and bool((lengths >= seqlen).all())
+
+
 def lengths_to_mask(lengths: Tensor, seqlen: int) -> Tensor:
     """(batch,) lengths -> (batch, seqlen) bool mask, True on valid frames."""
     return torch.arange(seqlen, device=lengths.device)[None, :] < lengths[:, None]
@@ -105,8 +111,7 @@ class TFMamba(nn.Module):
         seqlen = features.shape[1]
         # Known on the host. Under torch.compile it is not read (that would split the graph): the padded path,
         # unless the caller, who can read them, passes None (`training.loop.CompiledSteps`).
-        unpadded = lengths is None or (lengths.device.type == "cpu" and not torch.compiler.is_compiling()
-                                       and bool((lengths >= seqlen).all()))
+        unpadded = lengths is None or (not torch.compiler.is_compiling() and known_unpadded(lengths, seqlen))
         if unpadded:  # no copy of the lengths to the GPU (nor one a CUDA graph would have to capture)
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         else:

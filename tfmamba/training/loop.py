@@ -24,7 +24,7 @@ from tfmamba.config import TrainConfig
 from tfmamba.device import to_device_async
 from tfmamba.errors import TrainingError
 from tfmamba.losses import CMDTLoss, total_loss
-from tfmamba.model import ModelOutput
+from tfmamba.model import ModelOutput, known_unpadded
 from tfmamba.ssd import resolve_backend
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm
@@ -100,7 +100,7 @@ class CompiledSteps(nn.Module):
         self.compiled = torch.compile(net, dynamic=True)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
-        if lengths is not None and lengths.device.type == "cpu" and bool((lengths >= features.shape[1]).all()):
+        if lengths is not None and known_unpadded(lengths, features.shape[1]):
             lengths = None
         return self.compiled(features, lengths)
 
