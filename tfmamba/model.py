@@ -24,6 +24,7 @@ from tfmamba.device import to_device_async
 from tfmamba.modules.attention import SelfAttentionEncoder
 from tfmamba.modules.block import TFMambaBlock
 from tfmamba.modules.mamba2 import FrequencyBranch, TemporalBranch
+from tfmamba.ssd import traced_length
 from tfmamba.model_config import DATA_SIZES, LEGACY_MODEL_SETTINGS, VARIANTS, ModelConfig  # noqa: F401 (re-exported)
 
 _BLOCK_SLOTS = {"temporal": "identity", "tf": "frequency", "tf_cmdt": "frequency", "dual_temporal": "temporal"}
@@ -127,6 +128,11 @@ class TFMamba(nn.Module):
             x = self.sequence(features, lengths)
             x = x * mask.unsqueeze(-1).to(x.dtype)
         return ModelOutput(self.classifier(masked_mean(x, mask)), x, mask)
+
+    def compiled_frames(self, seqlen: int) -> int:
+        """The frames a compiled training step pads a batch of `seqlen` to (`training.loop.CompiledSteps`), so that
+        one graph serves every length: the SSD's `traced_length`, or `seqlen` for a variant without one."""
+        return seqlen if self.block is None else traced_length(seqlen, self.config.chunk_size)
 
     def sequence(self, features: Tensor, lengths: Tensor | None) -> Tensor:
         """M before pooling (batch, seqlen, d_model); lengths None: every frame is valid (no masking work)."""

@@ -37,7 +37,8 @@ from torch import Tensor
 from tfmamba import mamba_ssm_op
 from tfmamba.model_config import SSD_BACKENDS
 
-__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs", "BACKENDS"]
+__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs", "traced_length",
+           "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +250,16 @@ def ssd_scan(
         y = y_diag.permute(0, 1, 3, 4, 2, 5)
     y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, lp, h, p)[:, :l]  # token-major; a view when g == 1
     return _skip_and_gate(y, xs, D, z, inplace)
+
+
+def traced_length(seqlen: int, chunk_size: int) -> int:
+    """The length to pad `seqlen` frames to before `ssd_scan` is traced by torch.compile with a symbolic length,
+    so that every length takes one graph: more than two chunks, the last one partial. Shorter inputs (one chunk:
+    no state passing; two: a single state, which broadcasts) and whole numbers of chunks (no tail to pad) each
+    take other branches or strides in the scan, and each compiled a graph of its own (8 graphs, Dynamo's limit,
+    over a fold's batch lengths, then eager)."""
+    length = max(seqlen, 2 * chunk_size + 1)
+    return length + 1 if chunk_size > 1 and length % chunk_size == 0 else length
 
 
 def _entering_states(log_decay: Tensor, states: Tensor) -> Tensor:

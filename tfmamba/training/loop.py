@@ -24,7 +24,7 @@ from tfmamba.config import TrainConfig
 from tfmamba.device import to_device_async
 from tfmamba.errors import TrainingError
 from tfmamba.losses import CMDTLoss, total_loss
-from tfmamba.model import ModelOutput, known_unpadded
+from tfmamba.model import ModelOutput, TFMamba, known_unpadded
 from tfmamba.ssd import resolve_backend
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm
@@ -91,21 +91,33 @@ class Batch:
 
 
 class CompiledSteps(nn.Module):
-    """`torch.compile(net, dynamic=True)` for the training steps, with the one decision that needs the lengths on
-    the host taken before the graph: a batch with nothing padded is passed as lengths None (the unpadded graph:
-    no masks, the plain FFT filter), which the compiled model could not tell without splitting its graph."""
+    """`torch.compile(net, dynamic=True)` for the training steps, with the decisions that need the lengths on the
+    host taken before the graph. A batch with nothing padded is passed as lengths None (the unpadded graph: no
+    masks, the plain FFT filter), which the compiled model could not tell without splitting its graph. A batch
+    whose length the model's graph would special-case (`TFMamba.compiled_frames`: short, or a whole number of SSD
+    chunks) is padded to one it does not, with its lengths, and its sequence output cut back to the batch's
+    length: the model masks the added frames, and the CMDT loss, whose spectrum spans the batch's length, sees
+    the eager step's frames. One graph serves every padded batch, another every unpadded one."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: TFMamba, backend: str = "inductor") -> None:
         super().__init__()
-        self.compiled = torch.compile(net, dynamic=True)
+        self.compiled = torch.compile(net, dynamic=True, backend=backend)
+        self.frames = net.compiled_frames
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
-        if lengths is not None and known_unpadded(lengths, features.shape[1]):
+        seqlen = features.shape[1]
+        if lengths is not None and known_unpadded(lengths, seqlen):
             lengths = None
-        return self.compiled(features, lengths)
+        frames = self.frames(seqlen)
+        if frames == seqlen:
+            return self.compiled(features, lengths)
+        if lengths is None:
+            lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
+        out = self.compiled(F.pad(features, (0, 0, 0, frames - seqlen)), lengths)
+        return ModelOutput(out.logits, out.sequence[:, :seqlen], out.mask[:, :seqlen])
 
 
-def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn.Module:
+def step_module(config: TrainConfig, net: TFMamba, device: torch.device) -> nn.Module:
     """The module the training steps call: `net`, or with `config.compile` `CompiledSteps(net)`, which shares its
     parameters (so the optimiser, checkpoints and evaluation keep using `net`).
 
