@@ -16,6 +16,8 @@ Writes benchmarks/results/fold_gpu-<device>.json and .md (or under --out).
     python benchmarks/fold_gpu.py --device cuda                 # 1600 clips, 3 epochs, num_workers 0 and 2
     python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile off on --ssd-backend torch
     python benchmarks/fold_gpu.py --quick                       # tiny smoke run (CI)
+    python benchmarks/fold_gpu.py --clips 160 --epochs 2 --num-workers 0 --compile on \
+        --set d_model=32 --set batch_size=16                    # a compiled fold on a CPU: its graphs, its time
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FRAME_RATE, RESULTS, clip_frames, iemocap_seconds, machine_info  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 
-from tfmamba.config import TrainConfig  # noqa: E402
+from tfmamba.config import TrainConfig, parse_overrides  # noqa: E402
 from tfmamba.corpora.folds import Fold  # noqa: E402
 from tfmamba.corpora.manifest import Manifest  # noqa: E402
 from tfmamba.features.store import FeatureStore  # noqa: E402
@@ -126,6 +129,8 @@ def main() -> int:
                         help="train eagerly (off) and/or through torch.compile (on) (default: off)")
     parser.add_argument("--variant", default="tf_cmdt")
     parser.add_argument("--ssd-backend", default="auto", help="auto (mamba-ssm on CUDA when importable), torch, mamba_ssm")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training or model setting (repeatable), e.g. --set d_model=32 --set batch_size=16")
     parser.add_argument("--quick", action="store_true", help="tiny corpus and model (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -136,11 +141,13 @@ def main() -> int:
     if args.quick:
         dim, clips, epochs = 16, 48, 1
         model |= dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16], chunk_size=16)
+    model |= parse_overrides(args.overrides)
     store, manifest, fold = synthetic_corpus(clips, dim)
     records = []
     for workers, compiled in [(w, c == "on") for w in args.num_workers for c in args.compile]:
         config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, compile=compiled, **model)
         label = {"num_workers": workers, "compile": compiled}
+        graphs_before = counters["stats"]["unique_graphs"]
         with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
             clock = EpochClock(label)
             result = train_fold(config, fold, store, clock, manifest=manifest, out_dir=out_dir, device=str(device),
@@ -149,7 +156,7 @@ def main() -> int:
         row = {**label, "ssd_backend": args.ssd_backend, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
                len(fold.valid) + len(fold.test), "fold_wall_s": wall, "train_seconds": result.train_seconds,
                "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
-               "reports_at_s": clock.marks}
+               "reports_at_s": clock.marks, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before}
         if sampler.samples:
             percents = [percent for _, percent in sampler.samples]
             edges = [clock.start] + [clock.start + mark for mark in clock.marks]
@@ -180,15 +187,17 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
     tag = result_tag(args)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": "fold_gpu", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
-               "variant": args.variant, "clips": clips, "records": records}
+               "variant": args.variant, "clips": clips, "overrides": args.overrides, "records": records}
     (args.out / f"fold_gpu-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
     m = payload["machine"]
     lines = [f"# A whole fold on {m['device']}", "",
              f"{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {args.variant}, {clips} "
-             f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}.", ""]
-    lines += markdown_table(["loader workers", "compiled", "fold wall s", "training s", "train utt/s of wall",
+             f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}"
+             + (f"; overridden: {', '.join(args.overrides)}" if args.overrides else "") + ".", ""]
+    lines += markdown_table(["loader workers", "compiled (graphs)", "fold wall s", "training s", "train utt/s of wall",
                              "epoch reports at s", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
-                            [[r["num_workers"], "yes" if r["compile"] else "no", f"{r['fold_wall_s']:.1f}",
+                            [[r["num_workers"], f"yes ({r.get('compiled_graphs', '?')})" if r["compile"] else "no",
+                              f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",
                               f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),
                               f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-",
