@@ -37,8 +37,8 @@ from torch import Tensor
 from tfmamba import mamba_ssm_op
 from tfmamba.model_config import SSD_BACKENDS
 
-__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs", "traced_length",
-           "BACKENDS"]
+__all__ = ["ssd", "ssd_scan", "ssd_scan_sequential", "mamba_ssm_scan", "resolve_backend", "mixer_like_inputs",
+           "traced_length", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
