@@ -196,7 +196,7 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
              + (f"; overridden: {', '.join(args.overrides)}" if args.overrides else "") + ".", ""]
     lines += markdown_table(["loader workers", "compiled (graphs)", "fold wall s", "training s", "train utt/s of wall",
                              "epoch reports at s", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
-                            [[r["num_workers"], f"yes ({r.get('compiled_graphs', '?')})" if r["compile"] else "no",
+                            [[r["num_workers"], f"yes ({r['compiled_graphs']})" if r["compile"] else "no",
                               f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",
                               f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),
