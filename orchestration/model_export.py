@@ -35,7 +35,7 @@ REGISTERED_NAME = "tfmamba-ser"  # log_best_model's default; the sweep registers
 ROOT = Path(__file__).resolve().parent.parent
 # Imported by the model at serving time (tfmamba and this module travel as code_paths).
 SERVING_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "safetensors", "soundfile", "soxr", "av", "transformers",
-                    "pyyaml", "scikit-learn", "pyarrow")
+                    "pyyaml", "pyarrow")
 # predict takes several input shapes (see its docstring), so it has no type hints for MLflow to validate against.
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 # The signature documents the output only (inputs are paths or arrays, see `predict`), so no input example.

@@ -122,3 +122,22 @@ def test_plot_confusion_writes_png(tmp_path) -> None:
     data = out.read_bytes()
     assert len(data) > 1000
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scores_match_scikit_learn_on_random_predictions(seed: int) -> None:
+    # scikit-learn as the reference: accuracy, balanced accuracy over the classes present in y_true, weighted F1
+    # over those classes with zero_division=0, and the full confusion matrix; classes may be absent from either side.
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    num_classes = int(rng.integers(2, 8))
+    size = int(rng.integers(1, 60))
+    y_true = rng.integers(0, max(1, num_classes - seed % 3), size)
+    y_pred = np.where(rng.random(size) < 0.5, y_true, rng.integers(0, num_classes, size))
+    m = compute_metrics(y_true, y_pred, num_classes)
+    present = sorted(set(y_true.tolist()))
+    assert m.confusion == sk.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+    assert m.wa == pytest.approx(sk.accuracy_score(y_true, y_pred), abs=1e-12)
+    assert m.ua == pytest.approx(sk.recall_score(y_true, y_pred, labels=present, average="macro"), abs=1e-12)
+    assert m.wf1 == pytest.approx(sk.f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0),
+                                  abs=1e-12)

@@ -10,14 +10,12 @@ SER papers (TF-Mamba included) report
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 __all__ = ["Metrics", "best_name", "compute_metrics", "plot_confusion", "with_current_names"]
 
@@ -118,19 +116,18 @@ def compute_metrics(y_true: Any, y_pred: Any, labels: Sequence[str] | int) -> Me
                 f"{name} holds class index {int(bad[0])}, outside [0, {num_classes}) for labels {names}"
             )
 
-    all_classes = list(range(num_classes))
-    with warnings.catch_warnings():
-        # sklearn warns about a 1 x 1 matrix even when labels= is given; with C = 1 that shape is right.
-        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
-        confusion = confusion_matrix(true, pred, labels=all_classes)
+    confusion = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
     support = confusion.sum(axis=1)
-    present = [c for c in all_classes if support[c] > 0]
-    recalls = [confusion[c, c] / support[c] for c in present]
-    wf1 = f1_score(true, pred, labels=present, average="weighted", zero_division=0)
+    predicted = confusion.sum(axis=0)
+    hits = np.diag(confusion)
+    present = support > 0
+    # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (support + predicted): 0 where a present class is never hit
+    f1 = 2 * hits[present] / (support[present] + predicted[present])
     return Metrics(
-        wa=float(accuracy_score(true, pred)),
-        ua=float(np.mean(recalls)),
-        wf1=float(wf1),
+        wa=float(hits.sum() / true.size),
+        ua=float(np.mean(hits[present] / support[present])),
+        wf1=float(np.sum(f1 * support[present]) / true.size),
         confusion=[[int(v) for v in row] for row in confusion],
         labels=names,
         support=[int(v) for v in support],
