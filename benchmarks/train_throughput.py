@@ -9,8 +9,8 @@ bf16 autocast on CUDA. `--steps` picks how a step runs:
   batch itself before its copy to the GPU);
 - `graphed`: the same step captured once as a CUDA graph and replayed (fused, capturable AdamW with a tensor
   LR, so the schedule still applies): what the step costs without Python's and the driver's launch overhead;
-- `compiled`: the trainer's step with `compile=True` (`training.loop.CompiledSteps`: `torch.compile(model,
-  dynamic=True)`, an unpadded batch passed without its lengths);
+- `compiled`: the trainer's step with `compile=True` (`training.loop.CompiledSteps`: `torch.compile(model)` with
+  the batch and its length symbolic, an unpadded batch passed without its lengths);
 - `compiled_graphed`: `graphed` around that compiled model (fused kernels, replayed).
 
 `--lengths iemocap` gives the batches real padding: clip durations IEMOCAP-shaped (log-normal around 4.5 s at

@@ -90,6 +90,26 @@ def test_a_compiled_scan_is_one_graph_with_the_kernels_gradients(torch_kernels):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), name
 
 
+def test_a_compiled_scan_takes_one_graph_for_every_length(torch_kernels):
+    """As `training.loop.CompiledSteps` compiles the model: batch and length symbolic, so lengths of 1-9 chunks,
+    whole and partial, run through one graph (the op's fake shapes follow the symbols), with the kernels' values."""
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def loss(x, dt, A, B, C, D, dt_bias):
+        return mamba_ssm_op.chunk_scan(x, dt, A, B, C, 16, D=D, dt_bias=dt_bias, dt_softplus=True).square().sum()
+
+    compiled = torch.compile(loss, backend=counter, fullgraph=True)
+    for seqlen in (50, 16, 83, 144):
+        inputs, extras = scan_inputs(True, seqlen=seqlen)
+        args = [*inputs.values(), extras["D"], extras["dt_bias"]]
+        for tensor in args[:5]:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
+        eager = (ssd_scan(*args[:5], 16, D=args[5], dt_bias=args[6], dt_softplus=True) ** 2).sum()
+        torch.testing.assert_close(compiled(*args), eager, rtol=1e-5, atol=1e-4, msg=f"{seqlen} frames")
+    assert counter.frame_count == 1
+
+
 @pytest.mark.gpu
 def test_mamba_ssm_under_torch_compile_matches_it_eager_on_cuda():
     """The real kernels through the op in an Inductor graph: the eager call's outputs and gradients."""

@@ -91,8 +91,8 @@ class Batch:
 
 
 class CompiledSteps(nn.Module):
-    """`torch.compile(net, dynamic=True)` for the training steps, with the decisions that need the lengths on the
-    host taken before the graph. A batch with nothing padded is passed as lengths None (the unpadded graph: no
+    """`torch.compile(net)` for the training steps, the batch and its length symbolic from the first call, with the
+    decisions that need the lengths on the host taken before the graph. A batch with nothing padded is passed as lengths None (the unpadded graph: no
     masks, the plain FFT filter), which the compiled model could not tell without splitting its graph. A batch
     whose length the model's graph would special-case (`TFMamba.compiled_frames`: short, or a whole number of SSD
     chunks) is padded to one it does not, with its lengths, and its sequence output cut back to the batch's
@@ -101,8 +101,18 @@ class CompiledSteps(nn.Module):
 
     def __init__(self, net: TFMamba, backend: str = "inductor") -> None:
         super().__init__()
-        self.compiled = torch.compile(net, dynamic=True, backend=backend)
+        self.compiled = torch.compile(net, backend=backend)
         self.frames = net.compiled_frames
+
+    def _compiled(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
+        """The compiled model with only the batch and the length symbolic (a batch of one stays a size of its own).
+        `dynamic=True` made every size and every float of the model symbolic too: the feature dimension, and the
+        norms' eps and dropout rates, which Dynamo then had to specialise again by tracing the model a second time."""
+        torch._dynamo.maybe_mark_dynamic(features, 0)
+        torch._dynamo.maybe_mark_dynamic(features, 1)
+        if lengths is not None:
+            torch._dynamo.maybe_mark_dynamic(lengths, 0)
+        return self.compiled(features, lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
         seqlen = features.shape[1]
@@ -110,10 +120,10 @@ class CompiledSteps(nn.Module):
             lengths = None
         frames = self.frames(seqlen)
         if frames == seqlen:
-            return self.compiled(features, lengths)
+            return self._compiled(features, lengths)
         if lengths is None:
             lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
-        out = self.compiled(F.pad(features, (0, 0, 0, frames - seqlen)), lengths)
+        out = self._compiled(F.pad(features, (0, 0, 0, frames - seqlen)), lengths)
         return ModelOutput(out.logits, out.sequence[:, :seqlen], out.mask[:, :seqlen])
 
 
@@ -121,7 +131,7 @@ def step_module(config: TrainConfig, net: TFMamba, device: torch.device) -> nn.M
     """The module the training steps call: `net`, or with `config.compile` `CompiledSteps(net)`, which shares its
     parameters (so the optimiser, checkpoints and evaluation keep using `net`).
 
-    Padded batches come in many lengths, so the sizes are symbolic from the start (`dynamic=True`): one graph
+    Padded batches come in many lengths, so the batch and its length are symbolic from the start: one graph
     serves every padded batch (another every unpadded one), and later models of the same settings in this process
     (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
     limit of 8 left the rest eager. Compiled, the model reads no lengths on the host (`TFMamba.forward`,
