@@ -92,12 +92,13 @@ class Batch:
 
 class CompiledSteps(nn.Module):
     """`torch.compile(net)` for the training steps, the batch and its length symbolic from the first call, with the
-    decisions that need the lengths on the host taken before the graph. A batch with nothing padded is passed as lengths None (the unpadded graph: no
-    masks, the plain FFT filter), which the compiled model could not tell without splitting its graph. A batch
-    whose length the model's graph would special-case (`TFMamba.compiled_frames`: short, or a whole number of SSD
-    chunks) is padded to one it does not, with its lengths, and its sequence output cut back to the batch's
-    length: the model masks the added frames, and the CMDT loss, whose spectrum spans the batch's length, sees
-    the eager step's frames. One graph serves every padded batch, another every unpadded one."""
+    decisions that need the lengths on the host taken before the graph. A batch with nothing padded is passed as
+    lengths None (the unpadded graph: no masks, the plain FFT filter), which the compiled model could not tell
+    without splitting its graph. A batch whose length the model's graph would special-case
+    (`TFMamba.compiled_frames`: short, or a whole number of SSD chunks) is padded to one it does not, with its
+    lengths, and its sequence output cut back to the batch's length: the model masks the added frames, and the
+    CMDT loss, whose spectrum spans the batch's length, sees the eager step's frames. One graph serves every
+    padded batch, another every unpadded one."""
 
     def __init__(self, net: TFMamba, backend: str = "inductor") -> None:
         super().__init__()
