@@ -40,3 +40,26 @@ def test_two_ranks_gather_predictions_and_agree(tmp_path):
     assert [c for _, c in calls0[:-1]] == [str(tmp_path / "out/checkpoints/last")] * 2
     assert [c for _, c in calls1] == [None] * 3
     assert json.loads((tmp_path / "out/metrics.json").read_text())["test"] == r0["test"]
+
+
+def test_compiled_steps_pad_a_batch_through_ddp(tmp_path, monkeypatch):
+    """With several workers per fold the steps call the model through DDP; `CompiledSteps` still asks the model inside
+    it how far to pad a batch (a one-process gloo group is enough for DDP; the graph itself is not what is tested)."""
+    from test_train import DIM
+
+    from tfmamba.model import TFMamba
+    from tfmamba.model_config import ModelConfig
+    from tfmamba.training import distributed
+    from tfmamba.training.loop import step_module
+
+    config = tiny_config(compile=True)
+    model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), "input_dim": DIM}))
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: net)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        net = distributed.wrap(model, torch.device("cpu"), distributed.current())
+        assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
+        out = step_module(config, net, torch.device("cpu"))(torch.randn(2, 32, DIM), torch.tensor([32, 20]))
+    finally:
+        dist.destroy_process_group()
+    assert model.compiled_frames(32) == 33 and out.sequence.shape == (2, 32, config.model.d_model)

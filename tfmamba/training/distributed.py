@@ -46,6 +46,11 @@ def wrap(model: nn.Module, device: torch.device, where: Dist) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def unwrap(net: nn.Module) -> nn.Module:
+    """The model `wrap` put DDP around, or `net` itself."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
 def all_gather(obj: Any, where: Dist) -> list[Any]:
     """Every rank's `obj`, in rank order ([obj] without a process group)."""
     if not where.active:

@@ -98,12 +98,13 @@ class CompiledSteps(nn.Module):
     (`TFMamba.compiled_frames`: short, or a whole number of SSD chunks) is padded to one it does not, with its
     lengths, and its sequence output cut back to the batch's length: the model masks the added frames, and the
     CMDT loss, whose spectrum spans the batch's length, sees the eager step's frames. One graph serves every
-    padded batch, another every unpadded one."""
+    padded batch, another every unpadded one. `net` is the model, or DDP around it (`distributed.wrap`)."""
 
-    def __init__(self, net: TFMamba, backend: str = "inductor") -> None:
+    def __init__(self, net: nn.Module, backend: str = "inductor") -> None:
         super().__init__()
         self.compiled = torch.compile(net, backend=backend)
-        self.frames = net.compiled_frames
+        model: TFMamba = distributed.unwrap(net)
+        self.frames = model.compiled_frames
 
     def _compiled(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
         """The compiled model with only the batch and the length symbolic (a batch of one stays a size of its own).
@@ -128,7 +129,7 @@ class CompiledSteps(nn.Module):
         return ModelOutput(out.logits, out.sequence[:, :seqlen], out.mask[:, :seqlen])
 
 
-def step_module(config: TrainConfig, net: TFMamba, device: torch.device) -> nn.Module:
+def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn.Module:
     """The module the training steps call: `net`, or with `config.compile` `CompiledSteps(net)`, which shares its
     parameters (so the optimiser, checkpoints and evaluation keep using `net`).
 
