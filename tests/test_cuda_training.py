@@ -13,7 +13,8 @@ from tfmamba.modules.frequency_filter import FrequencyFilter, set_padded_mode
 from tfmamba.modules.norm import RMSNormGated
 from tfmamba.ssd import _import_mamba_chunk_scan
 from tfmamba.training.input_norm import InputNorm
-from tfmamba.training.loop import batch_losses, make_cmdt, make_optimizer, make_scheduler, to_device
+from tfmamba.training.loop import (batch_losses, device_batches, make_cmdt, make_optimizer, make_scheduler,
+                                   to_device)
 
 pytestmark = pytest.mark.gpu
 
@@ -113,3 +114,27 @@ def test_a_whole_fold_on_the_gpu(tmp_path, backend: str) -> None:
     with torch.no_grad():
         logits = model(x, torch.tensor([x.shape[1]])).logits
     assert logits.shape == (1, 4) and bool(torch.isfinite(logits).all())
+
+
+def test_batches_copied_ahead_on_a_side_stream_are_the_plain_copies() -> None:
+    """`device_batches` hands on every batch, in order, equal to `to_device`'s, with the host never waiting: each
+    batch is read after a long kernel queued behind it (a copy not ordered before the compute, or memory handed
+    back to the side stream too early, would show as other values), and later batches land meanwhile."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    raws = [{"features": torch.randn(4, 40 + i, 8).half().pin_memory(), "lengths": torch.full((4,), 40 + i),
+             "labels": torch.randint(0, 4, (4,)).pin_memory(), "indices": torch.arange(4) + 4 * i} for i in range(6)]
+    norm = InputNorm()
+    seen = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for raw, batch in device_batches(raws, norm, device):
+            torch.cuda._sleep(2_000_000)  # ~1 ms of GPU time before this batch is read
+            seen.append((raw, batch.features * 1, batch.labels + 0))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [raw["indices"].tolist() for raw, _, _ in seen] == [raw["indices"].tolist() for raw in raws]
+    for raw, features, labels in seen:
+        expected = to_device(raw, norm, device)
+        assert torch.equal(features, expected.features) and torch.equal(labels, expected.labels)

@@ -9,7 +9,7 @@ With `compile` the training steps call the model through `torch.compile` (`step_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +152,33 @@ def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
                  to_device_async(batch["labels"], device))
 
 
+def device_batches(loader: Iterable[dict], norm: InputNorm, device: torch.device) -> Iterator[tuple[dict, Batch]]:
+    """Each of the loader's batches with its `to_device` form. On a GPU the next batch is copied on a side stream
+    while the current one computes: on the compute stream its copy (~0.7 ms for 32 x 300 frames, an H200's profile)
+    would wait for the step before it and hold up the step after. The next batch is taken from the loader only
+    once the current one is handed on, so collating it (a loader without workers) overlaps this step too."""
+    if device.type != "cuda":
+        for raw in loader:
+            yield raw, to_device(raw, norm, device)
+        return
+    copies = torch.cuda.Stream(device)
+    compute = torch.cuda.current_stream(device)
+
+    def copy(raw: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        with torch.cuda.stream(copies):
+            return raw, to_device_async(raw["features"], device), to_device_async(raw["labels"], device)
+
+    batches = iter(loader)
+    ahead = next(map(copy, batches), None)
+    while ahead is not None:
+        raw, features, labels = ahead
+        compute.wait_stream(copies)
+        for tensor in (features, labels):  # allocated for the side stream, freed only after the compute uses them
+            tensor.record_stream(compute)
+        yield raw, Batch(norm(features.float()), raw["lengths"], labels)
+        ahead = next(map(copy, batches), None)
+
+
 class LaggedValues:
     """A step's few scalars (loss terms, a not-finite flag) read on the host one step late.
 
@@ -223,8 +250,7 @@ def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: 
         if on_step is not None:
             on_step(loss_value)
 
-    for step, raw in enumerate(loader, start=1):
-        batch = to_device(raw, norm, device)
+    for step, (_, batch) in enumerate(device_batches(loader, norm, device), start=1):
         loss, ce, cmdt = batch_losses(config, model, batch, cmdt_loss, device)
         terms = torch.stack([loss, ce, cmdt]).detach().double()
         not_finite = distributed.device_sum((~torch.isfinite(loss)).double().reshape(1), where)
@@ -259,8 +285,7 @@ def evaluate(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: Dat
     """Predict this rank's share, gather every rank's, and return them for all `size` utterances."""
     model.eval()
     indices, labels, predicted, losses = [], [], [], []
-    for raw in loader:
-        batch = to_device(raw, norm, device)
+    for raw, batch in device_batches(loader, norm, device):
         with autocast(config, device):
             logits = model(batch.features, batch.lengths).logits.float()
         losses.append(F.cross_entropy(logits, batch.labels, reduction="none").cpu())
