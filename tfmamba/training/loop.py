@@ -163,20 +163,23 @@ def device_batches(loader: Iterable[dict], norm: InputNorm, device: torch.device
         return
     copies = torch.cuda.Stream(device)
     compute = torch.cuda.current_stream(device)
+    batches = iter(loader)
 
-    def copy(raw: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def copy_next() -> tuple[dict, torch.Tensor, torch.Tensor] | None:
+        raw = next(batches, None)
+        if raw is None:
+            return None
         with torch.cuda.stream(copies):
             return raw, to_device_async(raw["features"], device), to_device_async(raw["labels"], device)
 
-    batches = iter(loader)
-    ahead = next(map(copy, batches), None)
+    ahead = copy_next()
     while ahead is not None:
         raw, features, labels = ahead
         compute.wait_stream(copies)
         for tensor in (features, labels):  # allocated for the side stream, freed only after the compute uses them
             tensor.record_stream(compute)
         yield raw, Batch(norm(features.float()), raw["lengths"], labels)
-        ahead = next(map(copy, batches), None)
+        ahead = copy_next()
 
 
 class LaggedValues:
