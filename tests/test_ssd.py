@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -168,6 +170,19 @@ def test_backend_choice_on_cpu():
     inp = make_inputs(1, 4, 2, 2, 1, 2, dtype=torch.float32)
     with pytest.raises(RuntimeError):
         ssd(**inp, backend="mamba_ssm")
+
+
+@pytest.mark.parametrize("user_value", [None, "0"])
+def test_mamba_ssm_autotuning_is_kept_on_disk_unless_the_user_says_otherwise(monkeypatch, user_value):
+    """Set before mamba-ssm's kernels are imported (Triton reads it then), whether or not they import here."""
+    monkeypatch.setattr(ssd_mod, "_MAMBA_IMPORT_TRIED", False)
+    monkeypatch.setattr(ssd_mod, "_MAMBA_SCAN", None)
+    if user_value is None:
+        monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_CACHE_AUTOTUNING", user_value)
+    ssd_mod._import_mamba_chunk_scan()
+    assert os.environ["TRITON_CACHE_AUTOTUNING"] == (user_value or "1")
 
 
 @pytest.mark.gpu

@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import logging
 import math
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -348,6 +349,11 @@ def _ssd_scan_by_chunk(xs: Tensor, dt: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor
 
 _MAMBA_SCAN: Callable[..., Tensor] | None = None
 _MAMBA_IMPORT_TRIED = False
+# mamba-ssm's kernels are autotuned for each new family of shapes: every config compiled, then timed. Triton keeps
+# the compiled kernels on disk (TRITON_CACHE_DIR) but the timings only when asked, and it reads that when the
+# kernels are defined, at their import: asked here, a later process on the node times nothing it timed before.
+# A value the user set wins.
+AUTOTUNE_CACHE_ENV = {"TRITON_CACHE_AUTOTUNING": "1"}
 
 
 def _import_mamba_chunk_scan() -> Callable[..., Tensor] | None:
@@ -355,12 +361,15 @@ def _import_mamba_chunk_scan() -> Callable[..., Tensor] | None:
 
     mamba-ssm 2.3's package `__init__` imports its compiled CUDA extension even though the SSD
     kernels are pure Triton, so a wheel built with MAMBA_SKIP_CUDA_BUILD fails a plain import.
-    In that case the Triton module is loaded under an empty `mamba_ssm` package shell.
+    In that case the Triton module is loaded under an empty `mamba_ssm` package shell. Its autotuning results are
+    kept on disk (`AUTOTUNE_CACHE_ENV`).
     """
     global _MAMBA_SCAN, _MAMBA_IMPORT_TRIED
     if _MAMBA_IMPORT_TRIED:
         return _MAMBA_SCAN
     _MAMBA_IMPORT_TRIED = True
+    for key, value in AUTOTUNE_CACHE_ENV.items():
+        os.environ.setdefault(key, value)
     name = "mamba_ssm.ops.triton.ssd_combined"
     try:
         _MAMBA_SCAN = importlib.import_module(name).mamba_chunk_scan_combined
