@@ -9,8 +9,9 @@
 # Needs mamba-ssm importable for its rows (`make gpu-wheel` builds it into .whl/ as a pure-Python wheel: the SSD
 # kernels are Triton; the suite needs nothing else beyond torch, triton and the usual numpy/pandas/pyarrow/
 # matplotlib/pyyaml/safetensors/tqdm/pytest stack); PYTHON picks the interpreter (default python3);
-# STEPS="throughput latency" runs only the steps named (default all, in this order: throughput throughput_compiled fold_compiled throughput_base padded
-# fold tests latency ssd_ieee), and LIMIT_<step>=SECONDS changes a step's time limit.
+# STEPS="throughput latency" runs only the steps named (default all, in this order: throughput throughput_compiled
+# fold_compiled throughput_base padded fold tests latency ssd_ieee), and LIMIT_<step>=SECONDS changes a step's time
+# limit.
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
