@@ -165,20 +165,20 @@ def device_batches(loader: Iterable[dict], norm: InputNorm, device: torch.device
     compute = torch.cuda.current_stream(device)
     batches = iter(loader)
 
-    def copy_next() -> tuple[dict, torch.Tensor, torch.Tensor] | None:
+    def copy_next() -> tuple[dict, dict] | None:
         raw = next(batches, None)
         if raw is None:
             return None
         with torch.cuda.stream(copies):
-            return raw, to_device_async(raw["features"], device), to_device_async(raw["labels"], device)
+            return raw, raw | {key: to_device_async(raw[key], device) for key in ("features", "labels")}
 
     ahead = copy_next()
     while ahead is not None:
-        raw, features, labels = ahead
+        raw, moved = ahead
         compute.wait_stream(copies)
-        for tensor in (features, labels):  # allocated for the side stream, freed only after the compute uses them
-            tensor.record_stream(compute)
-        yield raw, Batch(norm(features.float()), raw["lengths"], labels)
+        for key in ("features", "labels"):  # allocated for the side stream, freed only after the compute uses them
+            moved[key].record_stream(compute)
+        yield raw, to_device(moved, norm, device)  # on the device already: only the conversion and the norm
         ahead = copy_next()
 
 
