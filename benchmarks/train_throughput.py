@@ -16,7 +16,9 @@ bf16 autocast on CUDA. `--steps` picks how a step runs:
 `--lengths iemocap` gives the batches real padding: clip durations IEMOCAP-shaped (log-normal around 4.5 s at
 50 frames/s, 1-30 s), cropped to `--frames` as the trainer crops, and batched by length as its sampler does
 (each batch padded to its longest clip). `--filter` picks how the frequency filter treats a padded batch
-(`FrequencyFilter.padded`: one FFT per distinct length, or every row's DFT as two batched matmuls). Each
+(`FrequencyFilter.padded`: one FFT per distinct length, or every row's DFT as two batched matmuls), and
+`--unpadded-filter` a batch with nothing padded (`FrequencyFilter.unpadded`: the FFT, or the DFT; "auto" takes the
+DFT in a compiled step). Each
 `trainer` row also counts the ATen ops one step dispatches, eagerly: on a GPU each is a kernel launch.
 
 On CUDA each row also gives the model's FLOPs per step (counted by `torch.utils.flop_counter` on the torch
@@ -29,6 +31,8 @@ Writes benchmarks/results/train_throughput-<device>.json and .md (or under --out
     python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --backends torch mamba_ssm \\
         --steps trainer pageable graphed compiled
     python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --lengths iemocap --filter grouped dft
+    python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --steps compiled_graphed \\
+        --unpadded-filter fft dft
     python benchmarks/train_throughput.py --quick                            # tiny smoke run (CI)
 """
 
@@ -54,7 +58,7 @@ from _timing import markdown_table, median_seconds, sync  # noqa: E402
 from tfmamba.config import TrainConfig  # noqa: E402
 from tfmamba.features.dataset import pad_collate  # noqa: E402
 from tfmamba.model import VARIANTS, ModelConfig, TFMamba  # noqa: E402
-from tfmamba.modules.frequency_filter import PADDED_MODES, set_padded_mode  # noqa: E402
+from tfmamba.modules.frequency_filter import PADDED_MODES, UNPADDED_MODES, set_filter_modes  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
 from tfmamba.training.loaders import batch_dtype  # noqa: E402
 from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_optimizer,  # noqa: E402
@@ -261,6 +265,8 @@ def main() -> int:
                         help="full: every clip has --frames frames; iemocap: real padding (see above)")
     parser.add_argument("--filter", nargs="+", default=["auto"], choices=PADDED_MODES,
                         help="how the frequency filter treats a padded batch (FrequencyFilter.padded)")
+    parser.add_argument("--unpadded-filter", nargs="+", default=["auto"], choices=UNPADDED_MODES,
+                        help="how it treats a batch with nothing padded (FrequencyFilter.unpadded)")
     parser.add_argument("--profile", action="store_true",
                         help="CUDA: profile one more epoch per row: GPU busy time per step and the top kernels")
     parser.add_argument("--quick", action="store_true", help="tiny model (smoke test); batch 4 x 32 frames unless given")
@@ -300,16 +306,17 @@ def main() -> int:
         flops = mean_step_flops(model_config, config, batch_lengths(per_epoch, batch, frames, args.lengths),
                                 device) if cuda else None
         for backend in args.backends if variant in SSD_VARIANTS else ["-"]:
-            for step, padded in [(step, mode) for step in args.steps for mode in args.filter]:
+            for step, padded, unpadded in [(step, mode, whole) for step in args.steps for mode in args.filter
+                                           for whole in args.unpadded_filter]:
                 torch.manual_seed(0)
                 settings = model_config.to_dict() | ({"ssd_backend": backend} if backend != "-" else {})
                 model = TFMamba(ModelConfig.from_dict(settings)).to(device).train()
-                set_padded_mode(model, padded)
+                set_filter_modes(model, padded=padded, unpadded=unpadded)
                 batches = random_batches(per_epoch, batch, frames, model_config.input_dim, model_config.num_classes,
                                          pinned=cuda and step != "pageable", lengths=args.lengths, gpu=cuda)
-                row = {"variant": variant, "ssd_backend": backend, "step": step, "filter": padded, "batch": batch,
-                       "frames": frames, "lengths": args.lengths, "steps_per_epoch": per_epoch,
-                       "padding": padding_share(batches)}
+                row = {"variant": variant, "ssd_backend": backend, "step": step, "filter": padded,
+                       "unpadded_filter": unpadded, "batch": batch, "frames": frames, "lengths": args.lengths,
+                       "steps_per_epoch": per_epoch, "padding": padding_share(batches)}
                 try:
                     started = time.perf_counter()
                     compiled = config.replace(compile=step.startswith("compiled"), ssd_backend=settings["ssd_backend"])
@@ -358,11 +365,13 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
         lines += [f"bf16 dense matmul peak: {payload['bf16_peak_tflops_measured']:.0f} TFLOP/s measured here, "
                   f"{payload['bf16_peak_tflops_datasheet']} by the datasheet. MFU = the model's counted FLOPs per "
                   "step (at each batch's padded shape) / step time / peak.", ""]
-    header = ["variant", "SSD backend", "step", "filter", "lengths (padding)", "ops", "step ms", "utt/s"]
+    header = ["variant", "SSD backend", "step", "filter (padded, unpadded)", "lengths (padding)", "ops", "step ms",
+              "utt/s"]
     header += ["TFLOP/s", "MFU (measured peak)", "MFU (datasheet)"] if cuda else []
     rows = []
     for r in payload["records"]:
-        what = [r["variant"], r["ssd_backend"], r["step"], r.get("filter", "auto"),
+        filters = f"{r.get('filter', 'auto')}, {r.get('unpadded_filter', 'auto')}"
+        what = [r["variant"], r["ssd_backend"], r["step"], filters,
                 f"{r.get('lengths', 'full')} ({100 * r.get('padding', 0.0):.0f}%)"]
         if "error" in r:
             rows.append(what + ["", "failed", r["error"][:80]] + ([""] * 4 if cuda else [""]))

@@ -9,7 +9,7 @@ import torch
 
 from tfmamba.config import TrainConfig
 from tfmamba.model import ModelConfig, TFMamba
-from tfmamba.modules.frequency_filter import FrequencyFilter, set_padded_mode
+from tfmamba.modules.frequency_filter import FrequencyFilter, set_filter_modes
 from tfmamba.modules.norm import RMSNormGated
 from tfmamba.ssd import _import_mamba_chunk_scan
 from tfmamba.training.input_norm import InputNorm
@@ -36,7 +36,7 @@ def test_the_training_step_never_waits_for_the_gpu(backend: str, padded: str) ->
     model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), **SMALL, "variant": "tf_cmdt",
                                            "ssd_backend": backend})).to(device).train()
     if padded != "no":
-        set_padded_mode(model, padded)
+        set_filter_modes(model, padded=padded)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, 4)
     cmdt = make_cmdt(config)
@@ -63,16 +63,17 @@ def test_the_training_step_never_waits_for_the_gpu(backend: str, padded: str) ->
     assert all(bool(torch.isfinite(loss)) for loss in losses)
 
 
-def test_padded_filter_as_one_dft_matches_the_grouped_one_on_the_gpu() -> None:
-    """cuBLAS's matmuls against cuFFT per length: float32 within 1e-4, and under bf16 autocast within bf16's
-    precision of the float32 result."""
+@pytest.mark.parametrize("padded", [True, False])
+def test_filter_as_one_dft_matches_the_ffts_on_the_gpu(padded: bool) -> None:
+    """cuBLAS's matmuls against cuFFT (per length for a padded batch, at once for an unpadded one): float32 within
+    1e-4, and under bf16 autocast within bf16's precision of the float32 result."""
     torch.manual_seed(0)
     filt = FrequencyFilter(64, filter_init=0.3, hidden=4).cuda()
-    lengths = torch.tensor([300, 171, 244, 97, 300, 12])
-    x = torch.randn(len(lengths), 300, 64, device="cuda")
-    filt.padded = "grouped"
+    lengths = torch.tensor([300, 171, 244, 97, 300, 12]) if padded else None
+    x = torch.randn(6, 300, 64, device="cuda")
+    set_filter_modes(filt, padded="grouped", unpadded="fft")
     reference = filt(x, lengths)
-    filt.padded = "dft"
+    set_filter_modes(filt, padded="dft", unpadded="dft")
     assert torch.allclose(filt(x, lengths), reference, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         low = filt(x.bfloat16(), lengths)

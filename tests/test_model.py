@@ -8,7 +8,7 @@ import torch
 from tfmamba.cli import main
 from tfmamba.errors import ConfigError
 from tfmamba.model import VARIANTS, ModelConfig, build_model, count_parameters
-from tfmamba.modules.frequency_filter import FrequencyFilter, fourier_bases, set_padded_mode
+from tfmamba.modules.frequency_filter import DFT_MAX_FRAMES, FrequencyFilter, fourier_bases, set_filter_modes
 from tfmamba.modules.mamba2 import FrequencyBranch, TemporalBranch
 from tfmamba.paper import paper_params
 
@@ -224,7 +224,60 @@ def test_auto_filters_a_mixed_length_batch_of_training_length_as_one_dft():
     filt.padded = "grouped"
     assert filt.padded_mode(mixed, 30) == "grouped"
     with pytest.raises(ValueError, match="unknown padded-batch filter mode"):
-        set_padded_mode(filt, "fast")
+        set_filter_modes(filt, padded="fast")
+
+
+@pytest.mark.parametrize("frames", [37, 64])  # an odd length and an even one (bin n/2 counted once)
+def test_unpadded_batch_filters_the_same_as_an_fft_and_as_one_dft(frames):
+    """One DFT basis for every row of a batch with nothing padded: the FFT's outputs, and gradients as close to a
+    float64 reference as the FFT's."""
+    torch.manual_seed(0)
+    filt = FrequencyFilter(16, filter_init=0.3, hidden=4)
+    torch.nn.init.normal_(filt.head[2].weight, std=0.5)
+    x = torch.randn(4, frames, 16)
+    weights = torch.randn(4, frames, 16, dtype=torch.float64)
+
+    def run(mode: str, dtype: torch.dtype) -> list[torch.Tensor]:
+        module = filt.to(dtype)
+        set_filter_modes(module, unpadded=mode)
+        xi = x.to(dtype, copy=True).requires_grad_()
+        out = module._filter(xi) if dtype == torch.float64 else module(xi)  # forward computes in float32
+        (out.double() * weights).sum().backward()
+        grads = [xi.grad, module.omega_raw.grad, module.head[0].weight.grad]
+        results = [out.detach().double()] + [g.detach().double().clone() for g in grads]
+        module.zero_grad()
+        return results
+
+    reference = run("fft", torch.float64)
+    fft, dft = run("fft", torch.float32), run("dft", torch.float32)
+    torch.testing.assert_close(dft[0], fft[0], rtol=0, atol=1e-5)
+    for name, want, a, b in zip(["x", "omega", "head"], reference[1:], fft[1:], dft[1:]):
+        error_fft, error_dft = (a - want).abs().max(), (b - want).abs().max()
+        assert error_dft <= 2 * error_fft + 1e-5, (name, error_dft, error_fft)
+
+
+def test_auto_filters_an_unpadded_batch_as_one_dft_only_under_compile():
+    """Eagerly the FFT; in a compiled graph the DFT (no complex numbers for Inductor), up to DFT_MAX_FRAMES."""
+    filt = FrequencyFilter(4)
+    graphs = []
+
+    def record(graph, example_inputs):
+        graphs.append(graph.code)
+        return graph.forward
+
+    def transforms(frames: int) -> str:
+        torch._dynamo.reset()
+        graphs.clear()
+        torch.compile(filt, backend=record, fullgraph=True)(torch.randn(2, frames, 4))
+        return "fft" if "rfft" in graphs[0] else "dft" if "matmul" in graphs[0] else "neither"
+
+    assert filt.unpadded_mode(30) == "fft"
+    assert transforms(30) == "dft"
+    assert transforms(DFT_MAX_FRAMES + 2) == "fft", "n^2 work past DFT_MAX_FRAMES"
+    set_filter_modes(filt, unpadded="fft")
+    assert filt.unpadded_mode(30) == "fft" and transforms(30) == "fft"
+    with pytest.raises(ValueError, match="unknown unpadded-batch filter mode"):
+        set_filter_modes(filt, unpadded="grouped")
 
 
 def test_training_step_of_the_model_is_the_same_with_either_padded_filter():
@@ -234,7 +287,7 @@ def test_training_step_of_the_model_is_the_same_with_either_padded_filter():
     x, lengths = torch.randn(4, 23, 20), torch.tensor([23, 9, 16, 4])
     grads = {}
     for mode in ("grouped", "dft"):
-        set_padded_mode(model, mode)
+        set_filter_modes(model, padded=mode)
         torch.manual_seed(1)  # the same dropout masks
         model.zero_grad()
         out = model(x, lengths)
@@ -344,7 +397,7 @@ def test_batched_inference_path_as_on_a_gpu_under_bf16_autocast(monkeypatch, var
     torch.manual_seed(0)
     model = build_model(variant, num_classes=3, input_dim=20, **SMALL).eval()
     _randomise_filter_heads(model)
-    set_padded_mode(model, padded)
+    set_filter_modes(model, padded=padded)
     x, lengths = torch.randn(3, 37, 20), torch.tensor([37, 20, 5])
     valid = (torch.arange(37)[None, :] < lengths[:, None]).unsqueeze(-1)
     with torch.autocast("cpu", dtype=torch.bfloat16):

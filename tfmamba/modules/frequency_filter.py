@@ -41,6 +41,16 @@ A padded batch is filtered one of two ways, with the same result (tests/test_mod
   O(n log n)) still beats the grouped form up to ~2000 frames on a CPU (fwd + bwd, 2304 channels,
   one thread: 2.0x faster at 300-1024 frames, even at 2048), so "auto" uses it up to
   `DFT_MAX_FRAMES`. Under bf16 autocast its matmuls run in bf16.
+
+A batch with nothing padded ("unpadded", lengths None) takes the FFT ("fft"), or the same DFT with one basis
+for every row ("dft"). "auto" takes the DFT under `torch.compile` up to `DFT_MAX_FRAMES`: Inductor generates no
+code for complex tensors, so the FFT's compiled forward + backward keeps 29 ATen calls beside its fused kernels
+(the FFTs, a complex-to-complex one in the backward, and the complex products, sums, copies and scatters around
+them), the DFT's 10 (its matmuls). On a GPU those complex ops took over 0.9 ms of a compiled 13.9 ms step
+(H200 profile), where the DFT's matmuls (bf16 under autocast, ~54 GFLOP a step at 32 x 300 frames) should take
+a tenth of that (not yet measured on a GPU); on a CPU their O(n^2) work costs about what the complex ops did,
+and a compiled step takes the same time either way (`benchmarks/README.md`, thirteenth round). Eagerly the FFT
+stays: fewer ops, and the reference.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from tfmamba.device import to_device_async
 
 
 PADDED_MODES = ("auto", "grouped", "dft")
+UNPADDED_MODES = ("auto", "fft", "dft")
 # The longest padded batch the "auto" mode filters with the batched DFT: its matmuls and bases grow as frames^2
 # (at 600 frames x 2304 channels x 32 clips, ~110 GFLOP forward and 90 MB of bases), the grouped form's FFTs do not.
 DFT_MAX_FRAMES = 1024
@@ -118,13 +129,16 @@ def _channels_first(seq: Tensor, tile: int = 256) -> Tensor:
     return out
 
 
-def set_padded_mode(module: nn.Module, mode: str) -> None:
-    """Make every `FrequencyFilter` in `module` filter padded batches as `mode` (one of PADDED_MODES)."""
-    if mode not in PADDED_MODES:
-        raise ValueError(f"unknown padded-batch filter mode {mode!r}: expected one of {', '.join(PADDED_MODES)}")
+def set_filter_modes(module: nn.Module, padded: str | None = None, unpadded: str | None = None) -> None:
+    """Make every `FrequencyFilter` in `module` filter padded batches as `padded` (one of PADDED_MODES) and
+    batches with nothing padded as `unpadded` (one of UNPADDED_MODES); None leaves that mode as it is."""
+    for kind, mode, modes in (("padded", padded, PADDED_MODES), ("unpadded", unpadded, UNPADDED_MODES)):
+        if mode is not None and mode not in modes:
+            raise ValueError(f"unknown {kind}-batch filter mode {mode!r}: expected one of {', '.join(modes)}")
     for sub in module.modules():
         if isinstance(sub, FrequencyFilter):
-            sub.padded = mode
+            sub.padded = sub.padded if padded is None else padded
+            sub.unpadded = sub.unpadded if unpadded is None else unpadded
 
 
 class FrequencyFilter(nn.Module):
@@ -151,6 +165,7 @@ class FrequencyFilter(nn.Module):
         self.sharpness = sharpness
         self.eps = eps
         self.padded = "auto"  # how a padded batch is filtered: one of PADDED_MODES (see the module docstring)
+        self.unpadded = "auto"  # and a batch with nothing padded: one of UNPADDED_MODES
         # Inverse softplus, so that softplus(omega_raw) == filter_init at the start.
         raw = filter_init + math.log(-math.expm1(-filter_init))
         self.omega_raw = nn.Parameter(torch.full((channels,), raw, device=device, dtype=dtype))
@@ -195,16 +210,29 @@ class FrequencyFilter(nn.Module):
         power = spec.real.square().addcmul_(spec.imag, spec.imag)
         return torch.fft.irfft(spec.mul_(self.mask(power, inplace=True)), n=seq.shape[1], dim=1, norm="ortho")
 
-    def _filter_dft(self, xf: Tensor, lengths: Tensor) -> Tensor:
-        """Filter a padded float32 batch (batch, frames, channels) with each row's own-length DFT as matmuls.
+    def _filter_dft(self, xf: Tensor, lengths: Tensor | None) -> Tensor:
+        """Filter a float32 batch (batch, frames, channels) with each row's own-length DFT as matmuls; lengths
+        None: every row is valid throughout, and one basis serves them all.
 
         Under bf16 autocast the two matmuls run in bf16 (accumulating in float32), as the projection that made
         the input did and as the output will be stored; the power, threshold and mask stay in float32."""
-        forward, inverse, bins = fourier_bases(to_device_async(lengths, xf.device), xf.shape[1])
-        spec = torch.bmm(forward, xf).float()  # (batch, 2K, channels): [Re; Im]
+        frames = xf.shape[1]
+        if lengths is None:
+            forward, inverse, _ = fourier_bases(torch.full((1,), frames, device=xf.device), frames)
+            bins = None
+        else:
+            forward, inverse, bins = fourier_bases(to_device_async(lengths, xf.device), frames)
+        spec = torch.matmul(forward, xf).float()  # (batch, 2K, channels): [Re; Im]
         parts = spec.unflatten(1, (2, -1))  # (batch, 2, K, channels): Re and Im
         mask = self.mask(parts.square().sum(1), bins=bins)
-        return torch.bmm(inverse, (parts * mask.unsqueeze(1)).flatten(1, 2)).float()
+        return torch.matmul(inverse, (parts * mask.unsqueeze(1)).flatten(1, 2)).float()
+
+    def unpadded_mode(self, frames: int) -> str:
+        """How "auto" filters a batch with nothing padded: the DFT under `torch.compile` up to `DFT_MAX_FRAMES`
+        (no complex numbers in the compiled graph), the FFT otherwise (module docstring)."""
+        if self.unpadded == "auto":
+            return "dft" if torch.compiler.is_compiling() and frames <= DFT_MAX_FRAMES else "fft"
+        return self.unpadded
 
     def padded_mode(self, lengths: Tensor, frames: int) -> str:
         """How "auto" filters a padded batch: the batched DFT when its rows have more than one length and it
@@ -222,11 +250,14 @@ class FrequencyFilter(nn.Module):
         """x (batch, seqlen, channels), lengths (batch,) valid frames -> same shape, padding zeroed.
 
         A padded batch is filtered as `padded` says ("auto": `padded_mode`); with `lengths` on the host
-        (a CPU tensor) neither way needs a GPU sync."""
+        (a CPU tensor) neither way needs a GPU sync. Lengths None (nothing padded): as `unpadded` says ("auto":
+        `unpadded_mode`)."""
         with torch.profiler.record_function("frequency_filter"):
             dtype = x.dtype
             xf = x.float()
             if lengths is None:
+                if self.unpadded_mode(x.shape[1]) == "dft":
+                    return self._filter_dft(xf, None).to(dtype)
                 return self._filter(xf).to(dtype)
             if self.padded_mode(lengths, x.shape[1]) == "dft":
                 return self._filter_dft(xf, lengths).to(dtype)
