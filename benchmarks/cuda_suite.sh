@@ -9,9 +9,9 @@
 # Needs mamba-ssm importable for its rows (`make gpu-wheel` builds it into .whl/ as a pure-Python wheel: the SSD
 # kernels are Triton; the suite needs nothing else beyond torch, triton and the usual numpy/pandas/pyarrow/
 # matplotlib/pyyaml/safetensors/tqdm/pytest stack); PYTHON picks the interpreter (default python3);
-# STEPS="throughput latency" runs only the steps named (default all, in this order: throughput throughput_compiled
-# fold_compiled throughput_base padded fold tests latency ssd_ieee), and LIMIT_<step>=SECONDS changes a step's time
-# limit.
+# STEPS="throughput latency" runs only the steps named (default all, in this order: throughput filter_compiled
+# throughput_compiled fold_compiled throughput_base padded fold tests latency ssd_ieee), and LIMIT_<step>=SECONDS
+# changes a step's time limit.
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
@@ -44,6 +44,9 @@ cat "$out/gpu.txt"
 
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
+run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
+    --device cuda --variants tf_cmdt --backends torch --steps compiled_graphed --unpadded-filter fft dft \
+    --out "$out/filter_compiled"
 run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps graphed compiled_graphed --out "$out/compiled"
 run fold_compiled 300 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
