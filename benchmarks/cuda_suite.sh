@@ -48,7 +48,7 @@ run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchma
     --device cuda --variants tf_cmdt --backends torch --steps compiled_graphed --unpadded-filter fft dft \
     --out "$out/filter_compiled"
 run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
-    --device cuda --variants tf_cmdt --backends mamba_ssm --steps graphed compiled_graphed --out "$out/compiled"
+    --device cuda --variants tf_cmdt --backends mamba_ssm --steps compiled_graphed --out "$out/compiled"
 run fold_compiled 300 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
     --num-workers 2 --compile off on --out "$out/fold_compiled"
 if [ -n "$base" ]; then
