@@ -93,7 +93,7 @@ class Batch:
 class CompiledSteps(nn.Module):
     """`torch.compile(net)` for the training steps, the batch and its length symbolic from the first call, with the
     decisions that need the lengths on the host taken before the graph. A batch with nothing padded is passed as
-    lengths None (the unpadded graph: no masks, the plain FFT filter), which the compiled model could not tell
+    lengths None (the unpadded graph: no masks, one DFT basis for the filter), which the compiled model could not tell
     without splitting its graph. A batch whose length the model's graph would special-case
     (`TFMamba.compiled_frames`: short, or a whole number of SSD chunks) is padded to one it does not, with its
     lengths, and its sequence output cut back to the batch's length: the model masks the added frames, and the
