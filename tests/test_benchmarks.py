@@ -70,7 +70,8 @@ def test_train_throughput_pads_batches_like_iemocap_and_counts_each_filters_ops(
     assert set(rows) == {"grouped", "dft"}
     assert all(0 < r["padding"] < 0.5 and r["utt_per_s"] > 0 and r["lengths"] == "iemocap" for r in rows.values())
     assert rows["dft"]["ops_per_step"] < rows["grouped"]["ops_per_step"]
-    assert "| tf_cmdt | torch | trainer | dft, auto | iemocap (" in (tmp_path / "train_throughput-cpu-quick.md").read_text()
+    table = (tmp_path / "train_throughput-cpu-quick.md").read_text()
+    assert "| tf_cmdt | torch | trainer | dft, auto | iemocap (" in table
 
 
 def test_gpu_busy_share_up_to_each_report(monkeypatch):

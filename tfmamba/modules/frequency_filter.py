@@ -137,8 +137,10 @@ def set_filter_modes(module: nn.Module, padded: str | None = None, unpadded: str
             raise ValueError(f"unknown {kind}-batch filter mode {mode!r}: expected one of {', '.join(modes)}")
     for sub in module.modules():
         if isinstance(sub, FrequencyFilter):
-            sub.padded = sub.padded if padded is None else padded
-            sub.unpadded = sub.unpadded if unpadded is None else unpadded
+            if padded is not None:
+                sub.padded = padded
+            if unpadded is not None:
+                sub.unpadded = unpadded
 
 
 class FrequencyFilter(nn.Module):
