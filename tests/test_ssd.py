@@ -185,6 +185,19 @@ def test_mamba_ssm_autotuning_is_kept_on_disk_unless_the_user_says_otherwise(mon
     assert os.environ["TRITON_CACHE_AUTOTUNING"] == (user_value or "1")
 
 
+@pytest.mark.parametrize("backend", ["auto", "mamba_ssm"])
+def test_choosing_mamba_ssm_for_cuda_imports_it_before_any_graph(monkeypatch, backend):
+    """`step_module` resolves the backend eagerly: mamba-ssm's import and the environment it sets must happen then,
+    not in the compiled graph's first trace (Dynamo splits a graph at `os.environ`, seen on an H200)."""
+    monkeypatch.setattr(ssd_mod, "_MAMBA_IMPORT_TRIED", False)
+    monkeypatch.setattr(ssd_mod, "_MAMBA_SCAN", None)
+    monkeypatch.delenv("TRITON_CACHE_AUTOTUNING", raising=False)
+    resolve_backend(backend, torch.device("cpu"))
+    assert not ssd_mod._MAMBA_IMPORT_TRIED
+    resolve_backend(backend, torch.device("cuda"))
+    assert ssd_mod._MAMBA_IMPORT_TRIED and os.environ["TRITON_CACHE_AUTOTUNING"] == "1"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("seqlen", [250, 1000, 2000])
 def test_mamba_ssm_matches_torch_on_cuda(seqlen):

@@ -424,12 +424,14 @@ _LOGGED_CHOICES: set[tuple[str, str]] = set()
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn "auto" into "mamba_ssm" (CUDA and importable) or "torch"; log each choice once (at an eager call)."""
+    """Turn "auto" into "mamba_ssm" (CUDA and importable) or "torch"; log each choice once (at an eager call).
+    On CUDA, "auto" and "mamba_ssm" import mamba-ssm here: called eagerly before compiling (`step_module`), the
+    import and the environment it sets (`AUTOTUNE_CACHE_ENV`) stay out of the graph, where setting an environment
+    variable splits it."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown SSD backend {backend!r}; choose one of {BACKENDS}")
-    chosen = backend
-    if backend == "auto":
-        chosen = "mamba_ssm" if device.type == "cuda" and _import_mamba_chunk_scan() is not None else "torch"
+    importable = backend != "torch" and device.type == "cuda" and _import_mamba_chunk_scan() is not None
+    chosen = ("mamba_ssm" if importable else "torch") if backend == "auto" else backend
     key = (backend, chosen)
     if key not in _LOGGED_CHOICES and not torch.compiler.is_compiling():  # a log call would split a compiled graph
         _LOGGED_CHOICES.add(key)
