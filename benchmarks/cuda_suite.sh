@@ -46,7 +46,7 @@ run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/t
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
 run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends torch --steps compiled compiled_graphed --unpadded-filter fft dft \
-    --out "$out/filter_compiled"
+    --profile --out "$out/filter_compiled"
 run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps compiled_graphed --out "$out/compiled"
 run fold_compiled 300 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
