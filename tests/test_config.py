@@ -62,6 +62,7 @@ def test_yaml_file_and_overrides_round_trip(tmp_path):
         ({"classifier_dims": [0]}, "classifier_dims"),
         ({"headdim": 48}, "headdim"),
         ({"unknown_key": 1}, "unknown_key"),
+        ({"cuda_graphs": True}, "cuda_graphs needs compile"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(overrides, key):

@@ -139,3 +139,47 @@ def test_batches_copied_ahead_on_a_side_stream_are_the_plain_copies() -> None:
     for raw, features, labels in seen:
         expected = to_device(raw, norm, device)
         assert torch.equal(features, expected.features) and torch.equal(labels, expected.labels)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_compiled_steps_as_cuda_graphs_train_as_eager_and_never_wait(backend: str) -> None:
+    """`cuda_graphs`: the compiled forward and backward replayed as CUDA graphs, one per rounded batch shape, give
+    the eager model's losses step after step over padded and unpadded batches of several lengths; once each shape
+    is recorded, a step never makes the host wait."""
+    import copy
+
+    from tfmamba.training.loop import step_module
+
+    device = torch.device("cuda")
+    config = TrainConfig(cmdt_weight=0.1, amp=False, compile=True, cuda_graphs=True, epochs=2)
+    torch.manual_seed(0)
+    model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), **SMALL, "variant": "tf_cmdt", "dropout": 0.0,
+                                           "ssd_backend": backend})).to(device).train()
+    twin = copy.deepcopy(model)
+    steps = step_module(config, model, device)
+    assert steps.cuda_graphs
+    optimizers = {id(steps): make_optimizer(config, model), id(twin): make_optimizer(config, twin)}
+    cmdt = make_cmdt(config)
+    shapes = [(40, [40, 33, 40, 21]), (37, [37, 37, 37, 37]), (50, [50, 12, 44, 50])]
+    raws = [{"features": torch.randn(4, frames, SMALL["input_dim"]).half().pin_memory(),
+             "lengths": torch.tensor(lengths), "labels": torch.tensor([0, 1, 0, 1]).pin_memory()}
+            for frames, lengths in shapes]
+
+    def step(net: torch.nn.Module, raw: dict) -> torch.Tensor:
+        loss, _, _ = batch_losses(config, net, to_device(raw, InputNorm(), device), cmdt, device)
+        optimizers[id(net)].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizers[id(net)].step()
+        return loss.detach()
+
+    for _ in range(2):  # the first pass records each shape's graphs, the second replays them
+        for raw in raws:
+            torch.testing.assert_close(step(steps, raw), step(twin, raw), rtol=1e-3, atol=1e-5)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(steps, raw) for raw in raws]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(bool(torch.isfinite(loss)) for loss in losses)

@@ -406,19 +406,59 @@ def test_compiled_steps_pass_an_unpadded_batch_without_its_lengths(monkeypatch):
         assert out.sequence.shape == (2, 5, 3) and out.mask.shape == (2, 5)  # the CMDT loss spans the batch's length
 
 
+def test_with_cuda_graphs_a_padded_batch_is_padded_on_to_a_multiple_of_the_graph_step(monkeypatch):
+    """A CUDA graph replays fixed sizes: `CompiledSteps(cuda_graphs=True)` pads a padded batch up to a multiple of
+    `GRAPH_FRAME_STEP` (then off the lengths the model's graph special-cases), so a fold's lengths take a few
+    graphs; an unpadded batch keeps its length and its graph without masks. The losses see the batch's frames."""
+    from tfmamba.model import ModelOutput
+    from tfmamba.training.loop import GRAPH_FRAME_STEP, CompiledSteps, cuda_graph_options
+
+    seen, options = [], []
+
+    class Recorder(torch.nn.Module):
+        def compiled_frames(self, seqlen):
+            return seqlen + 1 if seqlen % 64 == 0 else seqlen
+
+        def forward(self, features, lengths):
+            seen.append((features.shape[1], None if lengths is None else lengths.tolist()))
+            return ModelOutput(features[:, 0], features, torch.ones(features.shape[:2], dtype=torch.bool))
+
+    def compile_recording(net, **kwargs):
+        options.append(kwargs.get("options"))
+        return net
+
+    monkeypatch.setattr(torch, "compile", compile_recording)
+    steps = CompiledSteps(Recorder(), cuda_graphs=True)
+    assert options == [cuda_graph_options()] and options[0]["triton.cudagraphs"]
+    assert set(options[0]) <= set(torch._inductor.list_options())  # torch.compile would reject an unknown one
+    for seqlen, lengths in [(40, [40, 33]), (33, [33, 20]), (40, [40, 40]), (64, [64, 9]), (70, [70, 70])]:
+        out = steps(torch.ones(2, seqlen, 3), torch.tensor(lengths))
+        assert out.sequence.shape == (2, seqlen, 3) and out.mask.shape == (2, seqlen)
+    assert GRAPH_FRAME_STEP == 32
+    assert seen == [(64 + 1, [40, 33]), (64 + 1, [33, 20]), (40, None), (64 + 1, [64, 9]), (70, None)]
+    CompiledSteps(Recorder())
+    assert options[-1] is None
+
+
 @pytest.mark.slow
-def test_compiled_steps_take_one_graph_for_every_batch_length():
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_graphs):
     """Traced with a symbolic length, the SSD's scan special-cases one chunk, two chunks and a whole number of
     chunks: a fold's batch lengths compiled a graph each, up to Dynamo's limit of 8 (then eager). `CompiledSteps`
     pads those batches, so one graph serves every padded batch and one every unpadded batch, with the eager
-    model's losses (CMDT included: its spectrum spans the batch's length, not the padded one)."""
+    model's losses (CMDT included: its spectrum spans the batch's length, not the padded one). With CUDA graphs
+    padded batches are padded further (`GRAPH_FRAME_STEP`), with the same losses (the graphs themselves need a GPU:
+    Inductor's options for them are left out of this CPU compile)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     from tfmamba.model import TFMamba
     from tfmamba.model_config import ModelConfig
     from tfmamba.ssd import resolve_backend
+    from tfmamba.training import loop
     from tfmamba.training.loop import Batch, CompiledSteps, batch_losses
+
+    monkeypatch.setattr(loop, "cuda_graph_options", lambda: None)
 
     torch.set_num_threads(1)
     torch._dynamo.reset()
@@ -428,7 +468,7 @@ def test_compiled_steps_take_one_graph_for_every_batch_length():
     torch.manual_seed(0)
     model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), "input_dim": DIM})).train()
     resolve_backend(config.model.ssd_backend, torch.device("cpu"))  # as `step_module` does, before the graph
-    steps = CompiledSteps(model, backend="aot_eager")
+    steps = CompiledSteps(model, backend="aot_eager", cuda_graphs=cuda_graphs)
     cmdt = make_cmdt(config)
     for size, frames in [(4, 40), (4, 10), (3, 24), (4, 32), (2, 48), (3, 57)]:  # 3, 1, 2, 2, 3, 4 chunks
         for padded in (False, True):

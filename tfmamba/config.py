@@ -54,7 +54,9 @@ class TrainConfig:
 
     `compile=True` runs the training steps through `torch.compile(model)` (`training.loop.step_module`): fused
     kernels on a GPU, for a compilation in a process's first fold (a minute or two); the weights, checkpoints and
-    evaluation are the eager model's.
+    evaluation are the eager model's. `cuda_graphs=True` (with `compile`, on a GPU, one worker per fold) also
+    replays the compiled forward and backward as CUDA graphs, one per batch shape (`training.loop.CompiledSteps`):
+    for a step bound by its kernel launches on the host rather than by the GPU.
     """
 
     # model (its num_classes and input_dim are placeholders until `model_config` sets them from the data)
@@ -78,6 +80,7 @@ class TrainConfig:
     eval_max_frames: int | None = None
     amp: bool = True
     compile: bool = False
+    cuda_graphs: bool = False
     num_workers: int = 0
     input_norm: str = "none"
 
@@ -108,6 +111,8 @@ class TrainConfig:
             checks.at_least("max_frames", self.max_frames, 1)
         if self.eval_max_frames is not None:
             checks.at_least("eval_max_frames", self.eval_max_frames, 1)
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError("cuda_graphs needs compile=true: the graphs are recorded from the compiled steps")
 
     def selection(self, corpus: str) -> tuple[str, bool]:
         """The validation metric that picks the best epoch on `corpus` ("auto": the corpus's own), and whether

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints/last"
 PROGRESS_VERSION = 1
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile"})
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile", "cuda_graphs"})
 
 
 class Reporter(Protocol):

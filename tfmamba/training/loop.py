@@ -8,6 +8,7 @@ With `compile` the training steps call the model through `torch.compile` (`step_
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from tfmamba.model import ModelOutput, TFMamba, known_unpadded
 from tfmamba.ssd import resolve_backend
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm
+
+logger = logging.getLogger(__name__)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -90,6 +93,22 @@ class Batch:
     labels: torch.Tensor
 
 
+# frames: with CUDA graphs, a padded batch's length is rounded up to a multiple of this, so that a fold's batches
+# take a few graphs (one per rounded length and batch size) rather than one per length, for <= 31 frames of padding
+GRAPH_FRAME_STEP = 32
+
+
+def cuda_graph_options() -> dict:
+    """Inductor's options for `mode="reduce-overhead"` (CUDA graphs over the compiled code), without its warning
+    that a dynamic-shape function records many graphs: `CompiledSteps` bounds them (`GRAPH_FRAME_STEP`)."""
+    from torch._inductor import config as inductor_config
+
+    options = {"triton.cudagraphs": True}
+    if hasattr(inductor_config.triton, "cudagraph_dynamic_shape_warn_limit"):
+        options["triton.cudagraph_dynamic_shape_warn_limit"] = None
+    return options
+
+
 class CompiledSteps(nn.Module):
     """`torch.compile(net)` for the training steps, the batch and its length symbolic from the first call, with the
     decisions that need the lengths on the host taken before the graph. A batch with nothing padded is passed as
@@ -98,11 +117,19 @@ class CompiledSteps(nn.Module):
     (`TFMamba.compiled_frames`: short, or a whole number of SSD chunks) is padded to one it does not, with its
     lengths, and its sequence output cut back to the batch's length: the model masks the added frames, and the
     CMDT loss, whose spectrum spans the batch's length, sees the eager step's frames. One graph serves every
-    padded batch, another every unpadded one. `net` is the model, or DDP around it (`distributed.wrap`)."""
+    padded batch, another every unpadded one. `net` is the model, or DDP around it (`distributed.wrap`).
 
-    def __init__(self, net: nn.Module, backend: str = "inductor") -> None:
+    With `cuda_graphs` the compiled code runs as CUDA graphs (torch.compile's "reduce-overhead": the forward and
+    backward each replayed as one launch), for a step whose kernel launches would otherwise outlast its GPU work.
+    A CUDA graph replays fixed sizes, so one is recorded per batch shape: a padded batch is padded on up to a
+    multiple of `GRAPH_FRAME_STEP` frames, an unpadded one (clips cropped to `max_frames`) keeps its length, and
+    its lengths go to the GPU first (a graph takes no host tensor)."""
+
+    def __init__(self, net: nn.Module, backend: str = "inductor", cuda_graphs: bool = False) -> None:
         super().__init__()
-        self.compiled = torch.compile(net, backend=backend)
+        options = cuda_graph_options() if cuda_graphs else None
+        self.compiled = torch.compile(net, backend=backend, options=options)
+        self.cuda_graphs = cuda_graphs
         model: TFMamba = distributed.unwrap(net)
         self.frames = model.compiled_frames
 
@@ -114,18 +141,31 @@ class CompiledSteps(nn.Module):
         torch._dynamo.maybe_mark_dynamic(features, 1)
         if lengths is not None:
             torch._dynamo.maybe_mark_dynamic(lengths, 0)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         return self.compiled(features, lengths)
+
+    def padded_frames(self, seqlen: int, padded: bool) -> int:
+        """The frames the graph takes a batch of `seqlen` frames in: rounded up for CUDA graphs if padded, then
+        moved off the lengths the model's graph special-cases."""
+        if self.cuda_graphs and padded:
+            seqlen = -(-seqlen // GRAPH_FRAME_STEP) * GRAPH_FRAME_STEP
+        return self.frames(seqlen)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
         seqlen = features.shape[1]
         if lengths is not None and known_unpadded(lengths, seqlen):
             lengths = None
-        frames = self.frames(seqlen)
+        frames = self.padded_frames(seqlen, padded=lengths is not None)
+        if frames != seqlen:
+            if lengths is None:
+                lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
+            features = F.pad(features, (0, 0, 0, frames - seqlen))
+        if self.cuda_graphs and lengths is not None:
+            lengths = to_device_async(lengths, features.device)
+        out = self._compiled(features, lengths)
         if frames == seqlen:
-            return self._compiled(features, lengths)
-        if lengths is None:
-            lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
-        out = self._compiled(F.pad(features, (0, 0, 0, frames - seqlen)), lengths)
+            return out
         return ModelOutput(out.logits, out.sequence[:, :seqlen], out.mask[:, :seqlen])
 
 
@@ -138,11 +178,18 @@ def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn
     (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
     limit of 8 left the rest eager. Compiled, the model reads no lengths on the host (`TFMamba.forward`,
     `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen here, eagerly: "auto"
-    imports mamba-ssm on a GPU, which does not belong inside a graph."""
+    and "mamba_ssm" import mamba-ssm on a GPU, which does not belong inside a graph.
+
+    `config.cuda_graphs` takes effect on a GPU for a fold trained by one worker; with DDP (several workers per
+    fold, whose gradients are reduced between the graphs' kernels) it is left off, and logged."""
     if not config.compile:
         return net
     resolve_backend(config.model.ssd_backend, device)
-    return CompiledSteps(net)
+    cuda_graphs = config.cuda_graphs and device.type == "cuda"
+    if cuda_graphs and distributed.unwrap(net) is not net:
+        logger.warning("cuda_graphs is left off: this fold trains on several workers (DDP)")
+        cuda_graphs = False
+    return CompiledSteps(net, cuda_graphs=cuda_graphs)
 
 
 def to_device(batch: dict, norm: InputNorm, device: torch.device) -> Batch:
