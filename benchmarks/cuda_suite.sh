@@ -9,9 +9,9 @@
 # Needs mamba-ssm importable for its rows (`make gpu-wheel` builds it into .whl/ as a pure-Python wheel: the SSD
 # kernels are Triton; the suite needs nothing else beyond torch, triton and the usual numpy/pandas/pyarrow/
 # matplotlib/pyyaml/safetensors/tqdm/pytest stack); PYTHON picks the interpreter (default python3);
-# STEPS="throughput latency" runs only the steps named (default all, in this order: throughput filter_compiled
-# throughput_compiled fold_compiled throughput_base padded fold tests latency ssd_ieee), and LIMIT_<step>=SECONDS
-# changes a step's time limit.
+# STEPS="throughput latency" runs only the steps named (default all, in this order: cuda_graphs padded_graphs
+# throughput filter_compiled throughput_compiled fold_compiled throughput_base padded fold tests latency ssd_ieee),
+# and LIMIT_<step>=SECONDS changes a step's time limit.
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
 set -u
@@ -42,6 +42,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
+run cuda_graphs 330 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
+    --variants tf_cmdt --backends mamba_ssm torch --steps cuda_graphs --out "$out/cuda_graphs"
+run padded_graphs 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
+    --device cuda --variants tf_cmdt --backends mamba_ssm --steps cuda_graphs compiled --lengths iemocap --frames 600 \
+    --out "$out/padded_graphs"
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
 run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
@@ -50,7 +55,7 @@ run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchma
 run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps compiled_graphed --out "$out/compiled"
 run fold_compiled 300 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
-    --num-workers 2 --compile off on --out "$out/fold_compiled"
+    --num-workers 2 --compile graphs on --out "$out/fold_compiled"
 if [ -n "$base" ]; then
     run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
         --device cuda --variants tf_cmdt --backends mamba_ssm torch --repeats 5 --out "$out/base"

@@ -4,7 +4,8 @@ against the GPU's busy time: does the data loader keep the GPU fed?
 The corpus is synthetic and IEMOCAP-shaped: 1024-dim float16 features at 50 frames/s, clip durations
 log-normal around 4.5 s (1-30 s), 4 balanced classes, split 70/15/15; training clips cropped to `max_frames`
 (600) as the trainer does, batches of 32 from its length buckets. Each `--num-workers` value, eager and with
-`--compile on` (`TrainConfig.compile`: the training steps through `torch.compile`), trains the same fold from the
+`--compile on` (`TrainConfig.compile`: the training steps through `torch.compile`) and `--compile graphs` (also
+`cuda_graphs`: the compiled steps replayed as CUDA graphs, one per batch shape), trains the same fold from the
 same seed; a compiled fold's wall includes its compilation (its first epoch's report shows it against the
 second's). On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the share of time a kernel
 was running, from NVML) every 50 ms during the fold: the share of samples with the GPU busy over the whole fold
@@ -15,6 +16,7 @@ Writes benchmarks/results/fold_gpu-<device>.json and .md (or under --out).
 
     python benchmarks/fold_gpu.py --device cuda                 # 1600 clips, 3 epochs, num_workers 0 and 2
     python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile off on --ssd-backend torch
+    python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile on graphs   # what CUDA graphs buy a fold
     python benchmarks/fold_gpu.py --quick                       # tiny smoke run (CI)
     python benchmarks/fold_gpu.py --clips 160 --epochs 2 --num-workers 0 --compile on \
         --set d_model=32 --set batch_size=16                    # a compiled fold on a CPU: its graphs, its time
@@ -125,8 +127,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3,
                         help="epochs per fold (the first of a process also compiles kernels: 3 leave two warm ones)")
     parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 2], help="loader workers to compare")
-    parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off"],
-                        help="train eagerly (off) and/or through torch.compile (on) (default: off)")
+    parser.add_argument("--compile", nargs="+", choices=("off", "on", "graphs"), default=["off"],
+                        help="train eagerly (off), through torch.compile (on), and/or compiled and replayed as CUDA "
+                             "graphs (graphs: cuda_graphs=true, CUDA only) (default: off)")
     parser.add_argument("--variant", default="tf_cmdt")
     parser.add_argument("--ssd-backend", default="auto", help="auto (mamba-ssm on CUDA when importable), torch, mamba_ssm")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -136,6 +139,8 @@ def main() -> int:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if device.type != "cuda" and "graphs" in args.compile:
+        parser.error("--compile graphs replays CUDA graphs: use --device cuda")
     dim, clips, epochs = 1024, args.clips, args.epochs
     model = {"variant": args.variant, "ssd_backend": args.ssd_backend}
     if args.quick:
@@ -144,9 +149,10 @@ def main() -> int:
     model |= parse_overrides(args.overrides)
     store, manifest, fold = synthetic_corpus(clips, dim)
     records = []
-    for workers, compiled in [(w, c == "on") for w in args.num_workers for c in args.compile]:
-        config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, compile=compiled, **model)
-        label = {"num_workers": workers, "compile": compiled}
+    for workers, how in [(w, c) for w in args.num_workers for c in args.compile]:
+        config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, compile=how != "off",
+                                       cuda_graphs=how == "graphs", **model)
+        label = {"num_workers": workers, "compile": how != "off", "cuda_graphs": how == "graphs"}
         graphs_before = counters["stats"]["unique_graphs"]
         with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
             clock = EpochClock(label)
@@ -169,6 +175,13 @@ def main() -> int:
         write_results(args, records, clips, epochs)  # after every fold: a run stopped at its limit keeps them
     print(f"wrote {args.out / f'fold_gpu-{result_tag(args)}.json'} and .md")
     return 0
+
+
+def compiled_cell(row: dict) -> str:
+    """"no", or "yes (N)" with the graphs Dynamo compiled, and whether they were replayed as CUDA graphs."""
+    if not row["compile"]:
+        return "no"
+    return f"yes ({row['compiled_graphs']})" + (", CUDA graphs" if row.get("cuda_graphs") else "")
 
 
 def busy_cell(row: dict) -> str:
@@ -196,7 +209,7 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
              + (f"; overridden: {', '.join(args.overrides)}" if args.overrides else "") + ".", ""]
     lines += markdown_table(["loader workers", "compiled (graphs)", "fold wall s", "training s", "train utt/s of wall",
                              "epoch reports at s", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
-                            [[r["num_workers"], f"yes ({r['compiled_graphs']})" if r["compile"] else "no",
+                            [[r["num_workers"], compiled_cell(r),
                               f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",
                               f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),

@@ -11,7 +11,10 @@ bf16 autocast on CUDA. `--steps` picks how a step runs:
   LR, so the schedule still applies): what the step costs without Python's and the driver's launch overhead;
 - `compiled`: the trainer's step with `compile=True` (`training.loop.CompiledSteps`: `torch.compile(model)` with
   the batch and its length symbolic, an unpadded batch passed without its lengths);
-- `compiled_graphed`: `graphed` around that compiled model (fused kernels, replayed).
+- `compiled_graphed`: `graphed` around that compiled model (fused kernels, replayed);
+- `cuda_graphs`: the trainer's step with `compile=True, cuda_graphs=True`: the compiled forward and backward
+  replayed as CUDA graphs, one per batch shape (padded lengths rounded up), the loss, clipping and AdamW eager:
+  what a real fold gets, padded batches included (`--lengths iemocap`).
 
 `--lengths iemocap` gives the batches real padding: clip durations IEMOCAP-shaped (log-normal around 4.5 s at
 50 frames/s, 1-30 s), cropped to `--frames` as the trainer crops, and batched by length as its sampler does
@@ -33,6 +36,8 @@ Writes benchmarks/results/train_throughput-<device>.json and .md (or under --out
     python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --lengths iemocap --filter grouped dft
     python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --steps compiled_graphed \\
         --unpadded-filter fft dft
+    python benchmarks/train_throughput.py --device cuda --variants tf_cmdt --backends torch mamba_ssm \\
+        --steps compiled cuda_graphs --lengths iemocap
     python benchmarks/train_throughput.py --quick                            # tiny smoke run (CI)
 """
 
@@ -66,7 +71,7 @@ from tfmamba.training.loop import (LaggedValues, batch_losses, make_cmdt, make_o
 from tfmamba.training.distributed import Dist  # noqa: E402
 
 SSD_VARIANTS = {"temporal", "tf", "tf_cmdt", "dual_temporal"}
-STEPS = ("trainer", "pageable", "graphed", "compiled", "compiled_graphed")
+STEPS = ("trainer", "pageable", "graphed", "compiled", "compiled_graphed", "cuda_graphs")
 # Dense bf16 matrix peak by the vendor's datasheet (SXM parts), TFLOP/s.
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10G": 70.0}
 NOT_DISTRIBUTED = Dist()
@@ -275,8 +280,9 @@ def main() -> int:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if not cuda and {"graphed", "pageable", "compiled_graphed"} & set(args.steps):
-        parser.error("--steps graphed, compiled_graphed and pageable measure CUDA effects: use --device cuda")
+    if not cuda and {"graphed", "pageable", "compiled_graphed", "cuda_graphs"} & set(args.steps):
+        parser.error("--steps graphed, compiled_graphed, cuda_graphs and pageable measure CUDA effects: "
+                     "use --device cuda")
     if args.lengths != "full" and {"graphed", "compiled_graphed"} & set(args.steps):
         parser.error("a CUDA graph replays one batch shape: --steps graphed and compiled_graphed need --lengths full")
     batch = args.batch or (4 if args.quick else 32 if cuda else 8)
@@ -319,7 +325,8 @@ def main() -> int:
                        "steps_per_epoch": per_epoch, "padding": padding_share(batches)}
                 try:
                     started = time.perf_counter()
-                    compiled = config.replace(compile=step.startswith("compiled"), ssd_backend=settings["ssd_backend"])
+                    compiled = config.replace(compile=step.startswith("compiled") or step == "cuda_graphs",
+                                              cuda_graphs=step == "cuda_graphs", ssd_backend=settings["ssd_backend"])
                     net = step_module(compiled, model, device)  # the model itself, or the trainer's CompiledSteps
                     if step.endswith("graphed"):
                         epoch = graphed_epoch(config, net, device, batches, per_epoch)
