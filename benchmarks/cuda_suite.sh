@@ -43,10 +43,10 @@ $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 cat "$out/gpu.txt"
 
 run cuda_graphs 330 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
-    --variants tf_cmdt --backends mamba_ssm torch --steps cuda_graphs --out "$out/cuda_graphs"
+    --variants tf_cmdt --backends mamba_ssm torch --steps cuda_graphs --profile --out "$out/cuda_graphs"
 run padded_graphs 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps cuda_graphs compiled --lengths iemocap --frames 600 \
-    --out "$out/padded_graphs"
+    --profile --out "$out/padded_graphs"
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
 run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \

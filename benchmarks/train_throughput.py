@@ -188,12 +188,16 @@ def graphed_epoch(config: TrainConfig, model: nn.Module, device: torch.device, b
     return epoch
 
 
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+
+
 def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict:
-    """One epoch under torch.profiler: the GPU's busy time per step (the sum of its kernels' times) and the
-    `top` kernels by time, each with its ms per step and share of the busy time."""
+    """One epoch under torch.profiler: the GPU's busy time per step (the sum of its kernels' times), the `top`
+    kernels by time, each with its ms per step and share of the busy time, and the matrix products by shape
+    (`matmul_shapes`), which name the product behind a slow kernel."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         start = time.perf_counter()
         epoch()
         torch.cuda.synchronize()
@@ -205,7 +209,19 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
     return {"gpu_busy_ms_per_step": busy / steps, "wall_ms_per_step": 1e3 * wall / steps,
             "top_kernels": [{"kernel": e.key[:100], "calls_per_step": e.count / steps,
                              "ms_per_step": e.self_device_time_total / 1e3 / steps,
-                             "share": e.self_device_time_total / 1e3 / busy} for e in ranked]}
+                             "share": e.self_device_time_total / 1e3 / busy} for e in ranked],
+            "matmuls": matmul_shapes(prof, steps)}
+
+
+def matmul_shapes(prof: "torch.profiler.profile", steps: int, top: int = 12) -> list[dict]:
+    """The profiled matrix products (ATen mm, bmm, addmm, baddbmm) grouped by input shapes, the most device time
+    first (then CPU time): per step, their calls, the device's ms and the host's. Products replayed inside a CUDA
+    graph are not seen, only the graph's launch."""
+    products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in MATMULS]
+    products.sort(key=lambda e: (-e.device_time_total, -e.cpu_time_total))
+    return [{"op": e.key, "input_shapes": e.input_shapes, "calls_per_step": e.count / steps,
+             "device_ms_per_step": e.device_time_total / 1e3 / steps, "cpu_ms_per_step": e.cpu_time_total / 1e3 / steps}
+            for e in products[:top]]
 
 
 def padding_share(batches: list[dict]) -> float:
@@ -394,12 +410,19 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
         if "profile" not in r:
             continue
         prof = r["profile"]
-        lines += ["", f"Kernels of {r['variant']}, SSD {r['ssd_backend']}, step {r['step']}: the GPU is busy "
-                  f"{prof['gpu_busy_ms_per_step']:.1f} ms of each {prof['wall_ms_per_step']:.1f} ms step "
-                  "(profiled epoch).", ""]
+        what = (f"{r['variant']}, SSD {r['ssd_backend']}, step {r['step']}, filter "
+                f"({r.get('filter', 'auto')}, {r.get('unpadded_filter', 'auto')})")
+        lines += ["", f"Kernels of {what}: the GPU is busy {prof['gpu_busy_ms_per_step']:.1f} ms of each "
+                  f"{prof['wall_ms_per_step']:.1f} ms step (profiled epoch).", ""]
         lines += markdown_table(["kernel", "calls / step", "ms / step", "share of busy"],
                                 [[f"`{k['kernel']}`", f"{k['calls_per_step']:g}", f"{k['ms_per_step']:.2f}",
                                   f"{100 * k['share']:.1f}%"] for k in prof["top_kernels"]])
+        if prof.get("matmuls"):
+            lines += ["", f"Matrix products of {what} by input shapes (none inside a CUDA graph):", ""]
+            lines += markdown_table(["op", "input shapes", "calls / step", "GPU ms / step", "host ms / step"],
+                                    [[m["op"], f"`{m['input_shapes']}`", f"{m['calls_per_step']:g}",
+                                      f"{m['device_ms_per_step']:.2f}", f"{m['cpu_ms_per_step']:.2f}"]
+                                     for m in prof["matmuls"]])
     return lines
 
 

@@ -81,3 +81,24 @@ def test_gpu_busy_share_up_to_each_report(monkeypatch):
 
     samples = [(0.5, 0.0), (1.5, 0.0), (2.5, 90.0), (3.5, 40.0), (4.5, 0.0), (5.5, 70.0)]
     assert busy_share_between(samples, [0.0, 2.0, 4.0, 6.0, 9.0]) == [0.0, 1.0, 0.5, None]
+
+
+def test_profiled_matrix_products_are_named_by_their_shapes(monkeypatch):
+    """train_throughput.py's profile names the products behind the kernels: a step's matmuls grouped by input
+    shapes, each with its calls per step (here on the CPU, where the times are the host's)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from train_throughput import matmul_shapes
+
+    weights, batches = torch.randn(16, 24), torch.randn(3, 8, 16)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(2):  # two steps
+            torch.bmm(batches, batches.transpose(1, 2))
+            torch.mm(batches[0], weights)
+            torch.mm(batches[1], weights)
+    rows = {(m["op"], str(m["input_shapes"])): m for m in matmul_shapes(prof, steps=2)}
+    assert rows[("aten::mm", "[[8, 16], [16, 24]]")]["calls_per_step"] == 2
+    assert rows[("aten::bmm", "[[3, 8, 16], [3, 16, 8]]")]["calls_per_step"] == 1
+    assert all(m["cpu_ms_per_step"] > 0 and m["device_ms_per_step"] == 0 for m in rows.values())
