@@ -106,7 +106,10 @@ def test_a_whole_fold_on_the_gpu(tmp_path, backend: str) -> None:
 
     from tfmamba.training.outputs import load_trained_model
 
-    result = run(tmp_path, "gpu", tiny_config(epochs=2, ssd_backend=backend, amp=True), data=synthetic())
+    # SMALL's state and head sizes: mamba-ssm's kernels, compiled and autotuned per such sizes, are those of the
+    # tests above (over a minute a new family on an H200)
+    sizes = {key: SMALL[key] for key in ("d_state", "headdim")}
+    result = run(tmp_path, "gpu", tiny_config(epochs=2, ssd_backend=backend, amp=True, **sizes), data=synthetic())
     assert result.status == "ok" and 0 <= result.test["ua"] <= 1
     model, _ = load_trained_model(tmp_path / "gpu")
     model = model.to("cuda").eval()
