@@ -481,3 +481,17 @@ def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_
             for got, expected in zip(ours, theirs):
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"{size} x {frames}, {padded=}")
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_cuda_graphs_are_left_off_on_a_cpu_and_the_log_says_so(caplog):
+    """`step_module` compiles without CUDA graphs where none can replay, and logs why rather than failing."""
+    from tfmamba.model import TFMamba
+    from tfmamba.model_config import ModelConfig
+    from tfmamba.training.loop import CompiledSteps, step_module
+
+    config = tiny_config(compile=True, cuda_graphs=True)
+    model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), "input_dim": DIM}))
+    with caplog.at_level("WARNING", logger="tfmamba.training.loop"):
+        steps = step_module(config, model, torch.device("cpu"))
+    assert isinstance(steps, CompiledSteps) and not steps.cuda_graphs
+    assert "cuda_graphs is left off" in caplog.text and "cpu" in caplog.text

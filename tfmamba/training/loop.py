@@ -180,12 +180,16 @@ def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn
     `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen here, eagerly: "auto"
     and "mamba_ssm" import mamba-ssm on a GPU, which does not belong inside a graph.
 
-    `config.cuda_graphs` takes effect on a GPU for a fold trained by one worker; with DDP (several workers per
-    fold, whose gradients are reduced between the graphs' kernels) it is left off, and logged."""
+    `config.cuda_graphs` takes effect on a GPU for a fold trained by one worker; elsewhere it is left off, and
+    logged: on a CPU, and with DDP (several workers per fold, whose gradients are reduced between the graphs'
+    kernels)."""
     if not config.compile:
         return net
     resolve_backend(config.model.ssd_backend, device)
-    cuda_graphs = config.cuda_graphs and device.type == "cuda"
+    cuda_graphs = config.cuda_graphs
+    if cuda_graphs and device.type != "cuda":
+        logger.warning("cuda_graphs is left off: the fold trains on %s, not a CUDA device", device)
+        cuda_graphs = False
     if cuda_graphs and distributed.unwrap(net) is not net:
         logger.warning("cuda_graphs is left off: this fold trains on several workers (DDP)")
         cuda_graphs = False
