@@ -289,7 +289,8 @@ def main() -> int:
     parser.add_argument("--unpadded-filter", nargs="+", default=["auto"], choices=UNPADDED_MODES,
                         help="how it treats a batch with nothing padded (FrequencyFilter.unpadded)")
     parser.add_argument("--profile", action="store_true",
-                        help="CUDA: profile one more epoch per row: GPU busy time per step and the top kernels")
+                        help="CUDA: profile one more epoch per row: GPU busy time per step, the top kernels and the "
+                             "matrix products by input shape")
     parser.add_argument("--quick", action="store_true", help="tiny model (smoke test); batch 4 x 32 frames unless given")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
