@@ -9,8 +9,9 @@
 # Needs mamba-ssm importable for its rows (`make gpu-wheel` builds it into .whl/ as a pure-Python wheel: the SSD
 # kernels are Triton; the suite needs nothing else beyond torch, triton and the usual numpy/pandas/pyarrow/
 # matplotlib/pyyaml/safetensors/tqdm/pytest stack); PYTHON picks the interpreter (default python3);
-# STEPS="throughput latency" runs only the steps named (default all, in this order: cuda_graphs padded_graphs
-# throughput filter_compiled throughput_compiled fold_compiled throughput_base padded fold tests latency ssd_ieee),
+# STEPS="throughput latency" runs only the steps named (default all, in this order: cuda_graphs tests_graphs
+# padded_graphs cuda_graphs_torch throughput filter_compiled throughput_compiled fold_compiled throughput_base
+# padded fold tests latency ssd_ieee),
 # and LIMIT_<step>=SECONDS changes a step's time limit.
 # On an H200 the whole suite takes ~15 min, most of it Triton compiling mamba-ssm's kernels (~80 s a shape
 # family, cached in TRITON_CACHE_DIR) and torch.compile (~70 s a model); each step's limit allows for that.
@@ -42,11 +43,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
-run cuda_graphs 330 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
-    --variants tf_cmdt --backends mamba_ssm torch --steps cuda_graphs --profile --out "$out/cuda_graphs"
+run cuda_graphs 280 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
+    --variants tf_cmdt --backends mamba_ssm --steps cuda_graphs --profile --out "$out/cuda_graphs"
+run tests_graphs 240 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -s -p no:cacheprovider -m gpu \
+    -k cuda_graphs "$here/tests/test_cuda_training.py"
 run padded_graphs 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps cuda_graphs compiled --lengths iemocap --frames 600 \
     --profile --out "$out/padded_graphs"
+run cuda_graphs_torch 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
+    --device cuda --variants tf_cmdt --backends torch --steps cuda_graphs --profile --out "$out/cuda_graphs_torch"
 run throughput 200 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm torch --steps trainer graphed --out "$out/eager"
 run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
