@@ -203,7 +203,7 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
-    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    kernels = device_kernels(prof.key_averages())
     busy = max(sum(e.self_device_time_total for e in kernels) / 1e3, 1e-9)  # ms
     ranked = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
     return {"gpu_busy_ms_per_step": busy / steps, "wall_ms_per_step": 1e3 * wall / steps,
@@ -211,6 +211,14 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
                              "ms_per_step": e.self_device_time_total / 1e3 / steps,
                              "share": e.self_device_time_total / 1e3 / busy} for e in ranked],
             "matmuls": matmul_shapes(prof, steps)}
+
+
+def device_kernels(averages: list) -> list:
+    """The GPU's own kernels and copies among the profiler's averaged events: not the annotations the profiler also
+    places on the GPU's timeline (`## Call CompiledFxGraph ... ##` around a compiled graph's kernels,
+    `Optimizer.step#...`), whose times overlap the kernels inside them and would count them twice."""
+    return [e for e in averages if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+            and not getattr(e, "is_user_annotation", False)]
 
 
 def matmul_shapes(prof: "torch.profiler.profile", steps: int, top: int = 12) -> list[dict]:

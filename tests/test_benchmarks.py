@@ -102,3 +102,25 @@ def test_profiled_matrix_products_are_named_by_their_shapes(monkeypatch):
     assert rows[("aten::mm", "[[8, 16], [16, 24]]")]["calls_per_step"] == 2
     assert rows[("aten::bmm", "[[3, 8, 16], [3, 16, 8]]")]["calls_per_step"] == 1
     assert all(m["cpu_ms_per_step"] > 0 and m["device_ms_per_step"] == 0 for m in rows.values())
+
+
+def test_the_gpus_busy_time_counts_kernels_not_the_annotations_around_them(monkeypatch):
+    """train_throughput.py's busy time sums kernels only: a compiled graph's annotation on the GPU's timeline spans
+    the kernels it launched, so counting it too reported a GPU busier than the step was long (16.4 of 13.9 ms)."""
+    import torch
+    from torch.autograd.profiler_util import EventList, FunctionEvent
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from train_throughput import device_kernels
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = EventList([
+        FunctionEvent(0, "## Call CompiledFxGraph f1 ##", 0, 0, 100, device_type=cuda, stack=[],
+                      is_user_annotation=True),
+        FunctionEvent(1, "triton_poi_fused_add", 0, 10, 40, device_type=cuda, stack=[]),
+        FunctionEvent(2, "triton_poi_fused_add", 0, 50, 80, device_type=cuda, stack=[]),
+        FunctionEvent(3, "aten::add", 0, 0, 5, device_type=cpu, stack=[]),
+    ])
+    events._build_tree()
+    kernels = device_kernels(events.key_averages())
+    assert [(e.key, e.count) for e in kernels] == [("triton_poi_fused_add", 2)]
