@@ -18,7 +18,7 @@ Writes benchmarks/results/fold_gpu-<device>.json and .md (or under --out).
     python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile off on --ssd-backend torch
     python benchmarks/fold_gpu.py --device cuda --num-workers 2 --compile on graphs   # what CUDA graphs buy a fold
     python benchmarks/fold_gpu.py --quick                       # tiny smoke run (CI)
-    python benchmarks/fold_gpu.py --clips 160 --epochs 2 --num-workers 0 --compile on \
+    python benchmarks/fold_gpu.py --clips 160 --epochs 2 --num-workers 0 --compile on \\
         --set d_model=32 --set batch_size=16                    # a compiled fold on a CPU: its graphs, its time
 """
 
