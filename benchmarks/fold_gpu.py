@@ -150,9 +150,8 @@ def main() -> int:
     store, manifest, fold = synthetic_corpus(clips, dim)
     records = []
     for workers, how in [(w, c) for w in args.num_workers for c in args.compile]:
-        config = TrainConfig().replace(epochs=epochs, num_workers=workers, patience=0, compile=how != "off",
-                                       cuda_graphs=how == "graphs", **model)
         label = {"num_workers": workers, "compile": how != "off", "cuda_graphs": how == "graphs"}
+        config = TrainConfig().replace(epochs=epochs, patience=0, **label, **model)
         graphs_before = counters["stats"]["unique_graphs"]
         with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
             clock = EpochClock(label)

@@ -202,8 +202,9 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
         epoch()
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
-    kernels = device_kernels(prof.key_averages())
+    averages = prof.key_averages()
+    print(averages.table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
+    kernels = device_kernels(averages)
     busy = max(sum(e.self_device_time_total for e in kernels) / 1e3, 1e-9)  # ms
     ranked = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
     return {"gpu_busy_ms_per_step": busy / steps, "wall_ms_per_step": 1e3 * wall / steps,
