@@ -144,6 +144,39 @@ def test_batches_copied_ahead_on_a_side_stream_are_the_plain_copies() -> None:
         assert torch.equal(features, expected.features) and torch.equal(labels, expected.labels)
 
 
+def test_evaluation_reads_its_predictions_once_not_per_batch() -> None:
+    """`evaluate` keeps the losses and predictions on the GPU until the last batch is queued: the only waits
+    are its final reads (two), not one per batch, and the predictions are those of a plain forward."""
+    import warnings
+
+    from tfmamba.training.distributed import Dist
+    from tfmamba.training.loop import autocast, evaluate
+
+    device = torch.device("cuda")
+    config = TrainConfig(epochs=2)
+    torch.manual_seed(0)
+    model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), **SMALL, "variant": "tf_cmdt",
+                                           "ssd_backend": "torch"})).to(device).eval()
+    raws = [{"features": torch.randn(4, 30 + 5 * i, SMALL["input_dim"]).half().pin_memory(),
+             "lengths": torch.tensor([30 + 5 * i, 21, 30 + 5 * i, 17]), "labels": torch.tensor([0, 1, 2, 3]).pin_memory(),
+             "indices": torch.arange(4) + 4 * i} for i in range(6)]
+    evaluate(config, model, InputNorm(), raws, 24, device, Dist())  # the first pass builds kernels and FFT plans
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate(config, model, InputNorm(), raws, 24, device, Dist())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    waits = [w for w in caught if "synchronizing" in str(w.message)]
+    assert len(waits) <= 2, [str(w.message) for w in waits]
+    with torch.no_grad(), autocast(config, device):
+        expected = torch.cat([model(to_device(raw, InputNorm(), device).features, raw["lengths"]).logits.argmax(1)
+                              for raw in raws])
+    assert result.predicted.tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("backend", backends())
 def test_compiled_steps_as_cuda_graphs_train_as_eager_and_never_wait(backend: str) -> None:
     """`cuda_graphs`: the compiled forward and backward replayed as CUDA graphs, one per rounded batch shape, give

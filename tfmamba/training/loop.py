@@ -336,17 +336,20 @@ class Predictions:
 @torch.no_grad()
 def evaluate(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, size: int,
              device: torch.device, where: distributed.Dist) -> Predictions:
-    """Predict this rank's share, gather every rank's, and return them for all `size` utterances."""
+    """Predict this rank's share, gather every rank's, and return them for all `size` utterances.
+
+    The losses and predictions stay on the device until the last batch is queued: reading each batch's on the
+    host would make it wait for that batch, and the GPU idle while the next one is collated and launched."""
     model.eval()
     indices, labels, predicted, losses = [], [], [], []
     for raw, batch in device_batches(loader, norm, device):
         with autocast(config, device):
             logits = model(batch.features, batch.lengths).logits.float()
-        losses.append(F.cross_entropy(logits, batch.labels, reduction="none").cpu())
-        predicted.append(logits.argmax(dim=1).cpu())
-        labels.append(batch.labels.cpu())
+        losses.append(F.cross_entropy(logits, batch.labels, reduction="none"))
+        predicted.append(logits.argmax(dim=1))
+        labels.append(raw["labels"])
         indices.append(raw["indices"])
-    local = [torch.cat(t).numpy() if t else np.zeros(0) for t in (indices, labels, predicted, losses)]
+    local = [torch.cat(t).cpu().numpy() if t else np.zeros(0) for t in (indices, labels, predicted, losses)]
     parts = distributed.all_gather(local, where)
     index, label, pred, loss = (np.concatenate([p[i] for p in parts]) for i in range(4))
     order = np.argsort(index, kind="stable")
