@@ -124,3 +124,24 @@ def test_dataloader_end_to_end(store):
         assert batch["features"].shape[1] == int(batch["lengths"].max()) <= 16
         seen += batch["utt_ids"]
     assert sorted(seen) == sorted(ids())
+
+
+def _collate_noting_where(batch: list[dict]) -> dict:
+    """pad_collate(float16), noting whether the features were made in shared memory where they were made."""
+    out = pad_collate(batch, dtype=None)
+    return out | {"made_shared": out["features"].is_shared()}
+
+
+def test_workers_pad_their_batches_in_shared_memory_with_the_same_values(store):
+    """A worker makes its batch in shared memory (so it is not copied there whole to be sent), the main process
+    in ordinary memory, with the same values: the padding zero although the memory was not zeroed first."""
+    data = FeatureDataset(store, ids(), list(range(8)))
+    sampler = LengthBucketSampler(data.lengths, 3, seed=0)
+    seen = {workers: list(DataLoader(data, batch_sampler=sampler, collate_fn=_collate_noting_where,
+                                     num_workers=workers, multiprocessing_context="fork" if workers else None))
+            for workers in (0, 2)}
+    assert len(seen[0]) == len(seen[2]) == 3
+    assert [b["made_shared"] for b in seen[2]] == [True] * 3 and [b["made_shared"] for b in seen[0]] == [False] * 3
+    for ours, theirs in zip(seen[2], seen[0]):
+        assert torch.equal(ours["features"], theirs["features"]) and torch.equal(ours["mask"], theirs["mask"])
+        assert not ours["features"][~ours["mask"]].any()

@@ -9,11 +9,12 @@ centre `max_frames` frames, which skips the leading and trailing silence of a lo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from tfmamba.errors import ConfigError, DataError
 from tfmamba.features.store import FeatureStore
@@ -76,14 +77,27 @@ def pad_collate(batch: Sequence[dict], dtype: torch.dtype | None = torch.float32
     """Zero-pad to the longest item: features (B, L, D) in `dtype` (None: the items' own, the store's float16),
     mask bool (B, L), lengths/labels long (B,), utt_ids."""
     lengths = torch.tensor([item["features"].shape[0] for item in batch], dtype=torch.long)
-    dim = batch[0]["features"].shape[1]
-    features = torch.zeros(len(batch), int(lengths.max()), dim, dtype=dtype or batch[0]["features"].dtype)
+    shape = (len(batch), int(lengths.max()), batch[0]["features"].shape[1])
+    features = _batch_tensor(shape, dtype or batch[0]["features"].dtype)
     for i, item in enumerate(batch):
-        features[i, : lengths[i]] = item["features"]
+        n = int(lengths[i])
+        features[i, :n] = item["features"]
+        features[i, n:] = 0
     mask = torch.arange(features.shape[1])[None, :] < lengths[:, None]
     return {"features": features, "lengths": lengths, "mask": mask,
             "labels": torch.tensor([item["label"] for item in batch], dtype=torch.long),
             "utt_ids": [item["utt_id"] for item in batch]}
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in a DataLoader worker, in shared memory, as torch's `default_collate`
+    makes its batches: a worker's batch is sent to the main process through shared memory, and a batch made in
+    ordinary memory is first copied there whole (32 x 260 x 1024 float16 frames, 2 workers on 2 cores: 15 ms a
+    batch made in ordinary memory, 10.5 ms in shared memory)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 class LengthBucketSampler(Sampler[list[int]]):
