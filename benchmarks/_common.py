@@ -27,6 +27,35 @@ def clip_frames(seconds):
     return np.maximum(1, (seconds * FRAME_RATE).astype(np.int64))
 
 
+SYNTHETIC_LABELS = ["neu", "hap", "ang", "sad"]
+
+
+def synthetic_corpus(clips: int, dim: int, seed: int = 0):
+    """An IEMOCAP-shaped corpus of random float16 features in memory: (FeatureStore, Manifest, Fold), clip
+    durations `iemocap_seconds`, 4 balanced classes, the fold split 70/15/15."""
+    import numpy as np
+    import pandas as pd
+
+    from tfmamba.corpora.folds import Fold
+    from tfmamba.corpora.manifest import Manifest
+    from tfmamba.features.store import FeatureStore
+
+    rng = np.random.default_rng(seed)
+    seconds = iemocap_seconds(rng, clips)
+    lengths = clip_frames(seconds)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    features = rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32).astype(np.float16)
+    ids = [f"u{i:05d}" for i in range(clips)]
+    labels = SYNTHETIC_LABELS
+    rows = [{"utt_id": u, "label": labels[i % len(labels)], "speaker": f"s{i % 10}", "session": 1 + i % 5,
+             "path": f"/synthetic/{u}.wav", "duration": float(s)} for i, (u, s) in enumerate(zip(ids, seconds))]
+    meta = {"extractor": "synthetic", "revision": "1", "layer": None, "dim": dim, "frame_rate": FRAME_RATE}
+    store = FeatureStore(features, offsets, ids, meta, uri="memory://synthetic")
+    manifest = Manifest(table=pd.DataFrame(rows), corpus="synthetic", labels=list(labels))
+    cut1, cut2 = int(0.70 * clips), int(0.85 * clips)
+    return store, manifest, Fold(index=1, name="synthetic", train=ids[:cut1], valid=ids[cut1:cut2], test=ids[cut2:])
+
+
 def machine_info() -> dict:
     """CPU, core count, Python, torch version and threads, and the GPU if any."""
     import torch

@@ -9,7 +9,7 @@
 # Needs mamba-ssm importable for its rows (`make gpu-wheel` builds it into .whl/ as a pure-Python wheel: the SSD
 # kernels are Triton; the suite needs nothing else beyond torch, triton and the usual numpy/pandas/pyarrow/
 # matplotlib/pyyaml/safetensors/tqdm/pytest stack); PYTHON picks the interpreter (default python3);
-# STEPS="throughput latency" runs only the steps named (default all, in this order: cuda_graphs tests_graphs
+# STEPS="throughput latency" runs only the steps named (default all, in this order: loader cuda_graphs tests_graphs
 # padded_graphs cuda_graphs_torch throughput filter_compiled throughput_compiled fold_compiled throughput_base
 # padded fold tests latency ssd_ieee),
 # and LIMIT_<step>=SECONDS changes a step's time limit.
@@ -44,6 +44,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
+run loader 90 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/loader_throughput.py" --device cuda \
+    --out "$out/loader"
 run cuda_graphs 280 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" --device cuda \
     --variants tf_cmdt --backends mamba_ssm --steps cuda_graphs --profile --out "$out/cuda_graphs"
 run tests_graphs 420 env PYTHONPATH="$(path_with "$here")" $py -m pytest -q -s -p no:cacheprovider -m gpu \
@@ -61,7 +63,7 @@ run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchma
 run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps compiled_graphed --out "$out/compiled"
 run fold_compiled 420 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
-    --num-workers 2 --compile graphs off --out "$out/fold_compiled"
+    --num-workers 0 --compile graphs off --out "$out/fold_compiled"
 if [ -n "$base" ]; then
     run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
         --device cuda --variants tf_cmdt --backends mamba_ssm torch --repeats 5 --out "$out/base"

@@ -33,40 +33,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FRAME_RATE, RESULTS, clip_frames, iemocap_seconds, machine_info  # noqa: E402
+from _common import RESULTS, machine_info, synthetic_corpus  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 
 from tfmamba.config import TrainConfig, parse_overrides  # noqa: E402
-from tfmamba.corpora.folds import Fold  # noqa: E402
-from tfmamba.corpora.manifest import Manifest  # noqa: E402
-from tfmamba.features.store import FeatureStore  # noqa: E402
 from tfmamba.training.fold import train_fold  # noqa: E402
-
-LABELS = ["neu", "hap", "ang", "sad"]
-
-
-def synthetic_corpus(clips: int, dim: int, seed: int = 0) -> tuple[FeatureStore, Manifest, Fold]:
-    """IEMOCAP-shaped random features: durations log-normal around 4.5 s, clipped to 1-30 s."""
-    rng = np.random.default_rng(seed)
-    seconds = iemocap_seconds(rng, clips)
-    lengths = clip_frames(seconds)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    features = rng.standard_normal((int(offsets[-1]), dim), dtype=np.float32).astype(np.float16)
-    ids = [f"u{i:05d}" for i in range(clips)]
-    rows = [{"utt_id": u, "label": LABELS[i % len(LABELS)], "speaker": f"s{i % 10}", "session": 1 + i % 5,
-             "path": f"/synthetic/{u}.wav", "duration": float(s)} for i, (u, s) in enumerate(zip(ids, seconds))]
-    meta = {"extractor": "synthetic", "revision": "1", "layer": None, "dim": dim, "frame_rate": FRAME_RATE}
-    store = FeatureStore(features, offsets, ids, meta, uri="memory://fold_gpu")
-    manifest = Manifest(table=pd.DataFrame(rows), corpus="synthetic", labels=list(LABELS))
-    cut1, cut2 = int(0.70 * clips), int(0.85 * clips)
-    return store, manifest, Fold(index=1, name="synthetic", train=ids[:cut1], valid=ids[cut1:cut2], test=ids[cut2:])
-
 
 class UtilisationSampler:
     """Samples `torch.cuda.utilization()` every `interval` seconds in a thread while in the `with` block:

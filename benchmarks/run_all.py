@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 # Benchmarks that take --device; feature_cache runs its extractor on the CPU by design, and
 # sweep_overhead runs the demo sweep as `make demo` does (CPU workers).
 SCRIPTS = {"ssd.py": True, "train_throughput.py": True, "latency.py": True, "fold_gpu.py": True,
-           "feature_cache.py": False, "sweep_overhead.py": False}
+           "loader_throughput.py": True, "feature_cache.py": False, "sweep_overhead.py": False}
 
 
 def main() -> int:

@@ -92,8 +92,7 @@ def pad_collate(batch: Sequence[dict], dtype: torch.dtype | None = torch.float32
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor for a batch; in a DataLoader worker, in shared memory, as torch's `default_collate`
     makes its batches: a worker's batch is sent to the main process through shared memory, and a batch made in
-    ordinary memory is first copied there whole (32 x 260 x 1024 float16 frames, 2 workers on 2 cores: 15 ms a
-    batch made in ordinary memory, 10.5 ms in shared memory)."""
+    ordinary memory would first be copied there whole (`benchmarks/loader_throughput.py`)."""
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
