@@ -63,7 +63,7 @@ run filter_compiled 240 env PYTHONPATH="$(path_with "$here")" $py "$here/benchma
 run throughput_compiled 270 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/train_throughput.py" \
     --device cuda --variants tf_cmdt --backends mamba_ssm --steps compiled_graphed --out "$out/compiled"
 run fold_compiled 420 env PYTHONPATH="$(path_with "$here")" $py "$here/benchmarks/fold_gpu.py" --device cuda \
-    --num-workers 0 --compile graphs off --out "$out/fold_compiled"
+    --num-workers 0 --compile graphs off --set checkpoint_seconds=60 --out "$out/fold_compiled"
 if [ -n "$base" ]; then
     run throughput_base 120 env PYTHONPATH="$(path_with "$base")" $py "$base/benchmarks/train_throughput.py" \
         --device cuda --variants tf_cmdt --backends mamba_ssm torch --repeats 5 --out "$out/base"

@@ -84,10 +84,11 @@ class EpochClock:
     shapes) shows against the second's."""
 
     def __init__(self, label: dict[str, object]) -> None:
-        self.label, self.start, self.marks = label, time.perf_counter(), []
+        self.label, self.start, self.marks, self.checkpoints = label, time.perf_counter(), [], 0
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.marks.append(round(time.perf_counter() - self.start, 2))
+        self.checkpoints += checkpoint_dir is not None
         print(json.dumps({**self.label, "report": "test" if metrics.get("done") else f"epoch {metrics.get('epoch', 0):.0f}",
                           "seconds": self.marks[-1]}), flush=True)
 
@@ -136,7 +137,7 @@ def main() -> int:
         row = {**label, "ssd_backend": args.ssd_backend, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
                len(fold.valid) + len(fold.test), "fold_wall_s": wall, "train_seconds": result.train_seconds,
                "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
-               "reports_at_s": clock.marks, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before}
+               "reports_at_s": clock.marks, "checkpoints": clock.checkpoints, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before}
         if sampler.samples:
             percents = [percent for _, percent in sampler.samples]
             edges = [clock.start] + [clock.start + mark for mark in clock.marks]
@@ -182,11 +183,12 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
              f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}"
              + (f"; overridden: {', '.join(args.overrides)}" if args.overrides else "") + ".", ""]
     lines += markdown_table(["loader workers", "compiled (graphs)", "fold wall s", "training s", "train utt/s of wall",
-                             "epoch reports at s", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
+                             "epoch reports at s", "checkpoints", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
                             [[r["num_workers"], compiled_cell(r),
                               f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",
                               f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),
+                              r.get("checkpoints", "-"),
                               f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-",
                               busy_cell(r)]
                              for r in records])

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Benchmarks that take --device; feature_cache runs its extractor on the CPU by design, and
-# sweep_overhead runs the demo sweep as `make demo` does (CPU workers).
+# Benchmarks that take --device; checkpoint_cost writes to the host's disk, feature_cache runs its extractor on
+# the CPU by design, and sweep_overhead runs the demo sweep as `make demo` does (CPU workers).
 SCRIPTS = {"ssd.py": True, "train_throughput.py": True, "latency.py": True, "fold_gpu.py": True,
-           "loader_throughput.py": True, "feature_cache.py": False, "sweep_overhead.py": False}
+           "loader_throughput.py": True, "checkpoint_cost.py": False, "feature_cache.py": False,
+           "sweep_overhead.py": False}
 
 
 def main() -> int:

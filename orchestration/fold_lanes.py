@@ -8,9 +8,10 @@ owns the lanes: it starts `lanes` of them with the sweep, before Tune has its fi
 (`acquire`, `release`), and runs each lane's Train run in a thread of its own. A trial hands its folds out through
 it: it assigns a lane its next fold only after Tune's scheduler has judged the previous one (a pruned trial starts
 no new fold), and a lane's workers `claim` their fold from it. Each fold keeps its own MLflow run and its fault
-tolerance: the lane's Train run reports a checkpoint per epoch, marked with the fold run it belongs to, and a
-worker group that Train restarts (a lost node, a killed worker) claims the fold it was on and resumes it from
-that checkpoint, up to `--fold-retries` times per fold (`begin`); then that fold fails, and its trial with it.
+tolerance: the lane's Train run reports each checkpoint (every epoch's, or one a minute with `checkpoint_seconds`),
+marked with the fold run it belongs to, and a worker group that Train restarts (a lost node, a killed worker)
+claims the fold it was on and resumes it from the last checkpoint, up to `--fold-retries` times per fold
+(`begin`); then that fold fails, and its trial with it.
 
 A trial that ends, fails or is stopped by Tune gives its lanes back; one whose driver is gone (a killed process)
 is noticed by the dispatcher, which watches each trial's driver actor. A fold still running for a trial that gave

@@ -19,7 +19,7 @@ def test_run_all_quick_writes_sane_results(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = ["ssd-cpu-quick", "train_throughput-cpu-quick", "latency-cpu-quick", "fold_gpu-cpu-quick",
-             "loader_throughput-cpu-quick", "feature_cache_quick", "sweep_overhead-quick"]
+             "loader_throughput-cpu-quick", "checkpoint_cost-quick", "feature_cache_quick", "sweep_overhead-quick"]
     for name in names:
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["machine"]["torch"], name
@@ -54,6 +54,9 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     for row in loaders["records"]:
         assert all(p["utterances"] == loaders["train_clips"] for p in row["passes"]["train"]), "every clip, every pass"
         assert row["train"]["utt_per_s"] > 0 and row["valid"]["utt_per_s"] > 0
+
+    checkpoint = json.loads((tmp_path / "checkpoint_cost-quick.json").read_text())
+    assert checkpoint["checkpoint_mb"] > 0 and len(checkpoint["write_s"]) == 5 and checkpoint["write_warm_median_s"] > 0
 
     cache = json.loads((tmp_path / "feature_cache_quick.json").read_text())
     assert cache["ratio_with_open"] > 1 and cache["max_abs_diff_cache_vs_fresh"] < 1e-2

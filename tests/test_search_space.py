@@ -44,6 +44,7 @@ def test_default_space_first_point_is_the_paper_config() -> None:
     space = load_search_space("default")
     assert space.points_to_evaluate[0] == {"cmdt_weight": 0.1, "cmdt_temperature": 0.1, "filter_init": 0.05,
                                            "d_state": 128, "lr": 5e-4}
+    assert space.trial_config(space.points_to_evaluate[0]).checkpoint_seconds == 60
 
 
 def test_trial_config_applies_sampled_values(tmp_path: Path) -> None:

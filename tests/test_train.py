@@ -226,6 +226,32 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
     assert comparable(from_reporter) == comparable(whole)
 
 
+def test_checkpoints_every_so_many_seconds_and_after_the_last_epoch(tmp_path):
+    """With `checkpoint_seconds` longer than the fold, only the last epoch writes a checkpoint (the others report
+    None); an interruption before it resumes from scratch, and the result is the uninterrupted run's."""
+    torch.set_num_threads(1)
+    every = tiny_config(epochs=3)
+    sparse = every.replace(checkpoint_seconds=3600)
+    recorder = Recorder()
+    whole = run(tmp_path, "sparse", sparse, recorder)
+    assert [folder is not None for _, folder in recorder.calls[:-1]] == [False, False, True]
+    assert load_checkpoint(tmp_path / "sparse/checkpoints/last")[3]["epoch"] == 3
+    assert comparable(whole) == comparable(run(tmp_path, "every", every))
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut", sparse, Recorder(stop_after=2))
+    assert not has_checkpoint(tmp_path / "cut/checkpoints/last")
+    recorder = Recorder()
+    assert comparable(run(tmp_path, "cut", sparse, recorder)) == comparable(whole)
+    assert [m["epoch"] for m, _ in recorder.calls[:-1]] == [1, 2, 3]
+
+    recorder = Recorder()
+    run(tmp_path, "zero", every.replace(checkpoint_seconds=1e-9), recorder)
+    assert all(folder is not None for _, folder in recorder.calls[:-1]), "a due checkpoint after every epoch"
+    with pytest.raises(ConfigError, match="checkpoint_seconds"):
+        every.replace(checkpoint_seconds=-1)
+
+
 def test_resume_refuses_other_settings(tmp_path):
     torch.set_num_threads(1)
     run(tmp_path, "out", tiny_config(epochs=1))

@@ -57,6 +57,11 @@ class TrainConfig:
     evaluation are the eager model's. `cuda_graphs=True` (with `compile`, on a GPU, one worker per fold) also
     replays the compiled forward and backward as CUDA graphs, one per batch shape (`training.loop.CompiledSteps`):
     for a step bound by its kernel launches on the host rather than by the GPU.
+
+    `checkpoint_seconds` is the least training time between two checkpoints (0: one after every epoch); the
+    last epoch always writes one. A full-size checkpoint is ~330 MB (weights, best weights, AdamW's moments),
+    written and, in a sweep, copied to Ray's storage: on a GPU, whose epochs take seconds, a checkpoint a minute
+    spares most of that for at most a minute of training lost to a lost node.
     """
 
     # model (its num_classes and input_dim are placeholders until `model_config` sets them from the data)
@@ -82,6 +87,7 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool = False
     num_workers: int = 0
+    checkpoint_seconds: float = 0.0
     input_norm: str = "none"
 
     def __post_init__(self) -> None:
@@ -105,6 +111,7 @@ class TrainConfig:
         checks.in_range("cmdt_weight", self.cmdt_weight, 0.0, math.inf)
         checks.in_range("weight_decay", self.weight_decay, 0.0, math.inf)
         checks.in_range("warmup_epochs", self.warmup_epochs, 0.0, math.inf)
+        checks.in_range("checkpoint_seconds", self.checkpoint_seconds, 0.0, math.inf)
         if self.grad_clip is not None:
             checks.positive("grad_clip", self.grad_clip)
         if self.max_frames is not None:

@@ -47,15 +47,16 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints/last"
 PROGRESS_VERSION = 1
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile", "cuda_graphs"})
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile", "cuda_graphs", "checkpoint_seconds"})
 
 
 class Reporter(Protocol):
     """Where per-epoch metrics and checkpoints go (Ray Train's `report` in a sweep, nothing standalone)."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        """Called by every rank after each epoch's checkpoint is written (the folder on rank 0, None elsewhere),
-        once more at the end with the test metrics, or once with `failed=1` when training fails."""
+        """Called by every rank after each epoch, with the checkpoint written then (the folder on rank 0; None
+        elsewhere, and on epochs that wrote none: `checkpoint_seconds`), once more at the end with the test
+        metrics, or once with `failed=1` when training fails."""
 
     def resume_dir(self) -> Path | None:
         """A checkpoint folder written by an earlier attempt of this fold, or None."""
@@ -145,6 +146,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     bar = tqdm(total=config.epochs * len(sampler), initial=min(state.epoch, config.epochs) * len(sampler),
                desc=f"fold {fold.index}", unit="step", disable=not (progress and where.is_main), dynamic_ncols=True)
     seconds_before, epoch = state.seconds, state.epoch
+    last_checkpoint = time.monotonic()
     try:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             if state.stopped_early:
@@ -167,7 +169,10 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             state.seconds = seconds_before + time.monotonic() - started
             _log_epoch(fold, config, row, select if state.stopped_early else None)
             bar.set_postfix({"epoch": epoch, select: f"{row[select]:.3f}"})
-            checkpoint = _save(config, fold, out_dir, model, best_weights, optimizer, scheduler, state, where)
+            checkpoint = None
+            if _checkpoint_due(config, epoch, state.stopped_early, time.monotonic() - last_checkpoint):
+                checkpoint = _save(config, fold, out_dir, model, best_weights, optimizer, scheduler, state, where)
+                last_checkpoint = time.monotonic()
             distributed.barrier(where)
             if reporter is not None:
                 reporter.report(dict(row), checkpoint)
@@ -222,6 +227,13 @@ def _check_same_start(epoch: int, where: distributed.Dist) -> None:
     if len(set(starts)) > 1:
         raise DataError(f"ranks found different checkpoints to resume from (epochs {starts}); "
                         f"give every worker the same resume folder")
+
+
+def _checkpoint_due(config: TrainConfig, epoch: int, stopped_early: bool, since_last: float) -> bool:
+    """Whether this epoch writes a checkpoint: every epoch with `checkpoint_seconds` 0, else once that much time
+    has passed since the last one (or the fold started), and always after the fold's last epoch."""
+    last_epoch = stopped_early or epoch >= config.epochs
+    return last_epoch or since_last >= config.checkpoint_seconds
 
 
 def _save(config: TrainConfig, fold: Fold, out_dir: Path, model: TFMamba, best_weights: dict[str, torch.Tensor],
