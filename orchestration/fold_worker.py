@@ -4,7 +4,8 @@
 `train_lane_worker` is a lane's `train_loop_per_worker`: it imports once, then claims folds from the
 sweep's dispatcher, whichever trial they belong to, until told to stop; it opens each feature cache
 once and measures each trial's costs once. `RayReporter` adapts the library's `Reporter` protocol
-to Ray Train: every epoch goes to `ray.train.report` with the epoch's checkpoint folder, marked with
+to Ray Train: every epoch goes to `ray.train.report` with the checkpoint folder it wrote (if it wrote one:
+`checkpoint_seconds`), marked with
 the fold run it belongs to (a restarted worker group resumes its fold from
 `ray.train.get_checkpoint()` only if that is its fold's), rank 0 also logs the epoch's curves to the
 fold's MLflow run, and a fold whose trial no longer wants it (stopped, failed) is dropped there.
@@ -71,9 +72,10 @@ class RayReporter:
 
     GAP_TAG = mlflow_runs.GAP_TAG
 
-    def __init__(self, task: FoldTask, rank: int, wanted: Any = None) -> None:
+    def __init__(self, task: FoldTask, rank: int, wanted: Any = None, retry: bool = False) -> None:
         self.task = task
         self.rank = rank
+        self.retry = retry  # an earlier attempt of this fold ran (and may have logged epochs this one trains again)
         self.wanted = wanted  # () -> bool, the same on every rank: False drops the fold after the epoch's report
         self.pending: list[tuple[int, int, dict[str, float]]] = []  # (step, time in ms, values)
         self.gap_epochs: list[int] = []
@@ -95,7 +97,8 @@ class RayReporter:
 
     def resume_dir(self) -> Path | None:
         """Ray's latest checkpoint of the lane if it is this fold's (None: `train_fold` falls back to the output
-        folder's own); rank 0 first logs the epochs of the checkpoint it will resume from that MLflow lacks."""
+        folder's own); rank 0 first logs the epochs of the checkpoint it will resume from that MLflow lacks, and
+        on a retry notes the epochs MLflow has, which it will not log again."""
         import shutil
 
         import ray.train
@@ -117,8 +120,9 @@ class RayReporter:
             if self.rank == 0:
                 self._tag_resume(folder)
         local = Path(self.task.out_dir) / CHECKPOINT_DIR
-        if self.rank == 0 and (folder is not None or has_checkpoint(local)):
-            self._log_missing_epochs(folder or local)
+        resume_from = folder if folder is not None else local if has_checkpoint(local) else None
+        if self.rank == 0 and (resume_from is not None or self.retry):
+            self._log_missing_epochs(resume_from)
         return folder
 
     def _tag_resume(self, folder: Path) -> None:
@@ -132,18 +136,21 @@ class RayReporter:
         except Exception as err:
             logger.warning("fold %d: could not tag the resume: %s", self.task.fold, err)
 
-    def _log_missing_epochs(self, folder: Path) -> None:
-        """Log the checkpoint's epochs MLflow lacks: a worker killed after its report to Ray and before its
-        MLflow call would otherwise leave a hole in the curves."""
+    def _log_missing_epochs(self, folder: Path | None) -> None:
+        """Note the epochs MLflow has (an earlier attempt logged them; trained again after an older checkpoint,
+        they are not logged twice), and log those of the checkpoint `folder` it lacks: a worker killed after its
+        report to Ray and before its MLflow call would otherwise leave a hole in the curves."""
         from tfmamba.checkpoint import read_progress
 
-        history = read_progress(folder)["history"]
         try:
             logged = mlflow_runs.logged_steps(self.task.tracking_uri, self.task.run_id, "valid_ua", retry_seconds=0)
         except Exception as err:
             logger.warning("fold %d: cannot check which epochs MLflow has (%s)", self.task.fold, err)
             return
         self.logged_before = set(logged)
+        if folder is None:
+            return
+        history = read_progress(folder)["history"]
         missing = [row for row in history if int(row["epoch"]) not in logged]
         if missing:
             logger.info("fold %d: logging epochs %s of the checkpoint that MLflow lacks", self.task.fold,
@@ -277,11 +284,11 @@ def train_one_fold(task: FoldTask, store: Any, rank: int, node: dict[str, str], 
     from tfmamba.config import TrainConfig
     from tfmamba.training.fold import train_fold
 
-    if rank == 0:
-        record_attempt(task, node)
+    earlier_attempts = record_attempt(task, node) if rank == 0 else 0
     monitor = system_metrics(task) if rank == 0 else None
     try:
-        result = train_fold(TrainConfig.from_dict(task.config), task.split, store, RayReporter(task, rank, wanted),
+        reporter = RayReporter(task, rank, wanted, retry=earlier_attempts > 0)
+        result = train_fold(TrainConfig.from_dict(task.config), task.split, store, reporter,
                             manifest=task.manifest, out_dir=task.out_dir, progress=False)
     finally:
         if monitor is not None:
@@ -305,15 +312,18 @@ def lane_costs(costs: tuple[str, ...], config: dict[str, Any], num_classes: int,
     return measure_costs(config, num_classes, input_dim, costs, pick_device(None))
 
 
-def record_attempt(task: FoldTask, node: dict[str, str]) -> None:
+def record_attempt(task: FoldTask, node: dict[str, str]) -> int:
     """Tag the fold's run with the node this attempt runs on, and add it to the run's list of attempts (a fold
-    moved by a lost node shows both)."""
+    moved by a lost node shows both); returns how many attempts came before this one (0 if MLflow cannot say)."""
     try:
         tags = mlflow_runs.get_run(task.tracking_uri, task.run_id).data.tags
-        attempts = [n for n in tags.get(ATTEMPTS_TAG, "").split(",") if n] + [node["node_id"][:12]]
+        earlier = [n for n in tags.get(ATTEMPTS_TAG, "").split(",") if n]
+        attempts = earlier + [node["node_id"][:12]]
         mlflow_runs.set_tags(task.tracking_uri, task.run_id, {**node, ATTEMPTS_TAG: ",".join(attempts)})
     except Exception as err:  # tracking trouble must not stop training; the final report tags the node again
         logger.warning("fold %d: could not tag its node in MLflow: %s", task.fold, err)
+        return 0
+    return len(earlier)
 
 
 def system_metrics(task: FoldTask):

@@ -229,6 +229,45 @@ def test_killed_worker_resumes_its_fold_from_the_last_checkpoint(killed_worker_s
           f"sweep {sweep['seconds']:.0f} s; test UA {interrupted['test']['ua']:.4f} vs {whole['test']['ua']:.4f} uninterrupted")
 
 
+def logged_epochs(uri: str, name: str) -> int:
+    """How many validation points the sweep's (one) fold run has in MLflow so far, 0 before it exists."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        folds = run_tree(uri, name)["fold"]
+    except Exception:  # the store or the experiment is not there yet
+        return 0
+    return len(MlflowClient(uri).get_metric_history(folds[0].info.run_id, "valid_ua")) if folds else 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_with_no_checkpoint_yet_trains_its_fold_again_and_logs_each_epoch_once(demo, tmp_path) -> None:
+    """`checkpoint_seconds` longer than the fold: the worker is SIGKILLed after 2 logged epochs and before any
+    checkpoint, so the retry trains the fold from scratch; the epochs the lost attempt logged are not logged
+    again (one point per epoch), and the last epoch writes the fold's one checkpoint."""
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray"
+    command = sweep_command(demo, storage, "sparse", "--mlflow-uri", uri, "--set", "checkpoint_seconds=3600")
+    driver = subprocess.Popen(command, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: logged_epochs(uri, "sparse") >= 2, driver, "two logged epochs")
+        workers = wait_for(lambda: train_worker_pids(driver.pid), driver, "the Train worker's pid", timeout=10)
+        assert checkpointed_epoch(storage, "sparse") == 0 and saved_epoch(storage, "sparse") == 0
+        os.kill(workers[0], signal.SIGKILL)
+        killed_after = logged_epochs(uri, "sparse")
+        output = finish(driver, tmp_path / "sweep.log")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert killed_after < EPOCHS, "the worker was killed after its fold had finished"
+    assert "[FailurePolicy] RETRY" in output and "resuming fold 1" not in output
+    starts = [line for line in output.splitlines() if "fold 1 (session-1)" in line and "utterances" in line]
+    assert len(starts) == 2 and all("from scratch" in line for line in starts), output[-6000:]
+    fold_run = check_one_run_each(uri, "sparse")["fold"][0]  # one valid_ua point per epoch
+    assert len(fold_run.data.tags["attempt_nodes"].split(",")) == 2
+    assert saved_epoch(storage, "sparse") == EPOCHS
+
+
 # ---- 4. the best model of that sweep, loaded from MLflow, beats chance on its fold's held-out clips ----
 
 
