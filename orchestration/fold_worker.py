@@ -5,8 +5,7 @@
 sweep's dispatcher, whichever trial they belong to, until told to stop; it opens each feature cache
 once and measures each trial's costs once. `RayReporter` adapts the library's `Reporter` protocol
 to Ray Train: every epoch goes to `ray.train.report` with the checkpoint folder it wrote (if it wrote one:
-`checkpoint_seconds`), marked with
-the fold run it belongs to (a restarted worker group resumes its fold from
+`checkpoint_seconds`), marked with the fold run it belongs to (a restarted worker group resumes its fold from
 `ray.train.get_checkpoint()` only if that is its fold's), rank 0 also logs the epoch's curves to the
 fold's MLflow run, and a fold whose trial no longer wants it (stopped, failed) is dropped there.
 Rank 0 hands each fold's `FoldResult` dict to the dispatcher, which passes it to the trial.

@@ -58,7 +58,7 @@ class TrainConfig:
     replays the compiled forward and backward as CUDA graphs, one per batch shape (`training.loop.CompiledSteps`):
     for a step bound by its kernel launches on the host rather than by the GPU.
 
-    `checkpoint_seconds` is the least training time between two checkpoints (0: one after every epoch); the
+    `checkpoint_seconds` is the least time between two checkpoints (0: one after every epoch); the
     last epoch always writes one. A full-size checkpoint is ~330 MB (weights, best weights, AdamW's moments),
     written and, in a sweep, copied to Ray's storage: on a GPU, whose epochs take seconds, a checkpoint a minute
     spares most of that for at most a minute of training lost to a lost node.
