@@ -10,6 +10,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAME_RATE = 50.0  # WavLM frames per second
+# The graphed GPU training step over IEMOCAP-shaped padded batches (H200, fifteenth round): the rate a fold's
+# loader and checkpoints are set against.
+STEP_RESULTS = RESULTS / "train_throughput-cuda-graphs-padded.json"
 
 
 def iemocap_seconds(rng, count: int):
@@ -54,6 +57,19 @@ def synthetic_corpus(clips: int, dim: int, seed: int = 0):
     manifest = Manifest(table=pd.DataFrame(rows), corpus="synthetic", labels=list(labels))
     cut1, cut2 = int(0.70 * clips), int(0.85 * clips)
     return store, manifest, Fold(index=1, name="synthetic", train=ids[:cut1], valid=ids[cut1:cut2], test=ids[cut2:])
+
+
+def step_rate(path: Path) -> dict | None:
+    """The graphed training step's rate over IEMOCAP-shaped padded batches from a train_throughput result."""
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    rows = [r for r in payload["records"] if r.get("lengths") == "iemocap"]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["utt_per_s"])
+    return {"file": path.name, "device": payload["machine"]["device"], "step": best["step"],
+            "ssd_backend": best["ssd_backend"], "utt_per_s": best["utt_per_s"], "step_ms": best["step_ms"]}
 
 
 def machine_info() -> dict:

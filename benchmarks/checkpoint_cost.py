@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
-from loader_throughput import STEP_RESULTS, step_rate  # noqa: E402
+from _common import RESULTS, STEP_RESULTS, step_rate, write_results  # noqa: E402
 
 from tfmamba.checkpoint import cpu_state_dict, rng_state, save_checkpoint  # noqa: E402
 from tfmamba.config import TrainConfig  # noqa: E402
@@ -46,7 +45,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    overrides = dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16]) if args.quick else {}
+    tiny = dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16])
+    overrides = tiny if args.quick else {}
     config = TrainConfig().replace(**overrides)
     model = TFMamba(config.model_config(4, 16 if args.quick else 1024))
     optimizer = make_optimizer(config, model)

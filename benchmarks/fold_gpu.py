@@ -137,7 +137,8 @@ def main() -> int:
         row = {**label, "ssd_backend": args.ssd_backend, "epochs": epochs, "train_clips": len(fold.train), "eval_clips":
                len(fold.valid) + len(fold.test), "fold_wall_s": wall, "train_seconds": result.train_seconds,
                "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
-               "reports_at_s": clock.marks, "checkpoints": clock.checkpoints, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before}
+               "reports_at_s": clock.marks, "checkpoints": clock.checkpoints,
+               "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before}
         if sampler.samples:
             percents = [percent for _, percent in sampler.samples]
             edges = [clock.start] + [clock.start + mark for mark in clock.marks]
@@ -183,7 +184,8 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
              f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}"
              + (f"; overridden: {', '.join(args.overrides)}" if args.overrides else "") + ".", ""]
     lines += markdown_table(["loader workers", "compiled (graphs)", "fold wall s", "training s", "train utt/s of wall",
-                             "epoch reports at s", "checkpoints", "GPU utilisation", "GPU busy (whole fold; up to each report)"],
+                             "epoch reports at s", "checkpoints", "GPU utilisation",
+                             "GPU busy (whole fold; up to each report)"],
                             [[r["num_workers"], compiled_cell(r),
                               f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",

@@ -35,16 +35,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info, synthetic_corpus  # noqa: E402
+from _common import RESULTS, STEP_RESULTS, machine_info, step_rate, synthetic_corpus  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 
 from tfmamba.config import TrainConfig  # noqa: E402
 from tfmamba.training.input_norm import InputNorm  # noqa: E402
 from tfmamba.training.loaders import eval_loader, fold_datasets, train_loader  # noqa: E402
 from tfmamba.training.loop import device_batches  # noqa: E402
-
-STEP_RESULTS = RESULTS / "train_throughput-cuda-graphs-padded.json"
-
 
 class HandOn:
     """What happens to each batch after the loader: on CUDA the trainer's `device_batches` (the loader pinned it;
@@ -84,19 +81,6 @@ def time_pass(loader: Iterable[dict], hand_on: HandOn) -> dict:
     return {"batches": batches, "utterances": utterances, "wall_s": wall, "first_batch_ms": 1000 * (first or 0.0),
             "main_cpu_ms_per_batch": 1000 * (time.process_time() - cpu_start) / max(batches, 1),
             "padding": 1 - real / max(frames, 1)}
-
-
-def step_rate(path: Path) -> dict | None:
-    """The graphed training step's rate over IEMOCAP-shaped padded batches from a train_throughput result."""
-    if not path.exists():
-        return None
-    payload = json.loads(path.read_text())
-    rows = [r for r in payload["records"] if r.get("lengths") == "iemocap"]
-    if not rows:
-        return None
-    best = max(rows, key=lambda r: r["utt_per_s"])
-    return {"file": path.name, "device": payload["machine"]["device"], "step": best["step"],
-            "ssd_backend": best["ssd_backend"], "utt_per_s": best["utt_per_s"], "step_ms": best["step_ms"]}
 
 
 def warm_summary(passes: list[dict]) -> dict:

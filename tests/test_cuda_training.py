@@ -158,7 +158,8 @@ def test_evaluation_reads_its_predictions_once_not_per_batch() -> None:
     model = TFMamba(ModelConfig.from_dict({**config.model.to_dict(), **SMALL, "variant": "tf_cmdt",
                                            "ssd_backend": "torch"})).to(device).eval()
     raws = [{"features": torch.randn(4, 30 + 5 * i, SMALL["input_dim"]).half().pin_memory(),
-             "lengths": torch.tensor([30 + 5 * i, 21, 30 + 5 * i, 17]), "labels": torch.tensor([0, 1, 2, 3]).pin_memory(),
+             "lengths": torch.tensor([30 + 5 * i, 21, 30 + 5 * i, 17]),
+             "labels": torch.tensor([0, 1, 2, 3]).pin_memory(),
              "indices": torch.arange(4) + 4 * i} for i in range(6)]
     evaluate(config, model, InputNorm(), raws, 24, device, Dist())  # the first pass builds kernels and FFT plans
     torch.cuda.synchronize()
