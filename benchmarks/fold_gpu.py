@@ -7,7 +7,10 @@ log-normal around 4.5 s (1-30 s), 4 balanced classes, split 70/15/15; training c
 `--compile on` (`TrainConfig.compile`: the training steps through `torch.compile`) and `--compile graphs` (also
 `cuda_graphs`: the compiled steps replayed as CUDA graphs, one per batch shape), trains the same fold from the
 same seed; a compiled fold's wall includes its compilation (its first epoch's report shows it against the
-second's). On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the share of time a kernel
+second's; `warm_epoch_s` is the median epoch from the third on, after compiling and recording CUDA graphs, its
+validation included). A compiled row also keeps why Dynamo compiled again (the guards that failed, from its
+`recompiles` log) and where it split a graph, so graphs beyond the two expected can be traced to their cause.
+On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the share of time a kernel
 was running, from NVML) every 50 ms during the fold: the share of samples with the GPU busy over the whole fold
 and up to each report, so that a process's first epoch (compiling kernels for new shapes) shows apart from the
 warm ones.
@@ -26,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch._dynamo.utils import counters
@@ -68,14 +73,58 @@ class UtilisationSampler:
             self._thread.join()
 
 
-def busy_share_between(samples: list[tuple[float, float]], edges: list[float]) -> list[float | None]:
-    """The share of samples with a kernel running (utilisation > 0) in each interval between consecutive `edges`
-    (None for an interval with no sample): a process's first epoch, which compiles kernels, apart from the rest."""
-    shares = []
+def mean_between(samples: list[tuple[float, float]], edges: list[float],
+                 value: Callable[[float], float] = float) -> list[float | None]:
+    """The mean of `value(percent)` over the samples in each interval between consecutive `edges` (None for an
+    interval with no sample): a process's first epoch, which compiles kernels, apart from the rest."""
+    means = []
     for low, high in zip(edges, edges[1:]):
-        inside = [percent > 0 for at, percent in samples if low <= at < high]
-        shares.append(statistics.fmean(inside) if inside else None)
-    return shares
+        inside = [value(percent) for at, percent in samples if low <= at < high]
+        means.append(statistics.fmean(inside) if inside else None)
+    return means
+
+
+def busy_share_between(samples: list[tuple[float, float]], edges: list[float]) -> list[float | None]:
+    """The share of samples with a kernel running (utilisation > 0) in each interval between consecutive `edges`.
+    NVML's utilisation is the share of its last sample period (1/6 to 1 s) with any kernel running: a warm epoch
+    shows busy in every sample whether its kernels leave gaps or not, so the mean utilisation goes with it."""
+    return mean_between(samples, edges, lambda percent: float(percent > 0))
+
+
+class RecompileLog(logging.Handler):
+    """While in the `with` block: each message of Dynamo's `recompiles` log (a function compiled again, with the
+    guard that failed) and the graph breaks counted (reason -> count)."""
+
+    LOGGER = "torch._dynamo.guards.__recompiles"  # torch._logging's artifact logger for "recompiles"
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.reasons: list[str] = []
+        self.graph_breaks: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reasons.append(record.getMessage())
+
+    def __enter__(self) -> RecompileLog:
+        self._breaks_before = dict(counters["graph_break"])
+        torch._logging.set_logs(recompiles=True)
+        logging.getLogger(self.LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+        torch._logging.set_logs()
+        self.graph_breaks = {reason: count - self._breaks_before.get(reason, 0)
+                             for reason, count in counters["graph_break"].items()
+                             if count > self._breaks_before.get(reason, 0)}
+
+
+def warm_epoch_seconds(epoch_marks: list[float]) -> float | None:
+    """The median epoch from the third on (`epoch_marks`: seconds since the fold's start at each epoch's report):
+    the first compiles kernels, the second may still record CUDA graphs for shapes first seen late in the first.
+    None with fewer than three epochs."""
+    durations = [b - a for a, b in zip([0.0, *epoch_marks], epoch_marks)]
+    return statistics.median(durations[2:]) if len(durations) >= 3 else None
 
 
 class EpochClock:
@@ -85,12 +134,15 @@ class EpochClock:
 
     def __init__(self, label: dict[str, object]) -> None:
         self.label, self.start, self.marks, self.checkpoints = label, time.perf_counter(), [], 0
+        self.epoch_marks: list[float] = []
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.marks.append(round(time.perf_counter() - self.start, 2))
         self.checkpoints += checkpoint_dir is not None
-        print(json.dumps({**self.label, "report": "test" if metrics.get("done") else f"epoch {metrics.get('epoch', 0):.0f}",
-                          "seconds": self.marks[-1]}), flush=True)
+        if not metrics.get("done"):
+            self.epoch_marks.append(self.marks[-1])
+        name = "test" if metrics.get("done") else f"epoch {metrics.get('epoch', 0):.0f}"
+        print(json.dumps({**self.label, "report": name, "seconds": self.marks[-1]}), flush=True)
 
     def resume_dir(self) -> Path | None:
         return None
@@ -129,7 +181,8 @@ def main() -> int:
         label = {"num_workers": workers, "compile": how != "off", "cuda_graphs": how == "graphs"}
         config = TrainConfig().replace(epochs=epochs, patience=0, **label, **model)
         graphs_before = counters["stats"]["unique_graphs"]
-        with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler:
+        with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler, \
+                RecompileLog() as recompiles:
             clock = EpochClock(label)
             result = train_fold(config, fold, store, clock, manifest=manifest, out_dir=out_dir, device=str(device),
                                 progress=False)
@@ -139,12 +192,18 @@ def main() -> int:
                "train_utt_per_s_of_wall": epochs * len(fold.train) / wall, "status": result.status,
                "reports_at_s": clock.marks, "checkpoints": clock.checkpoints,
                "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before}
+        warm = warm_epoch_seconds(clock.epoch_marks)
+        if warm is not None:
+            row |= {"warm_epoch_s": round(warm, 3), "warm_train_utt_per_s": len(fold.train) / warm}
+        if config.compile:
+            row |= {"recompile_reasons": recompiles.reasons, "graph_breaks": recompiles.graph_breaks}
         if sampler.samples:
             percents = [percent for _, percent in sampler.samples]
             edges = [clock.start] + [clock.start + mark for mark in clock.marks]
             row |= {"gpu_utilisation_mean_pct": statistics.fmean(percents),
                     "gpu_busy_share_of_wall": statistics.fmean(p > 0 for p in percents),
                     "gpu_busy_share_by_report": busy_share_between(sampler.samples, edges),
+                    "gpu_utilisation_by_report": mean_between(sampler.samples, edges),
                     "samples": len(percents)}
         records.append(row)
         print(json.dumps(row), flush=True)
@@ -160,11 +219,18 @@ def compiled_cell(row: dict) -> str:
     return f"yes ({row['compiled_graphs']})" + (", CUDA graphs" if row.get("cuda_graphs") else "")
 
 
-def busy_cell(row: dict) -> str:
-    if "gpu_busy_share_of_wall" not in row:
+def warm_cell(row: dict) -> str:
+    if "warm_epoch_s" not in row:
         return "-"
-    parts = ["-" if share is None else f"{share:.0%}" for share in row.get("gpu_busy_share_by_report", [])]
-    return f"{row['gpu_busy_share_of_wall']:.0%}" + (f" ({', '.join(parts)})" if parts else "")
+    return f"{row['warm_epoch_s']:.2f} ({row['warm_train_utt_per_s']:.0f})"
+
+
+def by_report_cell(row: dict, whole: str, by_report: str, form: str) -> str:
+    """The whole fold's figure `row[whole]`, then each report's `row[by_report]`, each formatted with `form`."""
+    if whole not in row:
+        return "-"
+    parts = ["-" if value is None else format(value, form) for value in row.get(by_report, [])]
+    return format(row[whole], form) + (f" ({', '.join(parts)})" if parts else "")
 
 
 def result_tag(args: argparse.Namespace) -> str:
@@ -184,16 +250,22 @@ def write_results(args: argparse.Namespace, records: list[dict], clips: int, epo
              f"synthetic IEMOCAP-shaped clips, {epochs} epochs, batch 32, max_frames 600, SSD {args.ssd_backend}"
              + (f"; overridden: {', '.join(args.overrides)}" if args.overrides else "") + ".", ""]
     lines += markdown_table(["loader workers", "compiled (graphs)", "fold wall s", "training s", "train utt/s of wall",
-                             "epoch reports at s", "checkpoints", "GPU utilisation",
+                             "warm epoch s (utt/s)", "epoch reports at s", "checkpoints",
+                             "GPU utilisation % (whole fold; up to each report)",
                              "GPU busy (whole fold; up to each report)"],
-                            [[r["num_workers"], compiled_cell(r),
-                              f"{r['fold_wall_s']:.1f}",
+                            [[r["num_workers"], compiled_cell(r), f"{r['fold_wall_s']:.1f}",
                               f"{r['train_seconds']:.1f}",
-                              f"{r['train_utt_per_s_of_wall']:.1f}", ", ".join(map(str, r["reports_at_s"])),
+                              f"{r['train_utt_per_s_of_wall']:.1f}", warm_cell(r),
+                              ", ".join(map(str, r["reports_at_s"])),
                               r.get("checkpoints", "-"),
-                              f"{r['gpu_utilisation_mean_pct']:.0f}%" if "gpu_utilisation_mean_pct" in r else "-",
-                              busy_cell(r)]
+                              by_report_cell(r, "gpu_utilisation_mean_pct", "gpu_utilisation_by_report", ".0f"),
+                              by_report_cell(r, "gpu_busy_share_of_wall", "gpu_busy_share_by_report", ".0%")]
                              for r in records])
+    for r in records:
+        if r.get("recompile_reasons") or r.get("graph_breaks"):
+            lines += ["", f"Recompiles and graph breaks of the fold with {r['num_workers']} workers, "
+                      f"{compiled_cell(r)}:", "", "```", *r.get("recompile_reasons", []),
+                      *(f"graph break x{n}: {reason}" for reason, n in r.get("graph_breaks", {}).items()), "```"]
     (args.out / f"fold_gpu-{tag}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -92,6 +92,39 @@ def test_gpu_busy_share_up_to_each_report(monkeypatch):
     assert busy_share_between(samples, [0.0, 2.0, 4.0, 6.0, 9.0]) == [0.0, 1.0, 0.5, None]
 
 
+def test_a_warm_epoch_is_the_median_from_the_third_on(monkeypatch):
+    """fold_gpu.py's warm epoch leaves out the first (compiling) and second (recording CUDA graphs) epochs."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from fold_gpu import warm_epoch_seconds
+
+    assert warm_epoch_seconds([184.42, 185.73, 186.19, 186.58, 187.04]) == pytest.approx(0.46)
+    assert warm_epoch_seconds([90.0, 91.9]) is None
+
+
+def test_recompiles_are_logged_with_their_failed_guard_and_graph_breaks_counted(monkeypatch):
+    """fold_gpu.py's `RecompileLog` keeps why Dynamo compiled a function again and where it split a graph, and
+    only inside its block."""
+    import torch
+    import torch._dynamo
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from fold_gpu import RecompileLog
+
+    def scaled(x: torch.Tensor, factor: int) -> torch.Tensor:
+        y = x * factor
+        torch._dynamo.graph_break()
+        return y + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(scaled, backend="eager")
+    with RecompileLog() as log:
+        compiled(torch.ones(3), 2)
+        compiled(torch.ones(3), 3)  # the constant 2 was specialised: compiled again
+    compiled(torch.ones(3), 4)
+    assert len(log.reasons) == 1 and "Recompiling function scaled" in log.reasons[0] and "factor" in log.reasons[0]
+    assert sum(log.graph_breaks.values()) >= 1, log.graph_breaks
+
+
 def test_profiled_matrix_products_are_named_by_their_shapes(monkeypatch):
     """train_throughput.py's profile names the products behind the kernels: a step's matmuls grouped by input
     shapes, each with its calls per step (here on the CPU, where the times are the host's)."""

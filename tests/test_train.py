@@ -150,7 +150,8 @@ def test_a_compiled_fold_trains_as_the_eager_one(tmp_path, monkeypatch):
     choice at every scan of a process's first compiled step (hence the fresh log record here), and the model's
     and the frequency filter's host-side reads of the lengths at every step. The causal conv's backward, as
     Inductor lowers it, fixed the length (a graph per length: 3 graphs here), and the SSD's loop over chunks
-    compiled once per chunk count (`tests/test_ssd.py`)."""
+    compiled once per chunk count (`tests/test_ssd.py`). A later fold in the same process (a sweep's lane) reuses
+    the graphs: its new model compiles nothing."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -163,6 +164,8 @@ def test_a_compiled_fold_trains_as_the_eager_one(tmp_path, monkeypatch):
     settings = dict(dropout=0.0, max_frames=None)  # clips of 12-39 frames: batches of several padded lengths
     compiled = run(tmp_path, "compiled", tiny_config(compile=True, **settings))
     breaks, graphs = dict(counters["graph_break"]), counters["stats"]["unique_graphs"]
+    later = run(tmp_path, "later", tiny_config(compile=True, seed=1, **settings), data=synthetic(seed=1))
+    assert later.status == "ok" and counters["stats"]["unique_graphs"] == graphs, "a later fold compiled again"
     eager = run(tmp_path, "eager", tiny_config(**settings))
     assert len(compiled.history) == len(eager.history) == 2
     for ours, theirs in zip(compiled.history, eager.history):
