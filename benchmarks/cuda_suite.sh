@@ -15,7 +15,8 @@
 # and LIMIT_<step>=SECONDS changes a step's time limit.
 # Most of each step is Triton compiling mamba-ssm's kernels (~80 s a shape family, cached in TRITON_CACHE_DIR) and
 # torch.compile (~70 s a model); each step's limit allows for that. The limits add up to ~57 min, far more than a
-# 15-minute lease: pick two or three steps with STEPS (on an H200 `cuda_graphs` took 246 s, `padded_graphs` 235 s).
+# 15-minute lease: pick two or three steps with STEPS (on an H200 `cuda_graphs` took 246 s, `padded_graphs` 235 s,
+# `loader` 16 s, `fold_compiled` 326 s from cold caches).
 set -u
 out=${1:?usage: bash benchmarks/cuda_suite.sh OUT_DIR [BASE_CHECKOUT]}
 base=${2:-}
