@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tfmamba import ssd as ssd_mod
-from tfmamba.ssd import mixer_like_inputs, resolve_backend, ssd, ssd_scan, ssd_scan_sequential
+from tfmamba.ssd import mixer_like_inputs, resolve_backend, ssd, ssd_scan, ssd_scan_sequential, traced_length
 
 
 def make_inputs(b, l, h, p, g, n, dtype=torch.float64, seed=0, requires_grad=False):
@@ -34,6 +34,18 @@ def test_a_first_scan_under_torch_compile_logs_nothing_and_stays_one_graph(monke
     compiled = torch.compile(lambda **kw: ssd(**kw, chunk_size=8, backend="torch"), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(**inputs, **extras), ssd(**inputs, **extras, chunk_size=8, backend="torch"))
     assert ssd_mod._LOGGED_CHOICES == {("torch", "torch")}  # logged by the eager call
+
+
+def test_traced_lengths_avoid_every_length_the_compiled_scan_special_cases():
+    """A compiled step pads a batch to `traced_length`: more than two chunks, a partial last chunk at least two
+    frames short of whole (a padding of one frame compiled a graph of its own), and at most two frames added
+    beyond the two-chunk minimum."""
+    for chunk in (16, 64, 256):
+        for seqlen in range(1, 4 * chunk + 2):
+            length = traced_length(seqlen, chunk)
+            assert length >= seqlen and length > 2 * chunk, (chunk, seqlen)
+            assert length % chunk not in (0, chunk - 1), (chunk, seqlen, length)
+            assert length - max(seqlen, 2 * chunk + 1) <= 2, (chunk, seqlen, length)
 
 
 @pytest.mark.slow

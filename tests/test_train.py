@@ -472,8 +472,9 @@ def test_with_cuda_graphs_a_padded_batch_is_padded_on_to_a_multiple_of_the_graph
 @pytest.mark.slow
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_graphs):
-    """Traced with a symbolic length, the SSD's scan special-cases one chunk, two chunks and a whole number of
-    chunks: a fold's batch lengths compiled a graph each, up to Dynamo's limit of 8 (then eager). `CompiledSteps`
+    """Traced with a symbolic length, the SSD's scan special-cases one chunk, two chunks, a whole number of chunks
+    and a last chunk one frame short (47 frames here: a padding of size 1): a fold's batch lengths compiled a graph
+    each, up to Dynamo's limit of 8 (then eager). `CompiledSteps`
     pads those batches, so one graph serves every padded batch and one every unpadded batch, with the eager
     model's losses (CMDT included: its spectrum spans the batch's length, not the padded one). With CUDA graphs
     padded batches are padded further (`GRAPH_FRAME_STEP`), with the same losses (the graphs themselves need a GPU:
@@ -499,7 +500,7 @@ def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_
     resolve_backend(config.model.ssd_backend, torch.device("cpu"))  # as `step_module` does, before the graph
     steps = CompiledSteps(model, backend="aot_eager", cuda_graphs=cuda_graphs)
     cmdt = make_cmdt(config)
-    for size, frames in [(4, 40), (4, 10), (3, 24), (4, 32), (2, 48), (3, 57)]:  # 3, 1, 2, 2, 3, 4 chunks
+    for size, frames in [(4, 40), (4, 10), (3, 24), (4, 32), (2, 48), (3, 57), (4, 47)]:  # 3, 1, 2, 2, 3, 4, 3 chunks
         for padded in (False, True):
             lengths = torch.full((size,), frames)
             if padded:

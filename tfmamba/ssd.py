@@ -255,12 +255,17 @@ def ssd_scan(
 
 def traced_length(seqlen: int, chunk_size: int) -> int:
     """The length to pad `seqlen` frames to before `ssd_scan` is traced by torch.compile with a symbolic length,
-    so that every length takes one graph: more than two chunks, the last one partial. Shorter inputs (one chunk:
-    no state passing; two: a single state, which broadcasts) and whole numbers of chunks (no tail to pad) each
-    take other branches or strides in the scan, and each compiled a graph of its own (8 graphs, Dynamo's limit,
-    over a fold's batch lengths, then eager)."""
+    so that every length takes one graph: more than two chunks, the last one partial and at least two frames short
+    of a whole chunk. Shorter inputs (one chunk: no state passing; two: a single state, which broadcasts), whole
+    numbers of chunks (no tail to pad) and a tail one frame short (a padding of size 1, which the tracer
+    specialises) each take other branches or strides in the scan, and each compiled a graph of its own (8 graphs,
+    Dynamo's limit, over a fold's batch lengths, then eager)."""
     length = max(seqlen, 2 * chunk_size + 1)
-    return length + 1 if chunk_size > 1 and length % chunk_size == 0 else length
+    if chunk_size > 1 and length % chunk_size == 0:
+        length += 1
+    if chunk_size > 2 and length % chunk_size == chunk_size - 1:
+        length += 2
+    return length
 
 
 def _entering_states(log_decay: Tensor, states: Tensor) -> Tensor:
