@@ -438,7 +438,8 @@ def test_compiled_steps_pass_an_unpadded_batch_without_its_lengths(monkeypatch):
 def test_with_cuda_graphs_a_padded_batch_is_padded_on_to_a_multiple_of_the_graph_step(monkeypatch):
     """A CUDA graph replays fixed sizes: `CompiledSteps(cuda_graphs=True)` pads a padded batch up to a multiple of
     `GRAPH_FRAME_STEP` (then off the lengths the model's graph special-cases), so a fold's lengths take a few
-    graphs; an unpadded batch keeps its length and its graph without masks. The losses see the batch's frames."""
+    graphs; an unpadded batch keeps its length and its graph without masks, unless a padded batch came first: then
+    it goes through the padded graph, nothing masked. The losses see the batch's frames."""
     from tfmamba.model import ModelOutput
     from tfmamba.training.loop import GRAPH_FRAME_STEP, CompiledSteps, cuda_graph_options
 
@@ -460,25 +461,31 @@ def test_with_cuda_graphs_a_padded_batch_is_padded_on_to_a_multiple_of_the_graph
     steps = CompiledSteps(Recorder(), cuda_graphs=True)
     assert options == [cuda_graph_options()] and options[0]["triton.cudagraphs"]
     assert set(options[0]) <= set(torch._inductor.list_options())  # torch.compile would reject an unknown one
-    for seqlen, lengths in [(40, [40, 33]), (33, [33, 20]), (40, [40, 40]), (64, [64, 9]), (70, [70, 70])]:
+    for seqlen, lengths in [(40, [40, 40]), (40, [40, 33]), (33, [33, 20]), (64, [64, 9]), (70, [70, 70])]:
         out = steps(torch.ones(2, seqlen, 3), torch.tensor(lengths))
         assert out.sequence.shape == (2, seqlen, 3) and out.mask.shape == (2, seqlen)
     assert GRAPH_FRAME_STEP == 32
-    assert seen == [(64 + 1, [40, 33]), (64 + 1, [33, 20]), (40, None), (64 + 1, [64, 9]), (70, None)]
+    assert seen == [(40, None), (64 + 1, [40, 33]), (64 + 1, [33, 20]), (64 + 1, [64, 9]), (70, None)]
+    seen.clear()
+    padded_first = CompiledSteps(Recorder(), cuda_graphs=True)
+    for seqlen, lengths in [(40, [40, 33]), (70, [70, 70])]:
+        padded_first(torch.ones(2, seqlen, 3), torch.tensor(lengths))
+    assert seen == [(64 + 1, [40, 33]), (96, [70, 70])]
     CompiledSteps(Recorder())
     assert options[-1] is None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_graphs):
+@pytest.mark.parametrize(("cuda_graphs", "first"), [(False, "unpadded"), (True, "unpadded"), (True, "padded")])
+def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_graphs, first):
     """Traced with a symbolic length, the SSD's scan special-cases one chunk, two chunks, a whole number of chunks
     and a last chunk one frame short (47 frames here: a padding of size 1): a fold's batch lengths compiled a graph
-    each, up to Dynamo's limit of 8 (then eager). `CompiledSteps`
-    pads those batches, so one graph serves every padded batch and one every unpadded batch, with the eager
-    model's losses (CMDT included: its spectrum spans the batch's length, not the padded one). With CUDA graphs
+    each, up to Dynamo's limit of 8 (then eager). `CompiledSteps` pads those batches, so one graph serves every
+    padded batch and one every unpadded batch, with the eager model's losses (CMDT included: its spectrum spans the batch's length, not the padded one). With CUDA graphs
     padded batches are padded further (`GRAPH_FRAME_STEP`), with the same losses (the graphs themselves need a GPU:
-    Inductor's options for them are left out of this CPU compile)."""
+    Inductor's options for them are left out of this CPU compile). Once the padded graph exists, unpadded batches
+    go through it too, nothing masked, rather than compile a second graph: one graph when a padded batch comes
+    first, as in most folds."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -501,7 +508,7 @@ def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_
     steps = CompiledSteps(model, backend="aot_eager", cuda_graphs=cuda_graphs)
     cmdt = make_cmdt(config)
     for size, frames in [(4, 40), (4, 10), (3, 24), (4, 32), (2, 48), (3, 57), (4, 47)]:  # 3, 1, 2, 2, 3, 4, 3 chunks
-        for padded in (False, True):
+        for padded in (first == "padded", first != "padded"):
             lengths = torch.full((size,), frames)
             if padded:
                 lengths[1:] = torch.arange(1, size) * frames // size
@@ -510,7 +517,8 @@ def test_compiled_steps_take_one_graph_for_every_batch_length(monkeypatch, cuda_
             theirs = batch_losses(config, model, batch, cmdt, torch.device("cpu"))
             for got, expected in zip(ours, theirs):
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"{size} x {frames}, {padded=}")
-    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["stats"]["unique_graphs"] == (1 if first == "padded" else 2)
+    assert steps.graphs == ({True} if first == "padded" else {False, True})
 
 
 def test_cuda_graphs_are_left_off_on_a_cpu_and_the_log_says_so(caplog):

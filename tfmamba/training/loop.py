@@ -117,7 +117,10 @@ class CompiledSteps(nn.Module):
     (`TFMamba.compiled_frames`: short, or a whole number of SSD chunks) is padded to one it does not, with its
     lengths, and its sequence output cut back to the batch's length: the model masks the added frames, and the
     CMDT loss, whose spectrum spans the batch's length, sees the eager step's frames. One graph serves every
-    padded batch, another every unpadded one. `net` is the model, or DDP around it (`distributed.wrap`).
+    padded batch, another every unpadded one; but once the padded graph exists and the unpadded one does not, an
+    unpadded batch goes through the padded graph with nothing masked instead of compiling a second graph: in a
+    fold most batches are padded (a few of cropped clips are not), and a graph costs a minute or more to compile
+    while masks cost those few batches little. `net` is the model, or DDP around it (`distributed.wrap`).
 
     With `cuda_graphs` the compiled code runs as CUDA graphs (torch.compile's "reduce-overhead": the forward and
     backward each replayed as one launch), for a step whose kernel launches would otherwise outlast its GPU work.
@@ -132,6 +135,7 @@ class CompiledSteps(nn.Module):
         self.cuda_graphs = cuda_graphs
         model: TFMamba = distributed.unwrap(net)
         self.frames = model.compiled_frames
+        self.graphs: set[bool] = set()  # the graphs these steps have run: padded (True), unpadded (False)
 
     def _compiled(self, features: torch.Tensor, lengths: torch.Tensor | None) -> ModelOutput:
         """The compiled model with only the batch and the length symbolic (a batch of one stays a size of its own).
@@ -156,11 +160,14 @@ class CompiledSteps(nn.Module):
         seqlen = features.shape[1]
         if lengths is not None and known_unpadded(lengths, seqlen):
             lengths = None
+        if lengths is None and self.graphs == {True}:  # the padded graph serves it, nothing masked
+            lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
         frames = self.padded_frames(seqlen, padded=lengths is not None)
         if frames != seqlen:
             if lengths is None:
                 lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
             features = F.pad(features, (0, 0, 0, frames - seqlen))
+        self.graphs.add(lengths is not None)
         if self.cuda_graphs and lengths is not None:
             lengths = to_device_async(lengths, features.device)
         out = self._compiled(features, lengths)
@@ -174,8 +181,8 @@ def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn
     parameters (so the optimiser, checkpoints and evaluation keep using `net`).
 
     Padded batches come in many lengths, so the batch and its length are symbolic from the start: one graph
-    serves every padded batch (another every unpadded one), and later models of the same settings in this process
-    (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
+    serves every padded batch (another the unpadded ones, if one comes first), and later models of the same
+    settings in this process (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
     limit of 8 left the rest eager. Compiled, the model reads no lengths on the host (`TFMamba.forward`,
     `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen here, eagerly: "auto"
     and "mamba_ssm" import mamba-ssm on a GPU, which does not belong inside a graph.
