@@ -9,7 +9,7 @@ log-normal around 4.5 s (1-30 s), 4 balanced classes, split 70/15/15; training c
 same seed; a compiled fold's wall includes its compilation (its first epoch's report shows it against the
 second's; `warm_epoch_s` is the median epoch from the third on, after compiling and recording CUDA graphs, its
 validation included). A compiled row also keeps why Dynamo compiled again (the guards that failed, from its
-`recompiles` log) and where it split a graph, so graphs beyond the two expected can be traced to their cause.
+`recompiles` log) and where it split a graph, so graphs beyond those expected can be traced to their cause.
 On CUDA a thread samples the GPU's utilisation (`torch.cuda.utilization`, the share of time a kernel
 was running, from NVML) every 50 ms during the fold: the share of samples with the GPU busy over the whole fold
 and up to each report, so that a process's first epoch (compiling kernels for new shapes) shows apart from the

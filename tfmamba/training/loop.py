@@ -117,10 +117,12 @@ class CompiledSteps(nn.Module):
     (`TFMamba.compiled_frames`: short, or a whole number of SSD chunks) is padded to one it does not, with its
     lengths, and its sequence output cut back to the batch's length: the model masks the added frames, and the
     CMDT loss, whose spectrum spans the batch's length, sees the eager step's frames. One graph serves every
-    padded batch, another every unpadded one; but once the padded graph exists and the unpadded one does not, an
-    unpadded batch goes through the padded graph with nothing masked instead of compiling a second graph: in a
-    fold most batches are padded (a few of cropped clips are not), and a graph costs a minute or more to compile
-    while masks cost those few batches little. `net` is the model, or DDP around it (`distributed.wrap`).
+    padded batch, another every unpadded one; but once these steps have run the padded graph and not the unpadded
+    one, an unpadded batch goes through the padded graph with nothing masked instead of compiling a second graph:
+    in a fold most batches are padded (a few of cropped clips are not), and a graph costs a minute or more to
+    compile while masks cost those few batches little. (Each fold has its own steps: a lane's later fold whose
+    first batch is unpadded compiles the unpadded graph if no fold before it did.) `net` is the model, or DDP
+    around it (`distributed.wrap`).
 
     With `cuda_graphs` the compiled code runs as CUDA graphs (torch.compile's "reduce-overhead": the forward and
     backward each replayed as one launch), for a step whose kernel launches would otherwise outlast its GPU work.
@@ -182,10 +184,10 @@ def step_module(config: TrainConfig, net: nn.Module, device: torch.device) -> nn
 
     Padded batches come in many lengths, so the batch and its length are symbolic from the start: one graph
     serves every padded batch (another the unpadded ones, if one comes first), and later models of the same
-    settings in this process (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length compiled again, until its
-    limit of 8 left the rest eager. Compiled, the model reads no lengths on the host (`TFMamba.forward`,
-    `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen here, eagerly: "auto"
-    and "mamba_ssm" import mamba-ssm on a GPU, which does not belong inside a graph.
+    settings in this process (a lane's next folds). Left to Dynamo's automatic dynamic shapes, every new length
+    compiled again, until its limit of 8 left the rest eager. Compiled, the model reads no lengths on the host
+    (`TFMamba.forward`, `FrequencyFilter.padded_mode`), which would split the graph. The SSD backend is chosen
+    here, eagerly: "auto" and "mamba_ssm" import mamba-ssm on a GPU, which does not belong inside a graph.
 
     `config.cuda_graphs` takes effect on a GPU for a fold trained by one worker; elsewhere it is left off, and
     logged: on a CPU, and with DDP (several workers per fold, whose gradients are reduced between the graphs'
