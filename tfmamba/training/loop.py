@@ -162,12 +162,11 @@ class CompiledSteps(nn.Module):
         seqlen = features.shape[1]
         if lengths is not None and known_unpadded(lengths, seqlen):
             lengths = None
-        if lengths is None and self.graphs == {True}:  # the padded graph serves it, nothing masked
+        padded = lengths is not None or self.graphs == {True}  # once only the padded graph ran, it serves all
+        frames = self.padded_frames(seqlen, padded)
+        if lengths is None and (padded or frames != seqlen):  # through the padded graph, nothing masked
             lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
-        frames = self.padded_frames(seqlen, padded=lengths is not None)
         if frames != seqlen:
-            if lengths is None:
-                lengths = torch.full(features.shape[:1], seqlen, dtype=torch.long)
             features = F.pad(features, (0, 0, 0, frames - seqlen))
         self.graphs.add(lengths is not None)
         if self.cuda_graphs and lengths is not None:
