@@ -10,6 +10,9 @@ back from MLflow and compares:
   a lane's first fold (which waits for the lane's Train run to start with the sweep: worker
   processes, imports), a trial's first fold on a lane an earlier trial warmed, and the folds
   after those (data loading, model set-up, logging);
+- the machine's CPU use (sampled from /proc/stat on Linux) over the sweep's phases: its start-up (the process's
+  start to the first fold run), while a fold run is open on every fold slot, while fewer are (between folds, a last
+  fold training alone), and its end (the last fold run's close to the process's exit): where cores sit idle;
 - the `fit()` of an empty training loop (one worker reporting one checkpoint) by the trainer class a
   sweep's one-worker lane runs on its private Ray (`orchestration.lane_trainer`), timed on its own:
   the start-up every lane (one per fold slot of the sweep) pays once.
@@ -38,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _common import RESULTS, machine_info  # noqa: E402
+from _cpu_busy import CpuSampler  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 
 EXPERIMENT = "sweep-overhead"
@@ -126,6 +130,7 @@ def read_sweep(uri: str) -> dict:
         folds.append({"trial_id": run.data.tags.get("trial_id"), "fold": int(run.data.tags.get("fold", 0)),
                       "lane": run.data.tags.get("lane", ""), "lane_position": int(run.data.tags.get("lane_position", 1)),
                       "start_seconds": (run.info.start_time - sweep.info.start_time) / 1e3,
+                      "start_epoch": run.info.start_time / 1e3, "end_epoch": run.info.end_time / 1e3,
                       "run_seconds": duration, "train_seconds": train, "overhead_seconds": duration - train})
     first_on_lane = {}
     for fold in sorted(folds, key=lambda f: f["start_seconds"]):
@@ -138,6 +143,34 @@ def read_sweep(uri: str) -> dict:
 
 def seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} s"
+
+
+def slot_spans(folds: list[dict], slots: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """From the first fold run's opening to the last one's close: the spans with a fold run open on every fold slot,
+    and those with fewer (between a lane's folds, or one lane done while another trains)."""
+    edges = sorted({f["start_epoch"] for f in folds} | {f["end_epoch"] for f in folds})
+    every, fewer = [], []
+    for start, end in zip(edges, edges[1:]):
+        middle = (start + end) / 2
+        open_runs = sum(f["start_epoch"] <= middle < f["end_epoch"] for f in folds)
+        (every if open_runs >= slots else fewer).append((start, end))
+    return every, fewer
+
+
+def cpu_phases(cpu: CpuSampler, process: tuple[float, float], folds: list[dict], slots: int) -> dict:
+    """The machine's CPU use over the sweep process's phases (None each where /proc/stat could not be read)."""
+    first, last = min(f["start_epoch"] for f in folds), max(f["end_epoch"] for f in folds)
+    every, fewer = slot_spans(folds, slots)
+    return {"start_up": cpu.busy([(process[0], first)]), "every_slot_in_a_fold": cpu.busy(every),
+            "fewer_folds_than_slots": cpu.busy(fewer), "end": cpu.busy([(last, process[1])]),
+            "whole_process": cpu.busy([process])}
+
+
+def busy_cell(phase: dict | None) -> str:
+    if phase is None:
+        return "n/a"
+    return (f"{phase['seconds']:.1f} s, {phase['busy_share']:.0%} busy, "
+            f"{phase['idle_core_seconds']:.1f} core-seconds idle")
 
 
 def main() -> int:
@@ -166,8 +199,11 @@ def main() -> int:
                 else ensure_demo_data(args.demo_root, progress=False))
         startup = trainer_startup_seconds(args.startup_repeats, work / "empty")
         load_before = os.getloadavg()
-        wall, uri = run_sweep(work, demo.manifest_dir, demo.cache, args.trials, args.folds, args.epochs,
-                              args.max_frames)
+        with CpuSampler() as cpu:
+            process_start = time.time()
+            wall, uri = run_sweep(work, demo.manifest_dir, demo.cache, args.trials, args.folds, args.epochs,
+                                  args.max_frames)
+            process_end = time.time()
         sweep = read_sweep(uri)
     metrics, folds = sweep["sweep_metrics"], sweep["folds"]
     if not folds:
@@ -195,6 +231,7 @@ def main() -> int:
         "fold_overhead_warm_median_seconds": statistics.median(warm) if warm else None,
         "fold_train_median_seconds": statistics.median(f["train_seconds"] for f in folds),
         "first_fold_start_seconds": folds[0]["start_seconds"],
+        "cpu_busy": cpu_phases(cpu, (process_start, process_end), folds, slots),
         "folds": folds,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_before_sweep": load_before,
@@ -211,7 +248,8 @@ def main() -> int:
     lines = ["# Sweep overhead (Ray + Tune + MLflow)", "",
              f"{results['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}, 1-minute load average "
              f"{load_before[0]:.1f} before the sweep, {results['load_average'][0]:.1f} at the end; demo corpus (fbank), "
-             f"{args.trials} trial(s) x folds {args.folds} x {args.epochs} epoch(s), {slots} fold slot(s).", ""]
+             f"{args.trials} trial(s) x folds {args.folds} x {args.epochs} epoch(s), {slots} fold slot(s). The CPU rows "
+             f"count all {m['cores']} cores and every process on the machine (/proc/stat).", ""]
     lines += markdown_table(["quantity", "value"], [
         ["sweep wall (in the script, from its data being ready)", f"{results['sweep_wall_seconds']:.1f} s"],
         ["sweep process wall (incl. Python and Ray start)", f"{wall:.1f} s"],
@@ -226,6 +264,12 @@ def main() -> int:
          seconds(results["fold_overhead_trial_first_median_seconds"])],
         [f"... a trial's later folds (median of {len(warm)})", seconds(results["fold_overhead_warm_median_seconds"])],
         ["per fold: training (median)", f"{results['fold_train_median_seconds']:.1f} s"],
+        ["CPU: the sweep process's start to its first fold run", busy_cell(results["cpu_busy"]["start_up"])],
+        [f"CPU: a fold run open on every fold slot ({slots})", busy_cell(results["cpu_busy"]["every_slot_in_a_fold"])],
+        ["CPU: fewer fold runs open than slots (between folds, a last fold alone)",
+         busy_cell(results["cpu_busy"]["fewer_folds_than_slots"])],
+        ["CPU: the last fold run's close to the process's exit", busy_cell(results["cpu_busy"]["end"])],
+        ["CPU: the whole sweep process", busy_cell(results["cpu_busy"]["whole_process"])],
         ["an empty lane's `fit()` (one-worker `lane_trainer`, median of runs)",
          f"{results['trainer_startup_median_seconds']:.1f} s ({', '.join(f'{s:.1f}' for s in startup)})"],
     ])

@@ -66,6 +66,10 @@ def test_run_all_quick_writes_sane_results(tmp_path):
     fold = overhead["folds"][0]
     assert 0 < fold["train_seconds"] < fold["run_seconds"] <= overhead["sweep_wall_seconds"]
     assert overhead["ray_overhead_ratio"] > 1 and overhead["trainer_startup_median_seconds"] > 0
+    phases = overhead["cpu_busy"]
+    parts = [phases[k] for k in ("start_up", "every_slot_in_a_fold", "fewer_folds_than_slots", "end") if phases[k]]
+    assert all(0 <= p["busy_share"] <= 1 and p["idle_core_seconds"] >= 0 for p in parts)
+    assert sum(p["seconds"] for p in parts) == pytest.approx(phases["whole_process"]["seconds"], rel=1e-6)
 
 
 def test_train_throughput_pads_batches_like_iemocap_and_counts_each_filters_ops(tmp_path):
@@ -99,6 +103,34 @@ def test_a_warm_epoch_is_the_median_from_the_third_on(monkeypatch):
 
     assert warm_epoch_seconds([184.42, 185.73, 186.19, 186.58, 187.04]) == pytest.approx(0.46)
     assert warm_epoch_seconds([90.0, 91.9]) is None
+
+
+def test_cpu_busy_share_over_spans_interpolates_the_machines_tick_counters(monkeypatch):
+    """_cpu_busy's share of core-time busy over spans, read between /proc/stat samples (here written by hand)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _cpu_busy import CpuSampler
+
+    cpu = CpuSampler()
+    cpu._tick = 100
+    cpu._times, cpu._all, cpu._idle = [10.0, 11.0, 12.0], [0.0, 200.0, 400.0], [0.0, 0.0, 200.0]  # 2 cores
+    assert cpu.busy([(10.0, 11.0)]) == {"seconds": 1.0, "busy_share": 1.0, "idle_core_seconds": 0.0}
+    assert cpu.busy([(11.0, 12.0)])["busy_share"] == 0.0
+    half = cpu.busy([(10.5, 11.0), (11.0, 11.5)])
+    assert half == {"seconds": 1.0, "busy_share": 0.5, "idle_core_seconds": 1.0}
+    assert cpu.busy([(11.5, 11.5)]) is None
+
+
+def test_sweep_phases_tell_every_slot_training_from_a_lane_left_idle(monkeypatch):
+    """sweep_overhead.py's spans with a fold run open on every slot vs fewer: a gap between a lane's folds and a last
+    fold alone count as fewer."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from sweep_overhead import slot_spans
+
+    folds = [{"start_epoch": 0.0, "end_epoch": 10.0}, {"start_epoch": 1.0, "end_epoch": 9.0},
+             {"start_epoch": 9.5, "end_epoch": 20.0}, {"start_epoch": 10.0, "end_epoch": 25.0}]
+    every, fewer = slot_spans(folds, 2)
+    assert every == [(1.0, 9.0), (9.5, 10.0), (10.0, 20.0)]
+    assert fewer == [(0.0, 1.0), (9.0, 9.5), (20.0, 25.0)]
 
 
 def test_recompiles_are_logged_with_their_failed_guard_and_graph_breaks_counted(monkeypatch):
