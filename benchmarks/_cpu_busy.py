@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import bisect
 import os
-import threading
 import time
+
+from _sampler import PeriodicSampler
 
 PROC_STAT = "/proc/stat"
 
@@ -28,62 +29,38 @@ def cpu_ticks() -> tuple[int, int] | None:
     return sum(ticks), ticks[3] + ticks[4]
 
 
-class CpuSampler:
-    """Samples `cpu_ticks` every `interval` seconds in a thread while used as a context manager; `busy(spans)`
+class CpuSampler(PeriodicSampler[tuple[int, int]]):
+    """`cpu_ticks` every `interval` seconds while in the `with` block (nothing where /proc/stat is absent); `busy(spans)`
     then gives the share of the machine's core-time that was busy over spans of `time.time()` instants."""
 
     def __init__(self, interval: float = 0.25) -> None:
-        self.interval = interval
-        self.available = cpu_ticks() is not None
-        self._times: list[float] = []
-        self._all: list[float] = []
-        self._idle: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
-        self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
-
-    def __enter__(self) -> CpuSampler:
-        if self.available:
-            self._sample()
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.available:
-            self._stop.set()
-            self._thread.join()
-            self._sample()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def _sample(self) -> None:
-        ticks = cpu_ticks()
-        if ticks is not None:
-            self._times.append(time.time())
-            self._all.append(float(ticks[0]))
-            self._idle.append(float(ticks[1]))
-
-    def _at(self, series: list[float], when: float) -> float:
-        """A cumulative counter at `when`, linear between the samples around it (clamped to the first and last)."""
-        i = bisect.bisect_left(self._times, when)
-        if i == 0:
-            return series[0]
-        if i == len(self._times):
-            return series[-1]
-        t0, t1 = self._times[i - 1], self._times[i]
-        share = (when - t0) / (t1 - t0) if t1 > t0 else 1.0
-        return series[i - 1] + share * (series[i] - series[i - 1])
+        available = cpu_ticks() is not None
+        super().__init__(cpu_ticks, interval, clock=time.time, enabled=available, at_edges=True)
+        self._tick = os.sysconf("SC_CLK_TCK") if available else 100
 
     def busy(self, spans: list[tuple[float, float]]) -> dict | None:
         """Seconds, busy share of all cores and idle core-seconds over `spans` (pairs of epoch seconds, summed), or
         None when nothing was sampled or the spans are empty."""
         spans = [(start, end) for start, end in spans if end > start]
-        if len(self._times) < 2 or not spans:
+        if len(self.samples) < 2 or not spans:
             return None
-        all_ticks = sum(self._at(self._all, end) - self._at(self._all, start) for start, end in spans)
-        idle_ticks = sum(self._at(self._idle, end) - self._at(self._idle, start) for start, end in spans)
+        times = [at for at, _ in self.samples]
+
+        def ticks_at(when: float) -> tuple[float, float]:
+            """The (all, idle) counters at `when`, linear between the samples around it (clamped to the first and
+            last)."""
+            i = bisect.bisect_left(times, when)
+            if i in (0, len(times)):
+                return self.samples[min(i, len(times) - 1)][1]
+            (t0, before), (t1, after) = self.samples[i - 1], self.samples[i]
+            share = (when - t0) / (t1 - t0) if t1 > t0 else 1.0
+            return before[0] + share * (after[0] - before[0]), before[1] + share * (after[1] - before[1])
+
+        all_ticks = idle_ticks = 0.0
+        for start, end in spans:
+            (all_start, idle_start), (all_end, idle_end) = ticks_at(start), ticks_at(end)
+            all_ticks += all_end - all_start
+            idle_ticks += idle_end - idle_start
         if all_ticks <= 0:
             return None
         return {"seconds": sum(end - start for start, end in spans), "busy_share": 1.0 - idle_ticks / all_ticks,

@@ -33,7 +33,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,34 +42,17 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info, synthetic_corpus  # noqa: E402
+from _sampler import PeriodicSampler  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 
 from tfmamba.config import TrainConfig, parse_overrides  # noqa: E402
 from tfmamba.training.fold import train_fold  # noqa: E402
 
-class UtilisationSampler:
-    """Samples `torch.cuda.utilization()` every `interval` seconds in a thread while in the `with` block:
-    (time.perf_counter(), percent) pairs."""
 
-    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
-        self.device, self.interval = device, interval
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append((time.perf_counter(), float(torch.cuda.utilization(self.device))))
-
-    def __enter__(self) -> UtilisationSampler:
-        if self.device.type == "cuda":
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+def utilisation_sampler(device: torch.device) -> PeriodicSampler[float]:
+    """`torch.cuda.utilization()` every 50 ms while in the `with` block (nothing on a CPU): (time.perf_counter(),
+    percent) pairs."""
+    return PeriodicSampler(lambda: float(torch.cuda.utilization(device)), 0.05, enabled=device.type == "cuda")
 
 
 def mean_between(samples: list[tuple[float, float]], edges: list[float],
@@ -181,7 +163,7 @@ def main() -> int:
         label = {"num_workers": workers, "compile": how != "off", "cuda_graphs": how == "graphs"}
         config = TrainConfig().replace(epochs=epochs, patience=0, **label, **model)
         graphs_before = counters["stats"]["unique_graphs"]
-        with tempfile.TemporaryDirectory() as out_dir, UtilisationSampler(device) as sampler, \
+        with tempfile.TemporaryDirectory() as out_dir, utilisation_sampler(device) as sampler, \
                 RecompileLog() as recompiles:
             clock = EpochClock(label)
             result = train_fold(config, fold, store, clock, manifest=manifest, out_dir=out_dir, device=str(device),

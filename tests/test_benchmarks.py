@@ -112,7 +112,7 @@ def test_cpu_busy_share_over_spans_interpolates_the_machines_tick_counters(monke
 
     cpu = CpuSampler()
     cpu._tick = 100
-    cpu._times, cpu._all, cpu._idle = [10.0, 11.0, 12.0], [0.0, 200.0, 400.0], [0.0, 0.0, 200.0]  # 2 cores
+    cpu.samples = [(10.0, (0, 0)), (11.0, (200, 0)), (12.0, (400, 200))]  # (all, idle) ticks of 2 cores
     assert cpu.busy([(10.0, 11.0)]) == {"seconds": 1.0, "busy_share": 1.0, "idle_core_seconds": 0.0}
     assert cpu.busy([(11.0, 12.0)])["busy_share"] == 0.0
     half = cpu.busy([(10.5, 11.0), (11.0, 11.5)])
