@@ -193,8 +193,9 @@ MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
 
 def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict:
     """One epoch under torch.profiler: the GPU's busy time per step (the sum of its kernels' times), the `top`
-    kernels by time, each with its ms per step and share of the busy time, and the matrix products by shape
-    (`matmul_shapes`), which name the product behind a slow kernel."""
+    kernels by time, each with its ms per step and share of the busy time, the matrix products by shape
+    (`matmul_shapes`), which name the product behind a slow kernel, and the host's busy time and its largest
+    operations (`host_operations`), which name what bounds a step the GPU waits for."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
@@ -211,7 +212,26 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
             "top_kernels": [{"kernel": e.key[:100], "calls_per_step": e.count / steps,
                              "ms_per_step": e.self_device_time_total / 1e3 / steps,
                              "share": e.self_device_time_total / 1e3 / busy} for e in ranked],
-            "matmuls": matmul_shapes(prof, steps)}
+            "matmuls": matmul_shapes(prof, steps), "host": host_operations(prof.events(), steps)}
+
+
+def host_operations(events: list, steps: int, top: int = 12) -> dict:
+    """The host's side of a profiled epoch: its top-level operations (those no other profiled operation called: a
+    compiled graph's call, one of autograd's backward nodes, the optimiser's step, an eager op), grouped by name,
+    the most time first, each with its calls and ms per step (the operations it called included); and their sum,
+    the host's busy time per step. When the host bounds a step (the step's wall above the GPU's busy time), this
+    says what the host spends that time on. Times include the profiler's own cost of recording each operation."""
+    totals: dict[str, list[float]] = {}
+    for event in events:
+        if event.device_type != torch.autograd.DeviceType.CPU or event.cpu_parent is not None:
+            continue
+        total = totals.setdefault(event.name, [0.0, 0])
+        total[0] += event.cpu_time_total / 1e3
+        total[1] += 1
+    ranked = sorted(totals.items(), key=lambda item: -item[1][0])
+    return {"host_busy_ms_per_step": sum(ms for ms, _ in totals.values()) / steps,
+            "top_operations": [{"operation": name[:100], "calls_per_step": calls / steps, "ms_per_step": ms / steps}
+                               for name, (ms, calls) in ranked[:top]]}
 
 
 def device_kernels(averages: list) -> list:
@@ -298,8 +318,8 @@ def main() -> int:
     parser.add_argument("--unpadded-filter", nargs="+", default=["auto"], choices=UNPADDED_MODES,
                         help="how it treats a batch with nothing padded (FrequencyFilter.unpadded)")
     parser.add_argument("--profile", action="store_true",
-                        help="CUDA: profile one more epoch per row: GPU busy time per step, the top kernels and the "
-                             "matrix products by input shape")
+                        help="CUDA: profile one more epoch per row: GPU busy time per step, the top kernels, the "
+                             "matrix products by input shape, and the host's busy time and its largest operations")
     parser.add_argument("--quick", action="store_true", help="tiny model (smoke test); batch 4 x 32 frames unless given")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -429,6 +449,14 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
         lines += markdown_table(["kernel", "calls / step", "ms / step", "share of busy"],
                                 [[f"`{k['kernel']}`", f"{k['calls_per_step']:g}", f"{k['ms_per_step']:.2f}",
                                   f"{100 * k['share']:.1f}%"] for k in prof["top_kernels"]])
+        if prof.get("host"):
+            host = prof["host"]
+            lines += ["", f"Host operations of {what} (top-level: each with the operations it called): the host is "
+                      f"busy {host['host_busy_ms_per_step']:.1f} ms of each {prof['wall_ms_per_step']:.1f} ms step "
+                      "(profiled epoch, the profiler's cost included).", ""]
+            lines += markdown_table(["operation", "calls / step", "ms / step"],
+                                    [[f"`{o['operation']}`", f"{o['calls_per_step']:g}", f"{o['ms_per_step']:.2f}"]
+                                     for o in host["top_operations"]])
         if prof.get("matmuls"):
             lines += ["", f"Matrix products of {what} by input shapes (none inside a CUDA graph):", ""]
             lines += markdown_table(["op", "input shapes", "calls / step", "GPU ms / step", "host ms / step"],

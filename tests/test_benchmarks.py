@@ -178,6 +178,31 @@ def test_profiled_matrix_products_are_named_by_their_shapes(monkeypatch):
     assert all(m["cpu_ms_per_step"] > 0 and m["device_ms_per_step"] == 0 for m in rows.values())
 
 
+def test_the_hosts_side_of_a_profile_counts_each_top_level_operation_once(monkeypatch):
+    """train_throughput.py's host table: the operations no other one called, each with what it called (an
+    optimiser's step, not the kernels' ops inside it twice), per step; their sum is the host's busy time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from train_throughput import host_operations
+
+    a = torch.randn(64, 64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):  # two steps
+            with record_function("Optimizer.step#AdamW.step"):
+                torch.mm(a, a)
+                torch.mm(a, a)
+            torch.add(a, a)
+    host = host_operations(prof.events(), steps=2)
+    rows = {o["operation"]: o for o in host["top_operations"]}
+    assert set(rows) == {"Optimizer.step#AdamW.step", "aten::add"}, rows  # the mm ran inside the step
+    assert rows["Optimizer.step#AdamW.step"]["calls_per_step"] == 1 and rows["aten::add"]["calls_per_step"] == 1
+    mms = sum(e.cpu_time_total for e in prof.events() if e.name == "aten::mm") / 1e3 / 2
+    assert rows["Optimizer.step#AdamW.step"]["ms_per_step"] >= mms > 0
+    assert host["host_busy_ms_per_step"] == pytest.approx(sum(o["ms_per_step"] for o in rows.values()))
+
+
 def test_the_gpus_busy_time_counts_kernels_not_the_annotations_around_them(monkeypatch):
     """train_throughput.py's busy time sums kernels only: a compiled graph's annotation on the GPU's timeline spans
     the kernels it launched, so counting it too reported a GPU busier than the step was long (16.4 of 13.9 ms)."""
