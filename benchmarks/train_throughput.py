@@ -195,7 +195,7 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
     """One epoch under torch.profiler: the GPU's busy time per step (the sum of its kernels' times), the `top`
     kernels by time, each with its ms per step and share of the busy time, the matrix products by shape
     (`matmul_shapes`), which name the product behind a slow kernel, and the host's busy time and its largest
-    operations (`host_operations`), which name what bounds a step the GPU waits for."""
+    operations (`host_operations`), which name what the host does while the GPU waits."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
@@ -218,9 +218,10 @@ def kernel_profile(epoch: Callable[[], None], steps: int, top: int = 15) -> dict
 def host_operations(events: list, steps: int, top: int = 12) -> dict:
     """The host's side of a profiled epoch: its top-level operations (those no other profiled operation called: a
     compiled graph's call, one of autograd's backward nodes, the optimiser's step, an eager op), grouped by name,
-    the most time first, each with its calls and ms per step (the operations it called included); and their sum,
-    the host's busy time per step. When the host bounds a step (the step's wall above the GPU's busy time), this
-    says what the host spends that time on. Times include the profiler's own cost of recording each operation."""
+    the most time first, each with its calls and ms per step (the operations it called included); and their sum per
+    step, the host's time inside operations (Python between them not counted). When the host bounds a step (the
+    step's wall above the GPU's busy time), this says what the host spends that time on. Times include the
+    profiler's own cost of recording each operation."""
     totals: dict[str, list[float]] = {}
     for event in events:
         if event.device_type != torch.autograd.DeviceType.CPU or event.cpu_parent is not None:
@@ -451,9 +452,9 @@ def markdown(payload: dict, batch: int, frames: int, cuda: bool) -> list[str]:
                                   f"{100 * k['share']:.1f}%"] for k in prof["top_kernels"]])
         if prof.get("host"):
             host = prof["host"]
-            lines += ["", f"Host operations of {what} (top-level: each with the operations it called): the host is "
-                      f"busy {host['host_busy_ms_per_step']:.1f} ms of each {prof['wall_ms_per_step']:.1f} ms step "
-                      "(profiled epoch, the profiler's cost included).", ""]
+            lines += ["", f"Host operations of {what} (top-level: each with the operations it called): the host "
+                      f"spends {host['host_busy_ms_per_step']:.1f} ms of each {prof['wall_ms_per_step']:.1f} ms step in "
+                      "them (profiled epoch, the profiler's cost included, Python between operations not).", ""]
             lines += markdown_table(["operation", "calls / step", "ms / step"],
                                     [[f"`{o['operation']}`", f"{o['calls_per_step']:g}", f"{o['ms_per_step']:.2f}"]
                                      for o in host["top_operations"]])
