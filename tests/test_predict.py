@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from tfmamba.training.outputs import FORMAT_VERSION
 LABELS = ["neu", "hap", "ang", "sad"]
 TINY = dict(d_model=16, d_state=8, headdim=8, num_heads=2, ffn_dim=16, classifier_dims=[16], chunk_size=16,
             ssd_backend="torch", dropout=0.0)
-DEMO_ROOT = Path(__file__).resolve().parents[1] / "data" / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_ROOT = ROOT / "data" / "demo"
 
 
 def write_model_folder(folder: Path, seed: int = 0) -> Path:
@@ -164,7 +166,7 @@ def test_cli_folder_writes_a_csv_without_overwriting(model_dir, tmp_path, capsys
     assert main(["predict", "clips", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "predictions written to predictions.csv" in out
-    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").read_text(encoding="utf-8").splitlines()))
     assert [Path(r["path"]).name for r in rows] == ["bad.ogg", "c0.wav", "c1.wav", "c2.wav", "c3.mp4"]
     assert rows[0]["label"] == "" and rows[0]["error"]
     for row in rows[1:]:
@@ -225,6 +227,15 @@ def test_mlflow_uris_need_mlflow_only_when_used(model_dir, monkeypatch):
     assert Predictor.load(model_dir, device="cpu").labels == LABELS
     with pytest.raises(ConfigError, match="MLflow URIs need the mlflow package"):
         Predictor.load("runs:/0123/model")
+
+
+def test_the_pyfunc_model_class_is_defined_without_a_warning():
+    """MLflow warns of a `predict` without type hints when the class is defined, under a warning filter of its own
+    that the module's filters cannot override; every sweep printed it before the class opted out."""
+    done = subprocess.run([sys.executable, "-W", "default", "-c", "import orchestration.model_export"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "type hints" not in done.stderr, done.stderr
 
 
 @pytest.mark.slow
