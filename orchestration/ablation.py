@@ -23,14 +23,14 @@ import sys
 import time
 from dataclasses import replace
 
-from orchestration import launch, mlflow_runs, options
+from orchestration import console, launch, mlflow_runs, options
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
 from orchestration.resources import REUSE_TRIAL_ACTORS, Layout, plan
 from orchestration.results import close_runs, collect_trials
-from orchestration.rows import label_rows, parse_seeds, row_caches, row_parameters
+from orchestration.rows import label_rows, parse_seeds, row_caches, row_label, row_parameters
 from orchestration.search_space import SearchSpaceError
 from orchestration.trial import ROW_KEY, SweepContext, objective
 from tfmamba.corpora.manifest import read_manifest
@@ -69,6 +69,7 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
     where = options.add_output_options(parser, run="grid", name_default="<table>-<corpus>-<date>-<time>",
                                        experiment=DEFAULT_EXPERIMENT)
     where.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the table and plot (default: ./{DEFAULT_OUT})")
+    options.add_verbose_option(parser, unit="row")
     args = parser.parse_args(argv)
     if not args.demo and args.manifest is None:
         parser.error("give --manifest and --cache, or --demo")
@@ -79,25 +80,33 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
     return args
 
 
-def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, layout: Layout, resume: bool):
-    """Fit the Tune grid (one trial per row, no searcher, no early stopping), or restore it with `resume`."""
+def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, layout: Layout, resume: bool,
+             verbose: bool):
+    """Fit the Tune grid (one trial per row, no searcher, no early stopping), or restore it with `resume`; one
+    progress line per row start, fold run and end unless `verbose` (Tune's status tables)."""
     from ray import tune
+
+    from orchestration.progress import ProgressPrinter
 
     trainable = launch.trainable(ctx, layout.trial_resources)
     if resume:
         return launch.restore_tuner(where.tune_path, trainable, "grid").fit()
+    progress = ProgressPrinter(ctx.metric, ctx.mode, len(ctx.folds), len(grid.rows), label=row_label,
+                               seeds=len(ctx.seeds))
     tuner = tune.Tuner(trainable, param_space=grid.param_space(),
                        tune_config=tune.TuneConfig(metric=ctx.metric, mode=ctx.mode, num_samples=1,
                                                    max_concurrent_trials=layout.max_concurrent,
                                                    reuse_actors=REUSE_TRIAL_ACTORS),
-                       run_config=tune.RunConfig(name=where.name, storage_path=where.storage, verbose=1,
-                                                 callbacks=launch.result_loggers()))
+                       run_config=tune.RunConfig(name=where.name, storage_path=where.storage,
+                                                 verbose=1 if verbose else 0,
+                                                 callbacks=[progress, *launch.result_loggers()]))
     return tuner.fit()
 
 
 def main(argv: list[str] | None = None) -> int:
     launch.configure_console()
     args = parse_args(argv)
+    console.quiet_ray(args.verbose)
     started = time.monotonic()
     seeds = parse_seeds(args.seeds)
     try:
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid")
     metric, mode = objective(data.corpus, grid.space)
     launch.start_ray(args.address, where.tracking_uri)
+    if not args.verbose:
+        console.announce_worker_logs()
     launch.check_fold_nodes(args, where, {f"row {row}'s feature cache": cache for row, (cache, _) in caches.items()})
     units = len(data.folds) * max(1, len(seeds))
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, len(grid.rows), units,
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{layout.max_concurrent} row(s) at once, {layout.parallel_folds} fold(s) per row at once\n"
           f"  MLflow: {where.tracking_uri} (experiment {args.experiment!r}, parent run {parent_run_id})\n"
           f"  resume after an interruption: the same command plus --resume --name {where.name}\n", flush=True)
-    results = run_grid(grid, ctx, where, layout, args.resume)
+    results = run_grid(grid, ctx, where, layout, args.resume, args.verbose)
     close_dispatcher(0)
     trials = collect_trials(results, ctx)
     close_runs(trials, ctx)

@@ -7,6 +7,7 @@ before Ray starts; `progress.ProgressPrinter` (which imports Ray) is the Tune ca
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -38,10 +39,12 @@ def trial_number(trial_dir_name: str) -> int | None:
 
 def quiet_ray(verbose: bool) -> None:
     """Before Ray starts: worker output stays in the session's log files, and Tune prints no status tables
-    (the legacy reporter at verbose 0 is silent; the new one still prints its start-up box), unless `verbose`."""
+    (the legacy reporter at verbose 0 is silent; the new one still prints its start-up box) nor the line saying
+    it saved its state (the summary says where), unless `verbose`."""
     if not verbose:
         os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
 
 
 def duration(seconds: float) -> str:
@@ -57,3 +60,9 @@ def worker_logs_dir() -> str:
         return ray_worker._global_node.get_logs_dir_path()
     except Exception:  # a Ray without that private attribute: its documented default
         return "/tmp/ray/session_latest/logs"
+
+
+def announce_worker_logs() -> None:
+    """Once Ray is up, without --verbose: where the fold training output goes instead of this console."""
+    print(f"Ray worker logs (fold training output): {worker_logs_dir()}/worker-*.out (--verbose shows them here)",
+          flush=True)

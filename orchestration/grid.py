@@ -99,8 +99,8 @@ class RowSetting:
         self.key = key
         self.by_row = by_row
 
-    def __call__(self, spec: Any) -> Any:
-        return self.by_row[spec["config"][ROW_KEY]]
+    def __call__(self, config: dict[str, Any]) -> Any:
+        return self.by_row[config[ROW_KEY]]
 
 
 def load_grid(name_or_path: str | Path, demo: bool, overrides: dict[str, Any] | None = None) -> Grid:

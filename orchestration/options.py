@@ -76,6 +76,12 @@ def add_output_options(parser: argparse.ArgumentParser, run: str, name_default: 
     return where
 
 
+def add_verbose_option(parser: argparse.ArgumentParser, unit: str) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show Ray's worker logs and Tune's status tables here (default: one line per {unit} "
+                             "event; the worker logs stay in Ray's session folder, printed at the start)")
+
+
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Value checks of the shared options: counts at least 1, retry counts -1 (no limit) or more."""
     for name in ("workers_per_fold", "max_concurrent", "parallel_folds", "max_fold_slots"):

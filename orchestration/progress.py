@@ -5,59 +5,67 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Any, Callable
 
 from ray.tune import Callback
 
 from orchestration.console import duration, trial_label, trial_number
 
+Label = Callable[[int, dict[str, Any]], str]  # (Tune's trial number, its config) -> `t03 λ=0.27 ...`
+
 
 class ProgressPrinter(Callback):
     """Prints `t03 fold 2/3  ua mean 0.401 ± 0.020 | best 0.420 (t01) | 5/12 folds, ≤3m00s left` per finished
-    fold, and a line when a trial starts, ends, is pruned or fails."""
+    fold, and a line when a trial starts, ends, is pruned or fails. `label` names a trial (its first word is the
+    tag the other lines use; an ablation's is the row); with `seeds` (> 0) each fold runs once per seed and the
+    lines count fold runs."""
 
-    def __init__(self, metric: str, mode: str, n_folds: int, n_trials: int) -> None:
-        self.metric, self.mode, self.n_folds, self.n_trials = metric, mode, n_folds, n_trials
+    def __init__(self, metric: str, mode: str, n_folds: int, n_trials: int, label: Label = trial_label,
+                 seeds: int = 0) -> None:
+        self.metric, self.mode, self.n_trials, self.make_label = metric, mode, n_trials, label
+        self.per_trial = n_folds * max(seeds, 1)  # what a trial finishes: its folds, or its fold runs
+        self.done_key, self.unit = ("runs_done", "fold run") if seeds else ("folds_done", "fold")
         self.started = time.monotonic()
         self.labels: dict[str, str] = {}
-        self.folds_done: dict[str, int] = {}
+        self.done: dict[str, int] = {}
         self.best: tuple[float, str] | None = None
         self.short = metric.removeprefix("valid_").removesuffix("_mean")
 
     def label(self, trial) -> str:
         if trial.trial_id not in self.labels:
             number = trial_number(os.path.basename(str(getattr(trial, "path", "") or "")))
-            self.labels[trial.trial_id] = trial_label(number or len(self.labels) + 1, dict(trial.config or {}))
+            self.labels[trial.trial_id] = self.make_label(number or len(self.labels) + 1, dict(trial.config or {}))
         return self.labels[trial.trial_id]
 
     def _tag(self, trial) -> str:
         return self.label(trial).split(" ")[0]
 
     def _eta(self) -> str:
-        done, total = sum(self.folds_done.values()), self.n_folds * self.n_trials
+        done, total = sum(self.done.values()), self.per_trial * self.n_trials
         if not done:
-            return f"{done}/{total} folds"
+            return f"{done}/{total} {self.unit}s"
         left = (time.monotonic() - self.started) / done * (total - done)
-        return f"{done}/{total} folds, ≤{duration(left)} left"
+        return f"{done}/{total} {self.unit}s, ≤{duration(left)} left"
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"{self.label(trial)}  started", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        done = int(result.get("folds_done", 0))
-        self.folds_done[trial.trial_id] = done
+        done = int(result.get(self.done_key, 0))
+        self.done[trial.trial_id] = done
         mean, std = result.get(self.metric), result.get(self.metric.replace("_mean", "_std"))
         if mean is None or math.isnan(float(mean)):
             return
-        if done >= self.n_folds and (self.best is None or (mean > self.best[0] if self.mode == "max"
-                                                           else mean < self.best[0])):
+        if done >= self.per_trial and (self.best is None or (mean > self.best[0] if self.mode == "max"
+                                                             else mean < self.best[0])):
             self.best = (float(mean), self._tag(trial))
         best = f"best {self.best[0]:.3f} ({self.best[1]})" if self.best else "best: none finished yet"
-        print(f"{self._tag(trial)} fold {done}/{self.n_folds}  {self.short} mean {mean:.3f} ± {std or 0.0:.3f}"
-              f" | {best} | {self._eta()}", flush=True)
+        print(f"{self._tag(trial)} {self.unit} {done}/{self.per_trial}  {self.short} mean {mean:.3f} ± "
+              f"{std or 0.0:.3f} | {best} | {self._eta()}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        done = self.folds_done.get(trial.trial_id, 0)
-        word = "done" if done >= self.n_folds else f"pruned after {done}/{self.n_folds} folds"
+        done = self.done.get(trial.trial_id, 0)
+        word = "done" if done >= self.per_trial else f"pruned after {done}/{self.per_trial} {self.unit}s"
         print(f"{self._tag(trial)} {word}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from orchestration import mlflow_runs
+from orchestration.console import trial_label
 from orchestration.sweep_data import SweepData, cache_exists, check_cache, ensure_demo_caches
 from orchestration.grid import Grid
 from orchestration.search_space import SearchSpaceError
@@ -32,6 +34,12 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds {text!r}: give at least one seed, each once")
     return seeds
+
+
+def row_label(number: int, config: dict[str, Any]) -> str:
+    """`tf_cmdt  λ=0.10`: a row in the progress lines, by its name and the settings that do not repeat it."""
+    row = str(config.get(ROW_KEY, f"row{number}"))
+    return f"{row}  {trial_label(None, {k: v for k, v in config.items() if k != ROW_KEY and v != row})}".rstrip()
 
 
 def parse_row_caches(items: list[str]) -> dict[str, str]:

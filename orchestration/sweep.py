@@ -70,9 +70,7 @@ NAME starts TPE from the finished trials of the earlier sweep NAME (same or over
     search.add_argument("--warm-start", metavar="SWEEP", default=None,
                         help="seed TPE with the finished trials of the earlier sweep SWEEP (its --name), "
                              "read from the same Optuna storage; trials outside this space are skipped")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Ray's worker logs and Tune's status tables here (default: one line per trial "
-                             "event; the worker logs stay in Ray's session folder, printed at the start)")
+    options.add_verbose_option(parser, unit="trial")
     search.add_argument("--study-storage", metavar="URL", default=None,
                         help="Optuna storage URL for the studies (default: optuna.db beside an SQLite "
                              "mlflow.db, else beside the Tune state)")
@@ -200,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
     if not args.verbose:
-        print(f"Ray worker logs (fold training output): {console.worker_logs_dir()}/worker-*.out "
-              "(--verbose shows them here)", flush=True)
+        console.announce_worker_logs()
     launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
                   len(data.folds), args.max_concurrent, args.parallel_folds,

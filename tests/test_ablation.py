@@ -4,6 +4,7 @@ demo rows on their own caches over two seeds, one row failing on a broken cache 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ ROWS = ("Baseline", "+ Self-Attention Encoder", "+ Temporal-Domain Mamba", "+ Fr
         "+ CMDT Loss (Full model)", "Dual Temporal-Domain Mamba")
 
 
-def test_table3_grid_rows_and_settings() -> None:
+def test_table3_grid_rows_and_settings(caplog: pytest.LogCaptureFixture) -> None:
+    from ray.tune.search.variant_generator import generate_variants
+
     from orchestration.grid import load_grid
     from tfmamba.model import VARIANTS
 
@@ -34,8 +37,15 @@ def test_table3_grid_rows_and_settings() -> None:
     assert grid.space.trial_config(grid.rows["tf"]).model.variant == "tf"
     space = grid.param_space()
     assert space["row"] == {"grid_search": list(VARIANTS)}
-    assert space["cmdt_weight"].func({"config": {"row": "tf_cmdt"}}) == 0.1
-    assert space["variant"].func({"config": {"row": "dual_temporal"}}) == "dual_temporal"
+    sample_log = logging.getLogger("ray.tune.search.sample")  # where Tune warns of deprecated sample_from calls
+    sample_log.addHandler(caplog.handler)
+    try:
+        variants = [config for _, config in generate_variants(space)]  # as Tune resolves the grid
+    finally:
+        sample_log.removeHandler(caplog.handler)
+    assert [(c["row"], c["cmdt_weight"], c["variant"]) for c in variants] == [
+        (name, weights[name], name) for name in VARIANTS]
+    assert not caplog.records, caplog.text
     assert load_grid("table3", demo=False).space.base == "paper"
 
 
@@ -174,6 +184,10 @@ def test_table3_demo_grid_and_report(demo, tmp_path: Path) -> None:
                       "--mlflow-uri", uri, "--experiment", "t3-test", *sets], tmp_path)
     report = tmp_path / "reports" / "table3-demo.md"
     assert f"md: {report}" in output and "MLflow parent run:" in output
+    # the console: a line per row start, fold and end, as the sweep's (was ~550 lines of Tune tables and worker logs)
+    assert "tf_cmdt  λ=0.10  started" in output and "baseline fold 1/1  ua mean" in output, output
+    assert "Trial status:" not in output and "(RayTrainWorker" not in output and "spec dict" not in output
+    assert len(output.splitlines()) < 60, output
     assert (tmp_path / "reports" / "table3-demo.png").stat().st_size > 10_000
     markdown = report.read_text(encoding="utf-8")
     header, *rows = table_rows(markdown)
@@ -226,6 +240,7 @@ def test_table2_demo_rows_own_caches_seeds_and_resume(demo, tmp_path: Path) -> N
     first = subprocess.run([*command, "--row-cache", f"tiny-wavlm={broken}"], cwd=tmp_path, env=dict(os.environ),
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, (first.stdout + first.stderr)[-6000:]
+    assert "fbank fold run 2/2" in first.stdout and "tiny-wavlm FAILED" in first.stdout, first.stdout
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("t2-test")
 
