@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import replace
 
-from orchestration import console, launch, mlflow_runs, options
+from orchestration import console, launch, mlflow_runs, mlflow_ui, options
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"row {trial.config.get(ROW_KEY, trial.trial_id)}: {trial.status} {trial.error or ''}")
     print(f"{grid.table} finished in {wall:.0f} s\n" + "\n".join(f"{ext}: {path}" for ext, path in paths.items())
           + f"\nMLflow parent run: {parent_run_id} (experiment {args.experiment!r}, {where.tracking_uri})\n"
+          f"Compare the rows: {mlflow_ui.ui_command(where.tracking_uri, experiment_id)}\n"
           f"Rebuild the report: python orchestration/report.py --experiment {args.experiment} --table {grid.table} "
           f"--run-id {parent_run_id}",
           flush=True)

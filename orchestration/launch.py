@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestration import mlflow_runs
+from orchestration import mlflow_runs, mlflow_ui
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
@@ -149,19 +148,6 @@ def check_fold_nodes(args: argparse.Namespace, where: ResultsLocation, caches: d
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
 
 
-def git_commit() -> str:
-    """The project's commit (with -dirty for uncommitted changes), or "unknown" outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any], params: dict[str, Any],
                     files: dict[str, str], texts: dict[str, str], resume: bool) -> tuple[str, str]:
     """The experiment id and the sweep's (or grid's) parent run, created or found again by its tags. A new
@@ -172,7 +158,8 @@ def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any],
     experiment_id = mlflow_runs.ensure_experiment(uri, where.experiment,
                                                   mlflow_runs.default_artifact_location(uri, where.experiment))
     run_id = mlflow_runs.get_or_create_run(uri, experiment_id, mlflow_runs.sweep_tags(where.name), run_name)
-    mlflow_runs.set_tags(uri, run_id, {"git_commit": git_commit(), "storage_path": where.tune_path, **tags})
+    mlflow_runs.set_tags(uri, run_id, {"storage_path": where.tune_path, **tags})
+    mlflow_ui.dress_parent_run(uri, experiment_id, run_id)
     if not mlflow_runs.get_run(uri, run_id).data.params:
         mlflow_runs.log_params(uri, run_id, params)
         for path, folder in files.items():

@@ -1,7 +1,7 @@
-"""What makes a sweep read well in the MLflow UI (3.x): the experiment opens on the model-training view, the
-sweep run carries MLflow's standard source/git tags, best-so-far metrics stepped per finished trial (a Tune
-callback, while the sweep runs) and, at the end, Optuna's optimisation-history, parameter-importance and
-parallel-coordinate plots of the sweep's study as artifacts."""
+"""What makes a sweep or an ablation grid read well in the MLflow UI (3.x): the experiment opens on the
+model-training view and the parent run carries MLflow's standard source/git tags; a sweep's run also gets
+best-so-far metrics stepped per finished trial (a Tune callback, while the sweep runs) and, at the end, Optuna's
+optimisation-history, parameter-importance and parallel-coordinate plots of the sweep's study as artifacts."""
 
 from __future__ import annotations
 
@@ -22,27 +22,46 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_tags() -> dict[str, str]:
-    """MLflow's standard source tags (the UI shows them as the run's source and commit)."""
-    def git(*args: str) -> str:
+    """MLflow's standard source tags (the UI shows them as the run's source and commit), and `git_commit`: the
+    commit with `-dirty` for uncommitted changes to tracked files, or "unknown" outside a checkout."""
+    def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
-            return ""
+            return None
 
     tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": Path(sys.argv[0]).name or "sweep.py"}
-    for key, value in (("mlflow.source.git.commit", git("rev-parse", "HEAD")),
+    commit = git("rev-parse", "HEAD")
+    for key, value in (("mlflow.source.git.commit", commit),
                        ("mlflow.source.git.branch", git("rev-parse", "--abbrev-ref", "HEAD")),
                        ("mlflow.source.git.repoURL", git("config", "--get", "remote.origin.url"))):
         if value:
             tags[key] = value
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    tags["git_commit"] = (commit + ("-dirty" if dirty else "")) if commit else "unknown"
     return tags
 
 
-def dress_sweep(uri: str, experiment_id: str, run_id: str) -> None:
-    """The experiment's kind and the sweep run's source tags."""
+def dress_parent_run(uri: str, experiment_id: str, run_id: str) -> None:
+    """The experiment's kind (else MLflow 3's UI opens it on the GenAI traces overview, empty) and the sweep's or
+    grid's parent run's source tags."""
     mlflow_runs.retried(lambda: mlflow_runs.client(uri).set_experiment_tag(
         experiment_id, *next(iter(EXPERIMENT_KIND.items()))))()
     mlflow_runs.set_tags(uri, run_id, git_tags())
+
+
+def experiment_page(base: str, experiment_id: str) -> str:
+    """The experiment's runs in the UI at `base`: MLflow 3's UI opens an experiment on the GenAI traces overview
+    (empty here) unless the link asks for the model-training view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def ui_command(uri: str, experiment_id: str) -> str:
+    """How to look at the experiment: its page on a tracking server, else the `mlflow ui` command for the store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {experiment_page(uri, experiment_id)} (on a cluster: ray attach cluster.yaml -p 5000 first)"
+    return (f"mlflow ui --backend-store-uri {uri} --port 5000   # then open "
+            f"{experiment_page('http://127.0.0.1:5000', experiment_id)}")
 
 
 def log_study_plots(uri: str, run_id: str, storage_url: str, study_name: str, metric_names: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestration import mlflow_runs
+from orchestration import mlflow_runs, mlflow_ui
 from orchestration.console import trial_label, trial_number
 from orchestration.trial import TIME_ATTR, SweepContext, fold_metric
 
@@ -222,12 +222,6 @@ def _register(model_uri: str, name: str, best: TrialSummary, ctx: SweepContext, 
     return register(ctx.tracking_uri, model_uri, name, tags, ctx.metric, ctx.mode, float(best.metrics[ctx.metric]))
 
 
-def ui_command(uri: str) -> str:
-    if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
-    return f"open {uri} in a browser (on a cluster: ray attach cluster.yaml -p 5000 first)"
-
-
 def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
     mean, std = metrics.get(f"{split}_{key}_mean"), metrics.get(f"{split}_{key}_std")
     return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
@@ -286,5 +280,5 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
     lines += [f"MLflow: experiment {experiment!r}, sweep run {summary.parent_run_id}"
               + (f", best trial run {best.run_id}" if best else ""),
               f"Tune results: {tune_path}   Train runs: {ctx.train_storage}   fold outputs: {ctx.out_root}",
-              f"Compare the trials: {ui_command(ctx.tracking_uri)}", ""]
+              f"Compare the trials: {mlflow_ui.ui_command(ctx.tracking_uri, ctx.experiment_id)}", ""]
     print("\n".join(lines), flush=True)

@@ -217,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
                 **{f"fixed.{k}": v for k, v in space.fixed.items()}},
         files={str(space.path): "search_space"},
         texts={"search_space/base_config.yaml": space.base_config().to_yaml()}, resume=args.resume)
-    mlflow_ui.dress_sweep(where.tracking_uri, experiment_id, parent_run_id)
     ctx = launch.sweep_context(where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
                                manifest, dispatcher, metric=metric, mode=mode)
     print(f"\nSweep {where.name}: {args.num_samples} trials x {len(data.folds)} folds of {data.corpus}, "

@@ -203,6 +203,10 @@ def test_table3_demo_grid_and_report(demo, tmp_path: Path) -> None:
     experiment = client.get_experiment_by_name("t3-test")
     parent = client.search_runs([experiment.experiment_id], "tags.run_kind = 'sweep'")
     assert len(parent) == 1 and parent[0].info.run_name == "table3" and parent[0].info.status == "FINISHED"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI overview
+    assert (f"Compare the rows: mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000/"
+            f"#/experiments/{experiment.experiment_id}?workflowType=machine_learning") in output
+    assert parent[0].data.tags["mlflow.source.git.commit"] in parent[0].data.tags["git_commit"]
     parent_id = parent[0].info.run_id
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     assert sorted(run.info.run_name for run in children) == sorted(

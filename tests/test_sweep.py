@@ -250,6 +250,7 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
     sweep_run = tree["sweep"][0]
     assert client.get_experiment(sweep_run.info.experiment_id).tags["mlflow.experimentKind"] == \
         "custom_model_development"
+    assert f"#/experiments/{sweep_run.info.experiment_id}?workflowType=machine_learning" in output  # the runs view
     assert sweep_run.data.tags["mlflow.source.git.commit"]
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= {
         a.path for a in client.list_artifacts(sweep_run.info.run_id, "optuna")}
