@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import replace
 
-from orchestration import console, launch, mlflow_runs, mlflow_ui, options
+from orchestration import launch, mlflow_runs, mlflow_ui, options
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
@@ -106,7 +106,6 @@ def run_grid(grid: Grid, ctx: SweepContext, where: launch.ResultsLocation, layou
 def main(argv: list[str] | None = None) -> int:
     launch.configure_console()
     args = parse_args(argv)
-    console.quiet_ray(args.verbose)
     started = time.monotonic()
     seeds = parse_seeds(args.seeds)
     try:
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     params = row_parameters(grid, data, caches)
     where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid")
     metric, mode = objective(data.corpus, grid.space)
-    launch.start_ray(args.address, where.tracking_uri)
-    if not args.verbose:
-        console.announce_worker_logs()
+    launch.start_ray(args.address, where.tracking_uri, args.verbose)
     launch.check_fold_nodes(args, where, {f"row {row}'s feature cache": cache for row, (cache, _) in caches.items()})
     units = len(data.folds) * max(1, len(seeds))
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, len(grid.rows), units,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestration import mlflow_runs, mlflow_ui
+from orchestration import console, mlflow_runs, mlflow_ui
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
@@ -102,10 +102,12 @@ PRIVATE_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 _WARM_UP: list[threading.Thread] = []  # `warm_up` threads started beside Ray's start, joined by `join_warm_up`
 
 
-def start_ray(address: str | None, tracking_uri: str) -> None:
+def start_ray(address: str | None, tracking_uri: str, verbose: bool = True) -> None:
     """Join the cluster at `address`, or start a private local Ray (with the trial-driver resource); the
     Ray workers get the MLflow URI, bounded MLflow HTTP settings and Train's poll interval. Exits with one line
-    if joining fails. The driver's MLflow and Tune set-up is warmed up meanwhile (`warm_up`)."""
+    if joining fails. The driver's MLflow and Tune set-up is warmed up meanwhile (`warm_up`). Unless `verbose`,
+    the workers' output stays in Ray's log files (`console.quiet_ray`), whose place is printed."""
+    console.quiet_ray(verbose)  # before Ray's import: it reads RAY_LOG_TO_DRIVER then
     import ray
 
     env = {mlflow_runs.ENV_URI: tracking_uri, "PYTHONUNBUFFERED": "1", **mlflow_runs.http_env(),
@@ -124,6 +126,8 @@ def start_ray(address: str | None, tracking_uri: str) -> None:
         except RayJoinError as err:
             raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
     logger.info("Ray cluster resources: %s", ray.cluster_resources())
+    if not verbose:
+        console.announce_worker_logs()
 
 
 def join_warm_up() -> None:

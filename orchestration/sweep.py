@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 
-from orchestration import console, launch, mlflow_ui, options, pareto, registry, study
+from orchestration import launch, mlflow_ui, options, pareto, registry, study
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
@@ -181,7 +181,6 @@ def build_tuner(args: argparse.Namespace, where: launch.ResultsLocation, space: 
 def main(argv: list[str] | None = None) -> int:
     launch.configure_console()
     args = parse_args(argv)
-    console.quiet_ray(args.verbose)
     try:
         space = load_search_space(args.space, options.parse_overrides(args.overrides))
     except SearchSpaceError as err:
@@ -194,11 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     objectives = args.objectives or [(metric, mode)]
     metric, mode = next((n, m) for n, m in objectives if n not in pareto.COSTS)  # picks the best model
     study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
-    launch.start_ray(args.address, where.tracking_uri)  # its warm-up imports Tune and Optuna meanwhile
+    launch.start_ray(args.address, where.tracking_uri, args.verbose)  # its warm-up imports Tune and Optuna meanwhile
     if not args.resume:
         prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
-    if not args.verbose:
-        console.announce_worker_logs()
     launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
                   len(data.folds), args.max_concurrent, args.parallel_folds,
