@@ -25,7 +25,7 @@ NODE_TAGS = ("node_id", "node_ip", "hostname")  # set on each fold run by its wo
 class TrialSummary:
     trial_id: str
     run_id: str | None
-    status: str  # complete | stopped early | failed
+    status: str  # one of STATUS_ORDER: complete | stopped early | interrupted | failed
     config: dict[str, Any]
     metrics: dict[str, Any]
     error: str | None = None
@@ -222,21 +222,33 @@ def _register(model_uri: str, name: str, best: TrialSummary, ctx: SweepContext, 
     return register(ctx.tracking_uri, model_uri, name, tags, ctx.metric, ctx.mode, float(best.metrics[ctx.metric]))
 
 
+STATUS_ORDER = ("complete", "stopped early", "interrupted", "failed")
+
+
+def ranked_trials(trials: list[TrialSummary], ctx: SweepContext) -> list[TrialSummary]:
+    """Complete trials first, best first, then the rest by status: a trial stopped early averages fewer folds, and
+    its mean, over the folds it ran, must not read as a better trial than the best one above it."""
+    def key(t: TrialSummary) -> tuple[int, float]:
+        rank = STATUS_ORDER.index(t.status) if t.status in STATUS_ORDER else len(STATUS_ORDER)
+        value = t.metrics.get(ctx.metric)
+        return rank, -_sign(ctx) * float(value) if value is not None else float("inf")
+    return sorted(trials, key=key)
+
+
 def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
     mean, std = metrics.get(f"{split}_{key}_mean"), metrics.get(f"{split}_{key}_std")
     return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tune_path: str) -> None:
-    counts = {s: sum(t.status == s for t in summary.trials)
-              for s in ("complete", "stopped early", "failed", "interrupted")}
+    counts = {s: sum(t.status == s for t in summary.trials) for s in STATUS_ORDER}
     counts = {s: n for s, n in counts.items() if n or s == "complete"}
     verb = "interrupted after" if summary.interrupted else "finished in"
     lines = ["", f"=== Sweep {ctx.sweep_id} {verb} {summary.wall_seconds:.0f} s: {len(summary.trials)} trials "
              f"({', '.join(f'{n} {s}' for s, n in counts.items())}) x {len(ctx.folds)} folds ==="]
     name, key = _metric_name(ctx), _metric_name(ctx).lower()
     lines.append(f"Trials (validation {name}, the sweep's metric, mean ± std over the folds each finished):")
-    for t in sorted(summary.trials, key=lambda t: -_sign(ctx) * float(t.metrics.get(ctx.metric, -_sign(ctx) * 1e9))):
+    for t in ranked_trials(summary.trials, ctx):
         lines.append(f"  {t.label or t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
                      f"{_pm(t.metrics, 'valid', key)}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
     best = summary.best

@@ -91,3 +91,25 @@ def test_fold_slots_at_the_cluster_largest_from_the_launcher_config(tmp_path: Pa
     assert autoscaler_slots(2, 1.0, 1.0, config) == 4
     assert autoscaler_slots(1, 2.0, 0.0, config) == 16
     assert autoscaler_slots(1, 1.0, 1.0, tmp_path / "none.yaml") is None
+
+
+def test_the_summary_lists_complete_trials_best_first_before_the_stopped_and_failed(capsys) -> None:
+    """A trial ASHA stopped after 2 of 3 folds can have the highest mean over its folds; it must not head the list
+    above the best trial (the demo sweep's t04, 0.551 over 2 folds, above t03, 0.533 over 3)."""
+    from orchestration.results import SweepSummary, TrialSummary, print_summary
+    from orchestration.trial import METRIC, SweepContext
+
+    def trial(name: str, status: str, done: int, ua: float | None) -> TrialSummary:
+        metrics = {"folds_done": done} | ({METRIC: ua, "valid_ua_std": 0.01} if ua is not None else {})
+        return TrialSummary(name, None, status, {}, metrics, "boom" if status == "failed" else None, label=name)
+
+    trials = [trial("t04", "stopped early", 2, 0.551), trial("t01", "complete", 3, 0.523),
+              trial("t05", "failed", 0, None), trial("t03", "complete", 3, 0.533), trial("t02", "complete", 3, 0.527)]
+    ctx = SweepContext("s", None, "m", "c", (1, 2, 3), "o", "t", "sqlite:///mlflow.db", "1", "p")
+    print_summary(SweepSummary(trials, trials[3], "models:/m-1", "p", 96.0, 141.0, 2), ctx, "exp", "tune")
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Trials ("))
+    listed = [line.split()[0] for line in lines[start + 1:start + 6]]
+    assert listed == ["t03", "t02", "t01", "t04", "t05"], lines
+    assert "2/3 folds  0.551 ± 0.010  stopped early" in lines[start + 4]
+    assert "(3 complete, 1 stopped early, 1 failed)" in lines[1]
