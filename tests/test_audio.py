@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from media import write_mp4
+from media import write_audio, write_mp4
 
 from tfmamba.audio import audio_info, load_audio
 from tfmamba.errors import DataError
@@ -100,3 +101,30 @@ def test_zero_length_wav(tmp_path):
     with pytest.raises(DataError, match="zero-length"):
         load_audio(path)
 
+
+
+@pytest.mark.parametrize(("codec", "container_format", "name"),
+                         [("pcm_u8", "matroska", "u8.mka"), ("pcm_s64le", "wav", "s64.wav")])
+def test_unsigned_8_bit_and_64_bit_pcm_decode_through_pyav(tmp_path, codec, container_format, name):
+    """Unsigned 8-bit samples (silence at 128) and 64-bit ones (which PyAV cannot hand to numpy) decode to the
+    tone they hold: the first gave inf (then "NaN or Inf"), the second a ValueError that stopped a whole run."""
+    wave = tone(1.0, 16000)
+    path = write_audio(tmp_path / name, wave[None, :], 16000, codec, container_format)
+    decoded = load_audio(path)
+    assert decoded.shape == wave.shape
+    assert np.abs(decoded - wave).max() < (1 / 64 if codec == "pcm_u8" else 1e-6)
+    assert audio_info(path).duration_s == pytest.approx(1.0)
+
+
+def test_a_codec_ffmpeg_has_no_decoder_for_is_a_data_error(tmp_path):
+    """36-bit PCM in a WAV (as scipy's test files hold): soundfile refuses it and PyAV finds its stream with no
+    decoder; both readers name the file instead of failing with an AttributeError."""
+    channels, rate, bits, block = 3, 8000, 36, 15
+    data = bytes(block * 5)
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * block, block, bits)
+    path = tmp_path / "pcm36.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+                     + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    for read in (audio_info, load_audio):
+        with pytest.raises(DataError, match=r"pcm36\.wav: undecodable \(FFmpeg has no decoder"):
+            read(path)

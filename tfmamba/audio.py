@@ -19,6 +19,7 @@ from tfmamba.errors import DataError
 logger = logging.getLogger(__name__)
 
 SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif"})
+NUMPY_SAMPLE_FORMATS = frozenset({"u8", "s16", "s32", "flt", "dbl"})  # PyAV's to_ndarray; planar names end in "p"
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,7 @@ def _av_info(path: Path) -> AudioInfo:
 
     try:
         with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise DataError(f"{path}: no audio stream")
-            stream = container.streams.audio[0]
+            stream = _decodable_audio_stream(container, path)
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             channels = int(stream.codec_context.channels or 0)
             if stream.duration is not None and stream.time_base is not None:
@@ -88,6 +87,16 @@ def _av_info(path: Path) -> AudioInfo:
     if duration <= 0:
         raise DataError(f"{path}: no audio samples (zero-length)")
     return AudioInfo(duration, rate, channels)
+
+
+def _decodable_audio_stream(container, path: Path):
+    """The container's first audio stream, or a `DataError` when it has none FFmpeg can decode."""
+    if not container.streams.audio:
+        raise DataError(f"{path}: no audio stream")
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:  # e.g. 36-bit PCM: FFmpeg finds the stream but has no decoder for it
+        raise DataError(f"{path}: undecodable (FFmpeg has no decoder for its audio codec)")
+    return stream
 
 
 def _decoded_duration(container, stream) -> float:
@@ -152,19 +161,25 @@ def _av_read(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     total = 0
     try:
         with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise DataError(f"{path}: no audio stream")
-            stream = container.streams.audio[0]
+            stream = _decodable_audio_stream(container, path)
             rate = int(stream.codec_context.sample_rate or 0)
             if rate <= 0:
                 raise DataError(f"{path}: audio stream has no sample rate")
             limit = None if max_seconds is None else int(max_seconds * rate)
+            to_float = None  # made on the first frame whose samples numpy cannot hold (s64)
             for frame in container.decode(stream):
-                mono = _frame_to_mono(frame)
-                chunks.append(mono)
-                total += mono.size
+                if frame.format.name.removesuffix("p") not in NUMPY_SAMPLE_FORMATS:
+                    to_float = to_float or av.AudioResampler(format="flt", layout=frame.layout.name,
+                                                             rate=frame.sample_rate)
+                    frames = to_float.resample(frame)
+                else:
+                    frames = [frame]
+                for mono in map(_frame_to_mono, frames):
+                    chunks.append(mono)
+                    total += mono.size
                 if limit is not None and total > limit:
                     raise _too_long(path, total / rate, max_seconds)
+            chunks += map(_frame_to_mono, to_float.resample(None) if to_float else [])
     except av.FFmpegError as err:
         raise DataError(f"{path}: undecodable ({type(err).__name__}: {err.strerror or err})") from err
     if not chunks:
@@ -173,11 +188,14 @@ def _av_read(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
 
 
 def _frame_to_mono(frame) -> np.ndarray:
-    """One decoded PyAV frame as float32 mono (planar or packed, float or integer samples)."""
+    """One decoded PyAV frame as float32 mono in [-1, 1] (planar or packed; float, signed or unsigned samples)."""
     raw = frame.to_ndarray()
     channels = len(frame.layout.channels)
     array = raw.astype(np.float32)
-    if np.issubdtype(raw.dtype, np.integer):
+    if np.issubdtype(raw.dtype, np.unsignedinteger):  # u8: silence is 128
+        half = (int(np.iinfo(raw.dtype).max) + 1) / 2
+        array = (array - half) / half
+    elif np.issubdtype(raw.dtype, np.integer):
         array /= float(-np.iinfo(raw.dtype).min)
     if frame.format.is_planar:
         return array.reshape(channels, -1).mean(axis=0)
