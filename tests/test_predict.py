@@ -165,7 +165,7 @@ def test_cli_folder_writes_a_csv_without_overwriting(model_dir, tmp_path, capsys
     (clips / "bad.ogg").write_bytes(b"OggS" * 10)
     assert main(["predict", "clips", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
-    assert "predictions written to predictions.csv" in out
+    assert out.count("predictions written to predictions.csv") == 1
     rows = list(csv.DictReader((tmp_path / "predictions.csv").read_text(encoding="utf-8").splitlines()))
     assert [Path(r["path"]).name for r in rows] == ["bad.ogg", "c0.wav", "c1.wav", "c2.wav", "c3.mp4"]
     assert rows[0]["label"] == "" and rows[0]["error"]
@@ -176,6 +176,41 @@ def test_cli_folder_writes_a_csv_without_overwriting(model_dir, tmp_path, capsys
     assert (tmp_path / "predictions-1.csv").exists()
     assert main(["predict", str(clips / "c0.wav"), "--model", str(model_dir), "--csv", "out/one.csv"]) == 0
     assert len(list(csv.DictReader((tmp_path / "out" / "one.csv").open()))) == 1
+
+
+
+def test_cli_interrupted_keeps_the_predictions_done_in_the_csv(model_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C over a folder (here on its third clip) still writes the CSV of the clips done, and exits 130."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clips").mkdir()
+    for i in range(4):
+        soundfile.write(tmp_path / "clips" / f"c{i}.wav", speechlike(1.0, seed=i), 16000)
+    predict_file = Predictor.predict_file
+
+    def interrupted_on_c2(self, path):
+        if Path(path).name == "c2.wav":
+            raise KeyboardInterrupt
+        return predict_file(self, path)
+
+    monkeypatch.setattr(Predictor, "predict_file", interrupted_on_c2)
+    try:
+        code = main(["predict", "clips", "--model", str(model_dir), "--no-progress"])
+    except KeyboardInterrupt:
+        pytest.fail("the interruption escaped tfmamba predict, and the CSV with it")
+    assert code == 130
+    out = capsys.readouterr()
+    assert "interrupted after 2 of 4 files" in out.err and "predictions written to predictions.csv" in out.out
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").read_text(encoding="utf-8").splitlines()))
+    assert [Path(r["path"]).name for r in rows] == ["c0.wav", "c1.wav"] and all(r["label"] in LABELS for r in rows)
+
+
+def test_cli_refuses_an_empty_audio_path_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """`tfmamba predict "$CLIP"` with CLIP unset must not predict every audio file under the current folder."""
+    monkeypatch.chdir(tmp_path)
+    soundfile.write(tmp_path / "a.wav", speechlike(1.0), 16000)
+    assert main(["predict", "a.wav", "", "--model", str(tmp_path / "no-model-here")]) == 2
+    err = capsys.readouterr().err
+    assert "audio path 2 of 2 is an empty string" in err and "no-model-here" not in err
 
 
 @pytest.mark.parametrize(

@@ -43,23 +43,28 @@ def run(args: argparse.Namespace) -> int:
 
     from tfmamba.predict import Predictor, find_audio, write_csv
 
+    paths = find_audio(args.audio)
     predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
                                tracking_uri=args.tracking_uri)
-    paths = find_audio(args.audio)
     many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
     csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
     bar = tqdm(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2,
                file=sys.stderr, dynamic_ncols=True)
     results = []
-    for prediction in predictor.iter_predictions(paths):
-        results.append(prediction)
-        bar.write(format_line(prediction), file=sys.stdout)
-        bar.update(1)
-    bar.close()
+    try:
+        for prediction in predictor.iter_predictions(paths):
+            results.append(prediction)
+            bar.write(format_line(prediction), file=sys.stdout)
+            bar.update(1)
+    except KeyboardInterrupt:
+        print(f"tfmamba predict: interrupted after {len(results)} of {len(paths)} files", file=sys.stderr)
+        return 130
+    finally:  # the files done so far reach the CSV, even when interrupted
+        bar.close()
+        if csv_path is not None and results:
+            write_csv(csv_path, results, predictor.labels)
+            print(f"predictions written to {csv_path}")
     done = sum(p.ok for p in results)
-    if csv_path is not None:
-        write_csv(csv_path, results, predictor.labels)
-        print(f"predictions written to {csv_path}")
     failed = len(results) - done
     print(f"{done} of {len(results)} files predicted" + (f", {failed} skipped (errors above)" if failed else ""),
           file=sys.stderr)
