@@ -64,14 +64,17 @@ def test_round_trip_is_one_contiguous_array(tmp_path):
     assert {"created", "tfmamba_version", "frame_rate", "revision", "layer"} <= set(meta)
 
 
-def test_build_from_audio_then_resume_skips_done(tmp_path):
+def test_build_from_audio_then_resume_skips_done(tmp_path, capsys):
+    """A rerun over a complete cache writes nothing, and shows no empty progress bar (`make demo`'s second run)."""
     table = corpus(tmp_path)
     ext = get_extractor("fbank")
-    first = build_cache(table, "h", ext, str(tmp_path / "c"), batch_size=3, shard_size=4, progress=False)
+    first = build_cache(table, "h", ext, str(tmp_path / "c"), batch_size=3, shard_size=4, progress=True)
     assert (first.written, first.skipped, first.already_done, first.cache_utts) == (7, 0, 0, 7)
     assert first.cache_bytes > 0 and first.utts_per_s > 0 and "7 written" in first.summary()
-    again = build_cache(table, "h", ext, str(tmp_path / "c"), progress=False)
+    assert "features: 100%" in capsys.readouterr().err
+    again = build_cache(table, "h", ext, str(tmp_path / "c"), progress=True)
     assert (again.written, again.already_done, again.cache_utts) == (0, 7, 7)
+    assert "features" not in capsys.readouterr().err
     store = FeatureStore.open(str(tmp_path / "c"))
     assert sorted(store.utt_ids) == sorted(table["utt_id"])
     (direct,) = ext([soundfile.read(table["path"][3], dtype="float32")[0]])

@@ -121,4 +121,4 @@ def build_cache(table: pd.DataFrame, manifest_hash: str, extractor: Extractor, o
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="utt", desc="features", disable=not enabled)
+    return tqdm(total=total, unit="utt", desc="features", disable=not enabled or total == 0)
