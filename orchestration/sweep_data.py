@@ -62,8 +62,11 @@ def resolve_data(manifest: str | None, cache: str | None, folds: list[int] | Non
 def _resolve(manifest: str, cache: str | None, folds: list[int] | None) -> SweepData:
     manifest_dir = Path(manifest).resolve()
     manifest_dir = manifest_dir.parent if manifest_dir.suffix == ".parquet" else manifest_dir
-    meta = read_manifest_metadata(manifest_dir)
-    all_folds = load_folds(manifest_dir, meta["manifest_hash"])
+    try:
+        meta = read_manifest_metadata(manifest_dir)
+        all_folds = load_folds(manifest_dir, meta["manifest_hash"])
+    except DataError as err:
+        raise SystemExit(f"--manifest {manifest}: {err}") from None
     try:
         chosen = tuple(fold.index for fold in select_folds(all_folds, folds or sorted(f.index for f in all_folds)))
     except DataError as err:
@@ -73,9 +76,13 @@ def _resolve(manifest: str, cache: str | None, folds: list[int] | None) -> Sweep
 
 
 def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> tuple[str, dict[str, object]]:
-    """The cache's absolute location and identity (extractor, dim, ...); exits if missing or of another manifest."""
+    """The cache's absolute location and identity (extractor, dim, ...); exits if missing, out of reach or of another
+    manifest."""
     cache_uri = absolute(cache)
-    cache_meta = read_metadata(*resolve(cache_uri))
+    try:
+        cache_meta = read_metadata(*resolve(cache_uri))
+    except DataError as err:  # an unknown scheme, a bucket out of reach
+        raise SystemExit(f"{what} {cache}: {err}") from None
     if cache_meta is None:
         raise SystemExit(f"{what} {cache}: no feature cache there (run `tfmamba features ...` first)")
     if cache_meta.get("manifest_hash") not in (None, read_manifest_metadata(manifest_dir)["manifest_hash"]):

@@ -113,3 +113,21 @@ def test_the_summary_lists_complete_trials_best_first_before_the_stopped_and_fai
     assert listed == ["t03", "t02", "t01", "t04", "t05"], lines
     assert "2/3 folds  0.551 ± 0.010  stopped early" in lines[start + 4]
     assert "(3 complete, 1 stopped early, 1 failed)" in lines[1]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (lambda demo, tmp: ["--manifest", str(tmp / "none"), "--cache", str(demo.cache)],
+     r"^--manifest .*/none: .*/none/manifest.parquet: manifest not found \(run `tfmamba prepare"),
+    (lambda demo, tmp: ["--manifest", str(demo.manifest_dir), "--cache", "weird://bucket/cache"],
+     r"^--cache weird://bucket/cache: cannot open feature cache location 'weird://bucket/cache'"),
+])
+def test_a_missing_manifest_or_unreachable_cache_stops_with_one_line(demo, tmp_path: Path, data, message) -> None:
+    """Bad data options end the sweep and the grids with a message naming the option and the path, before Ray
+    starts (the manifest and a cache URI of an unknown scheme gave tracebacks)."""
+    from orchestration import ablation, sweep
+
+    for main in (sweep.main, ablation.main):
+        with pytest.raises(SystemExit, match=message):
+            main([*data(demo, tmp_path), "--storage-path", str(tmp_path / "ray"),
+                  "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert not (tmp_path / "mlflow.db").exists()
