@@ -140,8 +140,10 @@ def test_whisper_encoder_is_cropped_to_real_audio(tmp_path):
 
 
 def test_unknown_model_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(ConfigError, match=r"nowhere: no such model folder \(give a saved model's folder, or a hub"):
         get_extractor(str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="cannot load speech encoder"):
+        get_extractor(str(tmp_path))  # a folder, but no model in it
 
 
 @pytest.mark.gpu

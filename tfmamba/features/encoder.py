@@ -59,6 +59,9 @@ class EncoderExtractor(Extractor):
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
         self.name = canonical_name(name_or_path)
+        if name_or_path.startswith(("/", ".", "~")) and not Path(name_or_path).is_dir():
+            raise ConfigError(f"{name_or_path}: no such model folder (give a saved model's folder, or a hub name "
+                              f"such as microsoft/wavlm-large)")
         try:
             config = AutoConfig.from_pretrained(name_or_path)
             self.processor = AutoFeatureExtractor.from_pretrained(name_or_path)
