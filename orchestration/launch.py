@@ -74,7 +74,8 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
     where = ResultsLocation(storage, name, mlflow_runs.resolve_tracking_uri(args.mlflow_uri), args.experiment)
     locations = {"Tune/Train storage": storage, "fold outputs": where.out_root}
     try:
-        check_outputs(locations | mlflow_locations(where.tracking_uri, args.experiment), args.min_free_gb)
+        check_outputs(locations | mlflow_locations(where.tracking_uri, args.experiment), args.min_free_gb,
+                      where.tracking_uri)
     except PreflightError as err:
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
     return where

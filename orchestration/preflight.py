@@ -4,9 +4,9 @@
 output folder, and for a local MLflow store the SQLite file's folder and the artifact folder):
 a local folder must be a folder (or creatable under one), take a small probe file, and have at
 least the free-space floor left; a remote storage path (s3://, gs://, ...) must take a probe
-object through `pyarrow.fs`, which is then deleted. All problems are reported at once, before
-Ray starts or an MLflow run is created. The probe is a real write because permission bits say
-little when the sweep runs as root.
+object through `pyarrow.fs`, which is then deleted; an MLflow tracking server or database must
+answer. All problems are reported at once, before Ray starts or an MLflow run is created. The
+probe is a real write because permission bits say little when the sweep runs as root.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tfmamba.locations import is_uri
 DEFAULT_MIN_FREE_GB = 1.0
 GIB = 1024**3
 PROBE_PREFIX = ".tfmamba-preflight-"
+TRACKING_PROBE_SECONDS = 10.0
 
 
 class PreflightError(RuntimeError):
@@ -93,8 +94,29 @@ def mlflow_locations(tracking_uri: str, experiment: str) -> dict[str, str]:
     return where
 
 
-def check_outputs(locations: dict[str, str], min_free_gb: float = DEFAULT_MIN_FREE_GB) -> None:
-    """Probe every `{what: location}`; raise PreflightError naming each one that fails."""
+def check_tracking_store(tracking_uri: str) -> str | None:
+    """Why the MLflow tracking store at `tracking_uri` (a server, a database) cannot be read, or None. A down
+    server gets `TRACKING_PROBE_SECONDS` to answer, not the minutes a sweep's calls wait for it once running; a
+    local store is checked as folders (`mlflow_locations`), never created here."""
+    if tracking_uri.startswith("sqlite:") or local_path(tracking_uri) is not None:
+        return None
+    try:
+        probe(tracking_uri, retry_seconds=TRACKING_PROBE_SECONDS)
+    except Exception as err:  # an unknown scheme, no connection, a refused login: all end the sweep here
+        return f"cannot reach it ({str(err).strip().splitlines()[0][:300]})"
+    return None
+
+
+@mlflow_runs.retried
+def probe(tracking_uri: str) -> None:
+    """One read of the tracking store (its first experiment)."""
+    mlflow_runs.client(tracking_uri).search_experiments(max_results=1)
+
+
+def check_outputs(locations: dict[str, str], min_free_gb: float = DEFAULT_MIN_FREE_GB,
+                  tracking_uri: str | None = None) -> None:
+    """Probe every `{what: location}` and the MLflow tracking store; raise PreflightError naming each one that
+    fails."""
     floor = int(min_free_gb * GIB)
     problems = []
     for what, location in locations.items():
@@ -102,6 +124,9 @@ def check_outputs(locations: dict[str, str], min_free_gb: float = DEFAULT_MIN_FR
         problem = check_local(path, floor) if path is not None else check_remote(location)
         if problem:
             problems.append(f"  - {what} {location}: {problem}")
+    problem = check_tracking_store(tracking_uri) if tracking_uri else None
+    if problem:
+        problems.append(f"  - MLflow tracking store {tracking_uri}: {problem}")
     if problems:
         raise PreflightError("cannot write the results, nothing was started:\n" + "\n".join(problems)
                              + "\nFix the paths (--storage-path, --mlflow-uri or $MLFLOW_TRACKING_URI, the working "

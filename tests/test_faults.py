@@ -436,3 +436,17 @@ def test_sweep_refuses_to_start_when_results_cannot_be_written(tmp_path: Path, c
     assert ("is a file, not a folder" if "under a file" in case else "GiB free") in done.stderr
     assert "Ray" not in done.stdout + done.stderr  # Ray was never started
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:{port}", "weird://tracking"])
+def test_sweep_refuses_to_start_when_the_tracking_store_cannot_be_reached(tmp_path: Path, uri: str) -> None:
+    """A tracking server that is down, or a URI MLflow has no store for: one message naming it, before Ray starts
+    (the sweep used to start Ray, wait ~2 minutes on the down server and end in a traceback)."""
+    uri = uri.format(port=free_port())
+    command = [sys.executable, str(SWEEP), "--manifest", str(tmp_path / "no-manifest"), "--cache",
+               str(tmp_path / "no-cache"), "--storage-path", str(tmp_path / "ray"), "--mlflow-uri", uri]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert done.returncode != 0
+    assert f"cannot write the results, nothing was started:\n  - MLflow tracking store {uri}: cannot reach it (" \
+        in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Ray" not in done.stdout + done.stderr
