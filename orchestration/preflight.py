@@ -94,11 +94,15 @@ def mlflow_locations(tracking_uri: str, experiment: str) -> dict[str, str]:
     return where
 
 
-def check_tracking_store(tracking_uri: str) -> str | None:
+def check_tracking_store(tracking_uri: str, existing: bool = False) -> str | None:
     """Why the MLflow tracking store at `tracking_uri` (a server, a database) cannot be read, or None. A down
     server gets `TRACKING_PROBE_SECONDS` to answer, not the minutes a sweep's calls wait for it once running; a
-    local store is checked as folders (`mlflow_locations`), never created here."""
-    if tracking_uri.startswith("sqlite:") or local_path(tracking_uri) is not None:
+    local store is checked as folders (`mlflow_locations`), never created here: with `existing` (a reader such
+    as the report) its SQLite file must be there."""
+    if tracking_uri.startswith("sqlite:"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        return f"no such file {database}" if existing and not database.is_file() else None
+    if local_path(tracking_uri) is not None:
         return None
     try:
         probe(tracking_uri, retry_seconds=TRACKING_PROBE_SECONDS)

@@ -27,6 +27,7 @@ import argparse
 import sys
 
 from orchestration import launch, mlflow_runs, options
+from orchestration.preflight import check_tracking_store
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, build_report, find_parent_run
 
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     launch.configure_console()
     args = parse_args(argv)
     uri = mlflow_runs.resolve_tracking_uri(args.mlflow_uri)
+    problem = check_tracking_store(uri, existing=True)
+    if problem:
+        raise SystemExit(f"report: MLflow tracking store {uri}: {problem} (give --mlflow-uri or "
+                         f"$MLFLOW_TRACKING_URI: the store the ablation wrote to)")
     parent = find_parent_run(uri, args.experiment, args.table, args.run_id)
     paths = build_report(uri, parent, args.out)
     print(paths["md"].read_text(encoding="utf-8"))

@@ -151,3 +151,20 @@ def test_the_sweep_picks_its_best_fold_run_on_the_corpus_metric(tmp_path: Path) 
                            metric=metric, mode=mode)
         names[corpus] = mlflow_runs.client(uri).get_run(best_fold_run(ctx, "t1")).info.run_name
     assert names == {"meld": "fold2", "iemocap": "fold1"}
+
+
+def test_the_report_names_a_missing_or_unreachable_store_and_creates_none(tmp_path: Path) -> None:
+    """`report.py` only reads: a SQLite store that is not there is named (it used to create an empty one and
+    report no experiment), a down server too (it used to wait ~2 minutes and end in a traceback)."""
+    from servers import free_port
+
+    from orchestration.report import main
+
+    missing = tmp_path / "elsewhere.db"
+    with pytest.raises(SystemExit, match=rf"sqlite:///{missing}: no such file {missing}"):
+        main(["--mlflow-uri", f"sqlite:///{missing}", "--out", str(tmp_path / "reports")])
+    assert not missing.exists()
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit, match=rf"MLflow tracking store {down}: cannot reach it"):
+        main(["--mlflow-uri", down, "--out", str(tmp_path / "reports")])
+    assert not (tmp_path / "reports").exists()
