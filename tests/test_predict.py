@@ -281,17 +281,26 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
     logged = log_model(tmp_path, model_dir, "predict", registered_name="tfmamba-ser")
     uri, model_uri = logged.uri, logged.model_uri
     client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
     (registered,) = client.search_model_versions("name='tfmamba-ser'")
     version = registered.version
+    client.set_registered_model_alias("tfmamba-ser", "champion", version)
     wave = speechlike(1.5, seed=4)
     reference = Predictor.load(model_dir, device="cpu").predict_wave(wave, 16000)
+    # MLflow's own URI points elsewhere (as in a fresh process: ./mlflow.db): `tracking_uri` alone must find the
+    # runs, the logged model and the registry, create no other store and leave MLflow's URI as it was.
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(elsewhere)
     for ref in (f"runs:/{logged.fold_run_id}/model", f"runs:/{logged.trial_run_id}/model", model_uri,
-                f"models:/tfmamba-ser/{version}"):
+                f"models:/tfmamba-ser/{version}", "models:/tfmamba-ser@champion"):
         loaded = Predictor.load(ref, device="cpu", tracking_uri=uri)
         assert loaded.predict_wave(wave, 16000).probabilities == pytest.approx(reference.probabilities, abs=1e-6)
+    assert not (tmp_path / "elsewhere").exists() and mlflow.get_tracking_uri() == elsewhere
     with pytest.raises(DataError, match="could not download"):
         Predictor.load(f"runs:/{logged.fold_run_id}/nothing-here", tracking_uri=uri)
+    with pytest.raises(DataError, match=r"models:/tfmamba-ser/1: no MLflow store at .*/nowhere\.db \(give --tracking"):
+        Predictor.load("models:/tfmamba-ser/1", tracking_uri=f"sqlite:///{tmp_path / 'nowhere.db'}")
+    assert not (tmp_path / "nowhere.db").exists()
+    mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"models:/tfmamba-ser/{version}")
     features = Predictor.load(model_dir, device="cpu").extractor([wave])[0]
     frame = served.predict([features])

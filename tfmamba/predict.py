@@ -29,6 +29,7 @@ from tfmamba.features.extractor import Extractor
 from tfmamba.features.factory import get_extractor
 from tfmamba.locations import replaced_atomically
 from tfmamba.model import TFMamba
+from tfmamba.model_uris import download_model, is_mlflow_uri
 from tfmamba.training.outputs import MODEL_JSON, MODEL_WEIGHTS, load_trained_model, read_model_description
 
 __all__ = ["AUDIO_SUFFIXES", "Prediction", "Predictor", "find_audio", "resolve_model", "write_csv"]
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp4", ".m4a", ".aac", ".webm",
                             ".aiff", ".aif"})
-MLFLOW_SCHEMES = ("runs:/", "models:/")
 DEFAULT_WINDOW_SECONDS = 30.0
 WINDOWS_PER_BATCH = 8
 
@@ -64,10 +64,6 @@ class Prediction:
         return row | {"seconds": f"{self.seconds:.3f}", "windows": self.windows, "error": self.error or ""}
 
 
-def is_mlflow_uri(ref: str) -> bool:
-    return str(ref).startswith(MLFLOW_SCHEMES)
-
-
 def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = None) -> Path:
     """The local trainer output folder of `ref`: the folder itself, or MLflow artifacts downloaded under `into`."""
     if not is_mlflow_uri(str(ref)):
@@ -77,13 +73,16 @@ def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = 
                             f"or models:/<name>/<version>)")
         return folder
     try:
-        import mlflow.artifacts
+        import mlflow
         from mlflow.exceptions import MlflowException
     except ImportError as err:
         raise ConfigError(f"{ref}: MLflow URIs need the mlflow package ({err})") from err
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise DataError(f"{ref}: no MLflow store at {uri} (give --tracking-uri or set MLFLOW_TRACKING_URI to the "
+                        f"store the sweep wrote to)")
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ref), dst_path=str(into),
-                                                         tracking_uri=tracking_uri))
+        local = download_model(str(ref), uri, into)
     except (MlflowException, OSError) as err:
         raise DataError(f"{ref}: could not download the model from MLflow ({err})") from err
     return _model_folder_in(local, str(ref))
