@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -262,6 +263,21 @@ def test_mlflow_uris_need_mlflow_only_when_used(model_dir, monkeypatch):
     assert Predictor.load(model_dir, device="cpu").labels == LABELS
     with pytest.raises(ConfigError, match="MLflow URIs need the mlflow package"):
         Predictor.load("runs:/0123/model")
+
+
+def test_a_down_tracking_server_is_reported_in_seconds(tmp_path):
+    """`tfmamba predict --model models:/... --tracking-uri http://<down>`: exit 2 naming the server, after MLflow's
+    HTTP retries bounded for a person waiting (its defaults took 4 minutes; the limit is a minute)."""
+    from servers import free_port
+
+    clip = tmp_path / "a.wav"
+    soundfile.write(clip, speechlike(1.0), 16000)
+    down = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run([sys.executable, "-m", "tfmamba.cli", "predict", str(clip), "--model", "models:/ser/1",
+                           "--tracking-uri", down], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+    assert done.returncode == 2
+    assert f"models:/ser/1: could not download the model from MLflow (API request to {down}/" in done.stderr
 
 
 def test_the_pyfunc_model_class_is_defined_without_a_warning():

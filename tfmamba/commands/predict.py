@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 CSV_THRESHOLD = 10
 DEFAULT_CSV = "predictions.csv"
+# MLflow's HTTP client retries 7 times with growing waits and a 120 s timeout: a down tracking server took 4 minutes
+# to report. A person waiting for a prediction gets 2 retries and 30 s (values in the environment win).
+MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 DESCRIPTION = (
     "Predict the emotion of audio clips with a trained model. AUDIO is any number of files or folders (searched "
@@ -44,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from tfmamba.predict import Predictor, find_audio, write_csv
 
     paths = find_audio(args.audio)
+    for key, value in MLFLOW_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
     predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
                                tracking_uri=args.tracking_uri)
     many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
