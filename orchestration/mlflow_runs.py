@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tfmamba.locations import sqlite_path
+
 logger = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
@@ -106,9 +108,8 @@ def resolve_tracking_uri(cli_uri: str | None, cwd: Path | None = None) -> str:
     uri = cli_uri or os.environ.get(ENV_URI)
     if not uri:
         return f"sqlite:///{(cwd or Path.cwd()).resolve() / DEFAULT_DB}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
+    database = sqlite_path(uri)
+    return f"sqlite:///{database.resolve()}" if database is not None and not database.is_absolute() else uri
 
 
 def default_artifact_location(uri: str, experiment: str, cwd: Path | None = None) -> str | None:

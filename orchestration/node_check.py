@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.preflight import local_path
+from tfmamba.locations import sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def _tracking_target(tracking_uri: str) -> tuple[str, str]:
     """("http", health URL) for a tracking server, ("file", folder) for a local store, ("", "") otherwise."""
     if tracking_uri.startswith(("http://", "https://")):
         return "http", tracking_uri.rstrip("/") + "/health"
-    if tracking_uri.startswith("sqlite:///"):
-        return "file", str(Path(tracking_uri[len("sqlite:///"):]).parent)
+    if sqlite_path(tracking_uri) is not None:
+        return "file", str(sqlite_path(tracking_uri).parent)
     return "", ""
 
 

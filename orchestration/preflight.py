@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from orchestration import mlflow_runs
-from tfmamba.locations import is_uri
+from tfmamba.locations import is_uri, sqlite_path
 
 DEFAULT_MIN_FREE_GB = 1.0
 GIB = 1024**3
@@ -84,9 +84,9 @@ def check_remote(uri: str) -> str | None:
 
 def mlflow_locations(tracking_uri: str, experiment: str) -> dict[str, str]:
     """The local folders a `sqlite:` MLflow store writes to (the database's folder, the default artifact folder)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_path(tracking_uri)
+    if database is None:
         return {}
-    database = Path(tracking_uri[len("sqlite:///"):])
     where = {"MLflow store": str(database.parent)}
     artifacts = mlflow_runs.default_artifact_location(tracking_uri, experiment)
     if artifacts:
@@ -99,8 +99,8 @@ def check_tracking_store(tracking_uri: str, existing: bool = False) -> str | Non
     server gets `TRACKING_PROBE_SECONDS` to answer, not the minutes a sweep's calls wait for it once running; a
     local store is checked as folders (`mlflow_locations`), never created here: with `existing` (a reader such
     as the report) its SQLite file must be there."""
-    if tracking_uri.startswith("sqlite:"):
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database = sqlite_path(tracking_uri)
+    if database is not None:
         return f"no such file {database}" if existing and not database.is_file() else None
     if local_path(tracking_uri) is not None:
         return None

@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tfmamba.locations import is_uri, sqlite_path
+
 logger = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna.db"
@@ -29,13 +31,11 @@ class StudyError(ValueError):
 
 def study_storage_url(tracking_uri: str, storage: str, override: str | None = None) -> str:
     """The Optuna RDB URL of the sweeps' studies (see the module docstring)."""
-    from tfmamba.locations import is_uri
-
     if override:
         return override
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        return f"sqlite:///{db.parent / STUDY_FILE}"
+    database = sqlite_path(tracking_uri)
+    if database is not None:
+        return f"sqlite:///{database.parent / STUDY_FILE}"
     folder = REMOTE_FALLBACK if is_uri(storage) else Path(storage)
     return f"sqlite:///{folder / STUDY_FILE}"
 
@@ -45,8 +45,8 @@ def open_storage(url: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the console
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if sqlite_path(url) is not None:
+        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
                                           if url.startswith("sqlite") else {})

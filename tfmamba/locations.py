@@ -12,10 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+SQLITE_PREFIX = "sqlite:///"
+
 
 def is_uri(location: str) -> bool:
     """True for `scheme://...` (s3://, gs://, file://, ...), False for a plain path."""
     return "://" in location
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (MLflow's and Optuna's local stores); None for any other URI."""
+    return Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
 
 
 def absolute(location: str) -> str:

@@ -27,7 +27,7 @@ from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError
 from tfmamba.features.extractor import Extractor
 from tfmamba.features.factory import get_extractor
-from tfmamba.locations import replaced_atomically
+from tfmamba.locations import replaced_atomically, sqlite_path
 from tfmamba.model import TFMamba
 from tfmamba.model_uris import download_model, is_mlflow_uri
 from tfmamba.training.outputs import MODEL_JSON, MODEL_WEIGHTS, load_trained_model, read_model_description
@@ -78,7 +78,7 @@ def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = 
     except ImportError as err:
         raise ConfigError(f"{ref}: MLflow URIs need the mlflow package ({err})") from err
     uri = tracking_uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if sqlite_path(uri) is not None and not sqlite_path(uri).is_file():
         raise DataError(f"{ref}: no MLflow store at {uri} (give --tracking-uri or set MLFLOW_TRACKING_URI to the "
                         f"store the sweep wrote to)")
     try:
