@@ -290,7 +290,7 @@ def test_the_pyfunc_model_class_is_defined_without_a_warning():
 
 
 @pytest.mark.slow
-def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
+def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -316,6 +316,15 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
     with pytest.raises(DataError, match=r"models:/tfmamba-ser/1: no MLflow store at .*/nowhere\.db \(give --tracking"):
         Predictor.load("models:/tfmamba-ser/1", tracking_uri=f"sqlite:///{tmp_path / 'nowhere.db'}")
     assert not (tmp_path / "nowhere.db").exists()
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, wave, 16000)
+    environment = dict(os.environ)
+    capsys.readouterr()
+    assert main(["predict", str(clip), "--model", "models:/tfmamba-ser@champion", "--tracking-uri", uri,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith(f"{clip}\t{reference.label}\t") and "Downloading artifacts" not in out.err
+    assert dict(os.environ) == environment  # its MLflow HTTP and progress settings were for the download only
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"models:/tfmamba-ser/{version}")
     features = Predictor.load(model_dir, device="cpu").extractor([wave])[0]
@@ -323,8 +332,6 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path):
     assert frame.loc[0, "label"] == reference.label
     assert [frame.loc[0, f"prob_{label}"] for label in LABELS] == pytest.approx(
         [reference.probabilities[label] for label in LABELS], abs=1e-5)
-    clip = tmp_path / "clip.wav"
-    soundfile.write(clip, wave, 16000)
     by_path = served.predict([str(clip), str(tmp_path / "missing.wav")])
     from_file = Predictor.load(model_dir, device="cpu").predict_file(clip)
     assert by_path.loc[0, "label"] == from_file.label and by_path.loc[0, "error"] == ""

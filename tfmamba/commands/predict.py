@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CSV_THRESHOLD = 10
@@ -48,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from tfmamba.predict import Predictor, find_audio, write_csv
 
     paths = find_audio(args.audio)
-    for key, value in MLFLOW_HTTP_ENV.items():
-        os.environ.setdefault(key, value)
-    predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
-                               tracking_uri=args.tracking_uri)
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"} if args.no_progress else {}  # MLflow's download bar
+    with environment_defaults(MLFLOW_HTTP_ENV | quiet):
+        predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
+                                   tracking_uri=args.tracking_uri)
     many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
     csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
     bar = tqdm(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2,
@@ -78,6 +80,18 @@ def run(args: argparse.Namespace) -> int:
         print("tfmamba predict: error: no file could be predicted", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def environment_defaults(defaults: dict[str, str]) -> Iterator[None]:
+    """The variables of `defaults` that the environment lacks, set for a while (then removed again)."""
+    added = {key: value for key, value in defaults.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def format_line(prediction) -> str:
