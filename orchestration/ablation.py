@@ -29,7 +29,7 @@ from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, TABLE_TAG, build_report
 from orchestration.resources import REUSE_TRIAL_ACTORS, Layout, plan
-from orchestration.results import close_runs, collect_trials
+from orchestration.results import close_runs, collect_trials, unfinished_trials
 from orchestration.rows import label_rows, parse_seeds, row_caches, row_label, row_parameters
 from orchestration.search_space import SearchSpaceError
 from orchestration.trial import ROW_KEY, SweepContext, objective
@@ -147,13 +147,20 @@ def main(argv: list[str] | None = None) -> int:
           f"  resume after an interruption: the same command plus --resume --name {where.name}\n", flush=True)
     results = run_grid(grid, ctx, where, layout, args.resume, args.verbose)
     close_dispatcher(0)
-    trials = collect_trials(results, ctx)
+    trials = collect_trials(results, ctx, unfinished_trials(where.tune_path))
     close_runs(trials, ctx)
     label_rows(grid, trials, params, caches, where.tracking_uri)
-    failed = [t for t in trials if t.status != "complete"]
     close_dispatcher()
     wall = time.monotonic() - started
     mlflow_runs.log_metrics(where.tracking_uri, parent_run_id, {"wall_seconds": wall})
+    interrupted = [t.config.get(ROW_KEY, t.trial_id) for t in trials if t.status == "interrupted"]
+    if interrupted:
+        mlflow_runs.end_run(where.tracking_uri, parent_run_id, "KILLED")
+        print(f"{grid.table} {where.name} interrupted after {wall:.0f} s (rows not finished: "
+              f"{', '.join(interrupted)}); continue it with the same command plus --resume --name {where.name}",
+              flush=True)
+        return 130
+    failed = [t for t in trials if t.status != "complete"]
     mlflow_runs.end_run(where.tracking_uri, parent_run_id, "FAILED" if failed else "FINISHED")
     paths = build_report(where.tracking_uri, mlflow_runs.get_run(where.tracking_uri, parent_run_id), args.out)
     print(paths["md"].read_text(encoding="utf-8"))

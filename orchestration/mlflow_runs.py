@@ -228,6 +228,11 @@ def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
 
 
 @retried
+def delete_tag(uri: str, run_id: str, key: str) -> None:
+    client(uri).delete_tag(run_id, key)
+
+
+@retried
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 

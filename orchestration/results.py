@@ -43,6 +43,7 @@ class SweepSummary:
     fold_seconds: float
     parallel_slots: int
     interrupted: bool = False
+    resumed: bool = False  # --resume: some folds trained before this run's wall began
     summary_path: str | None = None
     registered: Any = None  # registry.Registered, with --register
     objectives: list[tuple[str, str]] = field(default_factory=list)  # with several: the Pareto search's
@@ -51,12 +52,25 @@ class SweepSummary:
     @property
     def overhead_ratio(self) -> float | None:
         """Sweep wall time (from its data being ready) / (sum of fold training times / fold slots): 1.0 means no
-        Ray overhead."""
-        return self.wall_seconds / (self.fold_seconds / self.parallel_slots) if self.fold_seconds else None
+        Ray overhead. None for a sweep interrupted or resumed: its wall does not span the folds it counts."""
+        if not self.fold_seconds or self.interrupted or self.resumed:
+            return None
+        return self.wall_seconds / (self.fold_seconds / self.parallel_slots)
 
 
-def collect_trials(results, ctx: SweepContext, interrupted: bool = False) -> list[TrialSummary]:
-    """One summary per Tune result, matched to its MLflow trial run."""
+def unfinished_trials(tune_path: str) -> set[str]:
+    """The trials Tune's saved state holds as not ended: after a Ctrl-C, those it was running (it saves them
+    RUNNING, for `--resume`, and only then stops them, just as the scheduler stops a trial); empty after a run to
+    its end."""
+    from ray.tune import ExperimentAnalysis
+
+    return {trial.trial_id for trial in ExperimentAnalysis(tune_path).trials
+            if trial.status not in ("TERMINATED", "ERROR")}
+
+
+def collect_trials(results, ctx: SweepContext, unfinished: set[str] = frozenset()) -> list[TrialSummary]:
+    """One summary per Tune result, matched to its MLflow trial run; a trial in `unfinished` (`unfinished_trials`)
+    was interrupted."""
     runs = {r.data.tags.get("trial_id"): r.info.run_id for r in
             mlflow_runs.find_runs(ctx.tracking_uri, ctx.experiment_id, {"sweep_id": ctx.sweep_id,
                                                                          "run_kind": mlflow_runs.TRIAL})}
@@ -69,7 +83,7 @@ def collect_trials(results, ctx: SweepContext, interrupted: bool = False) -> lis
             status = "failed"
         elif done >= len(ctx.folds):
             status = "complete"
-        elif interrupted:
+        elif trial_id in unfinished:
             status = "interrupted"
         else:
             status = "stopped early"
@@ -115,7 +129,10 @@ def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
     """Final status of every trial run; fold runs a stopped trial left RUNNING become KILLED."""
     uri = ctx.tracking_uri
     for trial in trials:
-        if trial.run_id is None or trial.status == "interrupted":
+        if trial.run_id is None:
+            continue
+        if trial.status == "interrupted":
+            _await_resume(trial, ctx)
             continue
         if trial.status == "failed":
             mlflow_runs.set_tags(uri, trial.run_id, {"error": trial.error or "failed"})
@@ -127,6 +144,19 @@ def close_runs(trials: list[TrialSummary], ctx: SweepContext) -> None:
             continue
         mlflow_runs.end_run(uri, trial.run_id, "FAILED" if trial.status == "failed" else "FINISHED")
     mlflow_runs.mark_stale_runs(uri, ctx.experiment_id, ctx.sweep_id)
+
+
+def _await_resume(trial: TrialSummary, ctx: SweepContext) -> None:
+    """A trial a Ctrl-C stopped, to go on with `--resume`. Its process took the stop for the scheduler's
+    (`trial._pruned`): its runs lose the `pruned` tag, and the trial run waits as KILLED, outcome `interrupted`."""
+    uri = ctx.tracking_uri
+    folds = mlflow_runs.find_runs(uri, ctx.experiment_id, mlflow_runs.trial_tags(ctx.sweep_id, trial.trial_id)
+                                  | {"run_kind": mlflow_runs.FOLD})
+    for run in [mlflow_runs.get_run(uri, trial.run_id), *folds]:
+        if "pruned" in run.data.tags:
+            mlflow_runs.delete_tag(uri, run.info.run_id, "pruned")
+    mlflow_runs.set_tags(uri, trial.run_id, {"outcome": "interrupted"})
+    mlflow_runs.end_run(uri, trial.run_id, "KILLED")
 
 
 def best_fold_run(ctx: SweepContext, trial_id: str) -> str:
@@ -148,14 +178,15 @@ def _metric_name(ctx: SweepContext) -> str:
 
 
 def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots: int,
-                 register: str | None = None, objectives: list[tuple[str, str]] | None = None) -> SweepSummary:
+                 register: str | None = None, objectives: list[tuple[str, str]] | None = None,
+                 unfinished: set[str] = frozenset(), resumed: bool = False) -> SweepSummary:
     """Close runs, log the best model once (registered under `register`, if given), record the outcome on the
-    sweep run."""
+    sweep run. `unfinished`: the trials a Ctrl-C interrupted (`unfinished_trials`)."""
     from orchestration.model_export import log_best_model
 
     uri = ctx.tracking_uri
-    interrupted = results.num_terminated + results.num_errors < len(results)
-    trials = collect_trials(results, ctx, interrupted)
+    interrupted = bool(unfinished) or results.num_terminated + results.num_errors < len(results)
+    trials = collect_trials(results, ctx, unfinished)
     close_runs(trials, ctx)
     placements = fold_placements(ctx)
     for trial in trials:
@@ -164,7 +195,7 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
     best = max(complete, key=lambda t: _sign(ctx) * t.metrics[ctx.metric]) if complete and not interrupted else None
     fold_seconds = sum(float(t.metrics.get("train_seconds_sum", 0.0)) for t in trials)
     summary = SweepSummary(trials, best, None, ctx.parent_run_id, wall_seconds, fold_seconds, parallel_slots,
-                           interrupted)
+                           interrupted, resumed=resumed)
     if objectives and len(objectives) > 1:
         summary.objectives = list(objectives)
         summary.pareto = pareto_front(complete, objectives, ctx)

@@ -27,7 +27,7 @@ from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
 from orchestration.resources import REUSE_TRIAL_ACTORS, Layout, plan
-from orchestration.results import finish_sweep, print_summary
+from orchestration.results import finish_sweep, print_summary, unfinished_trials
 from orchestration.search_space import SearchSpace, SearchSpaceError, load_search_space
 from orchestration.trial import TIME_ATTR, SweepContext, objective
 from tfmamba.corpora.manifest import read_manifest
@@ -226,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     results = build_tuner(args, where, space, ctx, layout, study_url, objectives).fit()
     close_dispatcher(0)
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots, args.register,
-                           objectives)
+                           objectives, unfinished_trials(where.tune_path), resumed=args.resume)
     try:
-        mlflow_ui.log_study_plots(ctx.tracking_uri, ctx.parent_run_id, study_url, where.name,
-                                  [name for name, _ in objectives])
+        if not summary.interrupted:  # the resumed sweep draws them
+            mlflow_ui.log_study_plots(ctx.tracking_uri, ctx.parent_run_id, study_url, where.name,
+                                      [name for name, _ in objectives])
     except Exception as err:  # the plots are a convenience; the sweep's results are already safe
         logger.warning("Optuna plots not logged: %s", err)
     print_summary(summary, ctx, args.experiment, where.tune_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep import TINY
+from tests.test_sweep import TINY, interrupt_after_a_fold, run_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 ABLATION = ROOT / "orchestration" / "ablation.py"
@@ -159,6 +159,28 @@ def run_cli(command: list[str], cwd: Path, timeout: float = 420) -> str:
 def table_rows(markdown: str) -> list[list[str]]:
     lines = [line for line in markdown.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+@pytest.mark.slow
+def test_a_grid_stopped_with_ctrl_c_says_so_and_resumes(demo, tmp_path: Path) -> None:
+    """Ctrl-C during a grid's second fold: no report of a half-trained row and no `stopped early` (the rows were
+    `stopped early` and the parent run FAILED), but how to go on; `--resume` then writes the report."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [arg for item in [*TINY, "epochs=4"] for arg in ("--set", item)]
+    command = [sys.executable, str(ABLATION), "--demo", "--manifest", str(demo.manifest_dir), "--cache",
+               str(demo.cache), "--rows", "baseline", "--folds", "1,2", "--storage-path", str(tmp_path / "ray"),
+               "--name", "g", "--parallel-folds", "1", "--mlflow-uri", uri, "--experiment", "tfmamba-sweeps", *sets]
+    output = interrupt_after_a_fold(command, tmp_path, uri, "g")
+    assert "table3 g interrupted after" in output and "(rows not finished: baseline)" in output, output[-3000:]
+    assert "continue it with the same command plus --resume --name g" in output
+    assert not (tmp_path / "reports").exists()
+    tree = run_tree(uri, "g")
+    assert tree["sweep"][0].info.status == "KILLED" and tree["trial"][0].data.tags["outcome"] == "interrupted"
+    assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
+    output = run_cli([*command, "--resume"], tmp_path)
+    assert (tmp_path / "reports" / "table3-demo.md").is_file() and "table3 finished in" in output
+    tree = run_tree(uri, "g")
+    assert tree["sweep"][0].info.status == "FINISHED" and tree["trial"][0].data.tags["outcome"] == "complete"
 
 
 def test_meld_table_reports_wf1_beside_the_paper() -> None:

@@ -167,6 +167,35 @@ def finished_trial(experiment: Path) -> str | None:
     return None
 
 
+def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, name: str) -> str:
+    """Run a sweep or grid command, press Ctrl-C (SIGINT to its driver) once a trial has reported its first fold,
+    and return its output; it must end with status 130."""
+    from mlflow.tracking import MlflowClient
+
+    def a_fold_reported() -> bool:
+        try:  # the command may still be creating its store
+            if not (cwd / "mlflow.db").exists() or MlflowClient(uri).get_experiment_by_name("tfmamba-sweeps") is None:
+                return False
+            return any(run.data.metrics.get("folds_done", 0) >= 1 for run in run_tree(uri, name)["trial"])
+        except Exception:
+            return False
+
+    driver = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 420
+    try:
+        while not a_fold_reported():
+            assert driver.poll() is None, "it ended before it could be interrupted"
+            assert time.monotonic() < deadline, "the first fold did not finish in time"
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, output[-6000:]
+    return output
+
+
 def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = sweep_command(demo, tmp_path / "ray", "resumed", "--mlflow-uri", uri, "--max-concurrent", "1",
@@ -198,6 +227,36 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
     assert again == first_folds
     assert f"trial {first.data.tags['trial_id']}: fold" not in output.split("resuming sweep")[-1]
     assert len(list((tmp_path / "ray").glob("resumed/*/params.json"))) == 2
+
+
+def test_ctrl_c_interrupts_the_sweep_and_resume_finishes_it(demo, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the driver) while a trial's second fold trains: the sweep says it was interrupted and how
+    to go on (exit 130), its trial waits as `interrupted`, not `pruned` (its process cannot tell Tune's stop at
+    Ctrl-C from the scheduler's), and stays RUNNING in Optuna; `--resume` then finishes it as complete."""
+    import optuna
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = sweep_command(demo, tmp_path / "ray", "ctrlc", "--mlflow-uri", uri, "--num-samples", "1",
+                            "--parallel-folds", "1", "--set", "epochs=4")
+    output = interrupt_after_a_fold(command, tmp_path, uri, "ctrlc")
+    assert "=== Sweep ctrlc interrupted after" in output and "(0 complete, 1 interrupted)" in output
+    assert "Continue it with the same command plus: --resume --name ctrlc" in output
+    tree = run_tree(uri, "ctrlc")
+    (trial,) = tree["trial"]
+    assert (trial.info.status, trial.data.tags["outcome"]) == ("KILLED", "interrupted")
+    assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
+    assert tree["sweep"][0].info.status == "KILLED"
+    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+
+    output = run_sweep(command + ["--resume"], tmp_path)
+    assert "=== Sweep ctrlc finished" in output and "(1 complete) x 2 folds" in output
+    tree = run_tree(uri, "ctrlc")
+    (trial,) = tree["trial"]
+    assert (trial.info.status, trial.data.tags["outcome"]) == ("FINISHED", "complete")
+    assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
+    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
 
 
 def test_failed_fold_fails_the_trial_with_its_error(demo, tmp_path: Path) -> None:
