@@ -64,8 +64,12 @@ def unfinished_trials(tune_path: str) -> set[str]:
     its end."""
     from ray.tune import ExperimentAnalysis
 
-    return {trial.trial_id for trial in ExperimentAnalysis(tune_path).trials
-            if trial.status not in ("TERMINATED", "ERROR")}
+    try:
+        trials = ExperimentAnalysis(tune_path).trials
+    except Exception as err:  # the results are in MLflow either way; only the interruption would go unseen
+        logger.warning("could not read Tune's saved state at %s to tell an interruption: %s", tune_path, err)
+        return set()
+    return {trial.trial_id for trial in trials if trial.status not in ("TERMINATED", "ERROR")}
 
 
 def collect_trials(results, ctx: SweepContext, unfinished: set[str] = frozenset()) -> list[TrialSummary]:
