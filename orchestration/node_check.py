@@ -34,8 +34,8 @@ def _tracking_target(tracking_uri: str) -> tuple[str, str]:
     """("http", health URL) for a tracking server, ("file", folder) for a local store, ("", "") otherwise."""
     if tracking_uri.startswith(("http://", "https://")):
         return "http", tracking_uri.rstrip("/") + "/health"
-    if sqlite_path(tracking_uri) is not None:
-        return "file", str(sqlite_path(tracking_uri).parent)
+    if (database := sqlite_path(tracking_uri)) is not None:
+        return "file", str(database.parent)
     return "", ""
 
 

@@ -45,8 +45,8 @@ def open_storage(url: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the console
-    if sqlite_path(url) is not None:
-        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+    if (database := sqlite_path(url)) is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
                                           if url.startswith("sqlite") else {})

@@ -78,7 +78,7 @@ def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = 
     except ImportError as err:
         raise ConfigError(f"{ref}: MLflow URIs need the mlflow package ({err})") from err
     uri = tracking_uri or mlflow.get_tracking_uri()
-    if sqlite_path(uri) is not None and not sqlite_path(uri).is_file():
+    if (database := sqlite_path(uri)) is not None and not database.is_file():
         raise DataError(f"{ref}: no MLflow store at {uri} (give --tracking-uri or set MLFLOW_TRACKING_URI to the "
                         f"store the sweep wrote to)")
     try:
