@@ -167,31 +167,33 @@ def finished_trial(experiment: Path) -> str | None:
     return None
 
 
-def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, name: str) -> str:
-    """Run a sweep or grid command, press Ctrl-C (SIGINT to its driver) once a trial has reported its first fold,
-    and return its output; it must end with status 130."""
+def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, storage: Path, name: str) -> str:
+    """Run a sweep or grid command (Tune results under `storage`/`name`, MLflow at `uri`), press Ctrl-C (SIGINT to
+    its driver) once a trial has logged its first fold to MLflow, and return its output; it must end with status
+    130. The MLflow store is read only once Tune's folder exists: the command has set the store up by then (opening
+    it earlier could race its schema set-up)."""
     from mlflow.tracking import MlflowClient
 
     def a_fold_reported() -> bool:
-        try:  # the command may still be creating its store
-            if not (cwd / "mlflow.db").exists() or MlflowClient(uri).get_experiment_by_name("tfmamba-sweeps") is None:
-                return False
-            return any(run.data.metrics.get("folds_done", 0) >= 1 for run in run_tree(uri, name)["trial"])
-        except Exception:
+        if not (storage / name).is_dir() or MlflowClient(uri).get_experiment_by_name("tfmamba-sweeps") is None:
             return False
+        return any(run.data.metrics.get("folds_done", 0) >= 1 for run in run_tree(uri, name)["trial"])
 
-    driver = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 420
-    try:
-        while not a_fold_reported():
-            assert driver.poll() is None, "it ended before it could be interrupted"
-            assert time.monotonic() < deadline, "the first fold did not finish in time"
-            time.sleep(0.5)
-        driver.send_signal(signal.SIGINT)
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    log = cwd / "command.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 420
+        try:
+            while not a_fold_reported():
+                assert driver.poll() is None, f"it ended before it could be interrupted:\n{log.read_text()[-6000:]}"
+                assert time.monotonic() < deadline, "the first fold did not finish in time"
+                time.sleep(0.5)
+            driver.send_signal(signal.SIGINT)
+            driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    output = log.read_text()
     assert driver.returncode == 130, output[-6000:]
     return output
 
@@ -237,8 +239,8 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_finishes_it(demo, tmp_path: Path
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = sweep_command(demo, tmp_path / "ray", "ctrlc", "--mlflow-uri", uri, "--num-samples", "1",
-                            "--parallel-folds", "1", "--set", "epochs=4")
-    output = interrupt_after_a_fold(command, tmp_path, uri, "ctrlc")
+                            "--parallel-folds", "1", "--set", "epochs=8")
+    output = interrupt_after_a_fold(command, tmp_path, uri, tmp_path / "ray", "ctrlc")
     assert "=== Sweep ctrlc interrupted after" in output and "(0 complete, 1 interrupted)" in output
     assert "Continue it with the same command plus: --resume --name ctrlc" in output
     tree = run_tree(uri, "ctrlc")
