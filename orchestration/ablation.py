@@ -162,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     failed = [t for t in trials if t.status != "complete"]
     mlflow_runs.end_run(where.tracking_uri, parent_run_id, "FAILED" if failed else "FINISHED")
+    order = {row: i for i, row in enumerate(grid.rows)}  # side by side in the table's order
+    row_runs = [t.run_id for t in sorted(trials, key=lambda t: order.get(t.config.get(ROW_KEY), len(order)))
+                if t.status == "complete" and t.run_id]
     paths = build_report(where.tracking_uri, mlflow_runs.get_run(where.tracking_uri, parent_run_id), args.out)
     print(paths["md"].read_text(encoding="utf-8"))
     for trial in failed:
         print(f"row {trial.config.get(ROW_KEY, trial.trial_id)}: {trial.status} {trial.error or ''}")
     print(f"{grid.table} finished in {wall:.0f} s\n" + "\n".join(f"{ext}: {path}" for ext, path in paths.items())
           + f"\nMLflow parent run: {parent_run_id} (experiment {args.experiment!r}, {where.tracking_uri})\n"
-          f"Compare the rows: {mlflow_ui.ui_command(where.tracking_uri, experiment_id)}\n"
+          f"Compare the rows: {mlflow_ui.ui_command(where.tracking_uri, experiment_id, row_runs)}\n"
           f"Rebuild the report: python orchestration/report.py --experiment {args.experiment} --table {grid.table} "
           f"--run-id {parent_run_id}",
           flush=True)

@@ -5,12 +5,14 @@ optimisation-history, parameter-importance and parallel-coordinate plots of the 
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 from orchestration import mlflow_runs
 
@@ -56,12 +58,28 @@ def experiment_page(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def ui_command(uri: str, experiment_id: str) -> str:
-    """How to look at the experiment: its page on a tracking server, else the `mlflow ui` command for the store."""
+def compare_page(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's side-by-side page of `run_ids` (parallel coordinates of their parameters against the metric, their
+    parameters and metrics in one table), in the model-training view."""
+    def listed(values: list[str]) -> str:
+        return quote(json.dumps(values, separators=(",", ":")), safe="")
+    return (f"{base.rstrip('/')}/#/compare-runs?runs={listed(run_ids)}&experiments={listed([experiment_id])}"
+            "&workflowType=machine_learning")
+
+
+def ui_command(uri: str, experiment_id: str, compare: list[str] | None = None) -> str:
+    """How to look at the experiment: its page on a tracking server, else the `mlflow ui` command for the store;
+    with two or more `compare` run ids, a second line with the page that sets those runs side by side."""
     if uri.startswith(("http://", "https://")):
-        return f"open {experiment_page(uri, experiment_id)} (on a cluster: ray attach cluster.yaml -p 5000 first)"
-    return (f"mlflow ui --backend-store-uri {uri} --port 5000   # then open "
-            f"{experiment_page('http://127.0.0.1:5000', experiment_id)}")
+        base = uri
+        text = f"open {experiment_page(base, experiment_id)} (on a cluster: ray attach cluster.yaml -p 5000 first)"
+    else:
+        base = "http://127.0.0.1:5000"
+        text = (f"mlflow ui --backend-store-uri {uri} --port 5000   # then open "
+                f"{experiment_page(base, experiment_id)}")
+    if compare and len(compare) > 1:
+        text += f"\n  side by side: {compare_page(base, experiment_id, compare)}"
+    return text
 
 
 def log_study_plots(uri: str, run_id: str, storage_url: str, study_name: str, metric_names: list[str]) -> list[str]:

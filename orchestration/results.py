@@ -283,7 +283,9 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
              f"({', '.join(f'{n} {s}' for s, n in counts.items())}) x {len(ctx.folds)} folds ==="]
     name, key = _metric_name(ctx), _metric_name(ctx).lower()
     lines.append(f"Trials (validation {name}, the sweep's metric, mean ± std over the folds each finished):")
-    for t in ranked_trials(summary.trials, ctx):
+    ranked = ranked_trials(summary.trials, ctx)
+    complete = [t.run_id for t in ranked if t.status == "complete" and t.run_id]  # best first, side by side
+    for t in ranked:
         lines.append(f"  {t.label or t.trial_id}  {int(t.metrics.get(TIME_ATTR, 0))}/{len(ctx.folds)} folds  "
                      f"{_pm(t.metrics, 'valid', key)}  {t.status}{'  ' + t.error.splitlines()[0] if t.error else ''}")
     best = summary.best
@@ -327,5 +329,5 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
     lines += [f"MLflow: experiment {experiment!r}, sweep run {summary.parent_run_id}"
               + (f", best trial run {best.run_id}" if best else ""),
               f"Tune results: {tune_path}   Train runs: {ctx.train_storage}   fold outputs: {ctx.out_root}",
-              f"Compare the trials: {mlflow_ui.ui_command(ctx.tracking_uri, ctx.experiment_id)}", ""]
+              f"Compare the trials: {mlflow_ui.ui_command(ctx.tracking_uri, ctx.experiment_id, complete)}", ""]
     print("\n".join(lines), flush=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep import TINY, interrupt_after_a_fold, run_tree
+from tests.test_sweep import TINY, compared_runs, interrupt_after_a_fold, run_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 ABLATION = ROOT / "orchestration" / "ablation.py"
@@ -240,6 +240,9 @@ def test_table3_demo_grid_and_report(demo, tmp_path: Path) -> None:
     for run in children:
         folds = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         assert [f.data.tags["fold"] for f in folds] == ["1"] and folds[0].info.status == "FINISHED"
+    run_of = {run.info.run_name: run.info.run_id for run in children}
+    assert compared_runs(output, experiment.experiment_id) == [  # the rows side by side, in the table's order
+        run_of[row] for row in ("baseline", "attention", "temporal", "tf", "tf_cmdt", "dual_temporal")]
 
     rebuilt = tmp_path / "rebuilt"
     run_cli([sys.executable, str(REPORT), "--experiment", "t3-test", "--mlflow-uri", uri, "--out", str(rebuilt)],

@@ -158,6 +158,20 @@ def test_sweep_against_mlflow_server_on_postgresql(demo, tmp_path: Path, mlflow_
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def compared_runs(output: str, experiment_id: str) -> list[str]:
+    """The run ids of the printed MLflow page that sets runs side by side (after checking it is that page of the
+    experiment, in the model-training view)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    line = next(line for line in output.splitlines() if line.strip().startswith("side by side: "))
+    url = urlsplit(line.split("side by side: ", 1)[1])
+    page, _, query = url.fragment.partition("?")
+    fields = parse_qs(query)
+    assert page == "/compare-runs" and fields["workflowType"] == ["machine_learning"], line
+    assert json.loads(fields["experiments"][0]) == [experiment_id], line
+    return json.loads(fields["runs"][0])
+
+
 def finished_trial(experiment: Path) -> str | None:
     """The id of a trial whose Tune results already hold all (2) folds."""
     for results in experiment.glob("*/result.json"):
@@ -312,6 +326,9 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
     assert client.get_experiment(sweep_run.info.experiment_id).tags["mlflow.experimentKind"] == \
         "custom_model_development"
     assert f"#/experiments/{sweep_run.info.experiment_id}?workflowType=machine_learning" in output  # the runs view
+    complete = sorted((run for run in tree["trial"] if run.data.tags.get("pruned") != "true"),
+                      key=lambda run: -run.data.metrics["valid_ua_mean"])
+    assert compared_runs(output, sweep_run.info.experiment_id) == [run.info.run_id for run in complete]  # best first
     assert sweep_run.data.tags["mlflow.source.git.commit"]
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= {
         a.path for a in client.list_artifacts(sweep_run.info.run_id, "optuna")}
