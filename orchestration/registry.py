@@ -50,7 +50,7 @@ def register(uri: str, model_uri: str, name: str, tags: dict[str, Any], objectiv
     client = mlflow_runs.client(uri)
     mlflow.set_tracking_uri(uri)
     version_tags = {**{k: str(v) for k, v in tags.items()}, "objective": f"{objective} ({mode})",
-                    "objective_value": f"{value:.6g}"}
+                    "objective_value": repr(float(value))}  # all digits: a tie with the champion must not move it
     version = mlflow.register_model(model_uri, name, tags=version_tags).version
     client.update_model_version(name, version, description=f"{objective} = {value:.4f} ({mode}imised); "
                                 + ", ".join(f"{k} {v}" for k, v in tags.items()))

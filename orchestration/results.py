@@ -306,9 +306,10 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
                   f"(also runs:/{best.run_id}/model)"]
         if summary.registered is not None:
             reg = summary.registered
-            lines.append(f"Registered as {reg.uri}" + (f", now models:/{reg.name}@champion" if reg.champion else
-                                                      f" (models:/{reg.name}@champion stays on a better version)")
-                         + f"; serve it: mlflow models serve -m models:/{reg.name}@champion --env-manager local")
+            alias = f"models:/{reg.name}@champion"
+            lines.append(f"Registered as {reg.uri}" + (f", now {alias}" if reg.champion else
+                                                      f" ({alias} stays on a version as good or better)")
+                         + f"; serve it: mlflow models serve -m {alias} --env-manager local")
     if summary.pareto:
         names = [name for name, _ in summary.objectives]
         lines.append(f"Pareto front ({', '.join(f'{n} {m}' for n, m in summary.objectives)}; tagged pareto=true "

@@ -56,6 +56,11 @@ def test_champion_moves_only_to_a_better_version(logged) -> None:
     lower = register(uri, model_uri, "ser-loss", tags, "valid_loss_mean", "min", 1.2)
     lowest = register(uri, model_uri, "ser-loss", tags, "valid_loss_mean", "min", 0.9)
     assert lower.champion and lowest.champion
+    # The same best trial found again (a rerun of the demo) ties: the champion stays, whatever its value's digits.
+    held = register(uri, model_uri, "ser-tie", tags, "valid_ua_mean", "max", 0.53321049)
+    again = register(uri, model_uri, "ser-tie", {**tags, "sweep": "s2"}, "valid_ua_mean", "max", 0.53321049)
+    assert held.champion and not again.champion
+    assert str(client.get_model_version_by_alias("ser-tie", CHAMPION).version) == held.version
     info = client.get_model_version("ser-a", first.version)
     assert info.source and "valid_ua_mean = 0.5000" in info.description
 
