@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import replace
 
-from orchestration import launch, mlflow_runs, mlflow_ui, options
+from orchestration import console, launch, mlflow_runs, mlflow_ui, options
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
@@ -152,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     label_rows(grid, trials, params, caches, where.tracking_uri)
     close_dispatcher()
     wall = time.monotonic() - started
-    mlflow_runs.log_metrics(where.tracking_uri, parent_run_id, {"wall_seconds": wall})
+    mlflow_runs.log_metrics(where.tracking_uri, parent_run_id, {console.wall_metric(args.resume): wall})
     interrupted = [t.config.get(ROW_KEY, t.trial_id) for t in trials if t.status == "interrupted"]
     if interrupted:
         mlflow_runs.end_run(where.tracking_uri, parent_run_id, "KILLED")
-        print(f"{grid.table} {where.name} interrupted after {wall:.0f} s (rows not finished: "
+        print(f"{grid.table} {where.name} {console.ended(wall, True, args.resume)} (rows not finished: "
               f"{', '.join(interrupted)}); continue it with the same command plus --resume --name {where.name}",
               flush=True)
         return 130
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["md"].read_text(encoding="utf-8"))
     for trial in failed:
         print(f"row {trial.config.get(ROW_KEY, trial.trial_id)}: {trial.status} {trial.error or ''}")
-    print(f"{grid.table} finished in {wall:.0f} s\n" + "\n".join(f"{ext}: {path}" for ext, path in paths.items())
+    print(f"{grid.table} {console.ended(wall, False, args.resume)}\n"
+          + "\n".join(f"{ext}: {path}" for ext, path in paths.items())
           + f"\nMLflow parent run: {parent_run_id} (experiment {args.experiment!r}, {where.tracking_uri})\n"
           f"Compare the rows: {mlflow_ui.ui_command(where.tracking_uri, experiment_id, row_runs)}\n"
           f"Rebuild the report: python orchestration/report.py --experiment {args.experiment} --table {grid.table} "

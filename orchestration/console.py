@@ -52,6 +52,19 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def ended(seconds: float, interrupted: bool, resumed: bool) -> str:
+    """How a sweep or grid run ended, for its summary line: a resumed run's wall is its own part only."""
+    verb = "interrupted after" if interrupted else "finished in"
+    if resumed:
+        verb = f"resumed, {'interrupted' if interrupted else 'finished'} after another"
+    return f"{verb} {seconds:.0f} s"
+
+
+def wall_metric(resumed: bool) -> str:
+    """The parent run's metric for this run's wall time: a resumed run logs its own part beside the first's."""
+    return "resumed_wall_seconds" if resumed else "wall_seconds"
+
+
 def worker_logs_dir() -> str:
     """Where this Ray session keeps the workers' stdout/stderr (worker-*.out/.err) on the driver's node."""
     try:

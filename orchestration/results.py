@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import mlflow_runs, mlflow_ui
-from orchestration.console import trial_label, trial_number
+from orchestration.console import ended, trial_label, trial_number, wall_metric
 from orchestration.trial import TIME_ATTR, SweepContext, fold_metric
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
         mlflow_runs.log_metrics(uri, ctx.parent_run_id,
                                 {k: v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))},
                                 step=len(trials))
-    extra: dict[str, float] = {"wall_seconds": wall_seconds, "fold_train_seconds_sum": fold_seconds,
+    extra: dict[str, float] = {wall_metric(resumed): wall_seconds, "fold_train_seconds_sum": fold_seconds,
                                "fold_slots": parallel_slots}
     if summary.overhead_ratio is not None:
         extra["ray_overhead_ratio"] = summary.overhead_ratio
@@ -278,8 +278,8 @@ def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
 def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tune_path: str) -> None:
     counts = {s: sum(t.status == s for t in summary.trials) for s in STATUS_ORDER}
     counts = {s: n for s, n in counts.items() if n or s == "complete"}
-    verb = "interrupted after" if summary.interrupted else "finished in"
-    lines = ["", f"=== Sweep {ctx.sweep_id} {verb} {summary.wall_seconds:.0f} s: {len(summary.trials)} trials "
+    how = ended(summary.wall_seconds, summary.interrupted, summary.resumed)
+    lines = ["", f"=== Sweep {ctx.sweep_id} {how}: {len(summary.trials)} trials "
              f"({', '.join(f'{n} {s}' for s, n in counts.items())}) x {len(ctx.folds)} folds ==="]
     name, key = _metric_name(ctx), _metric_name(ctx).lower()
     lines.append(f"Trials (validation {name}, the sweep's metric, mean ± std over the folds each finished):")

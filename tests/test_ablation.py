@@ -178,9 +178,10 @@ def test_a_grid_stopped_with_ctrl_c_says_so_and_resumes(demo, tmp_path: Path) ->
     assert tree["sweep"][0].info.status == "KILLED" and tree["trial"][0].data.tags["outcome"] == "interrupted"
     assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
     output = run_cli([*command, "--resume"], tmp_path)
-    assert (tmp_path / "reports" / "table3-demo.md").is_file() and "table3 finished in" in output
+    assert (tmp_path / "reports" / "table3-demo.md").is_file() and "table3 resumed, finished after another" in output
     tree = run_tree(uri, "g")
     assert tree["sweep"][0].info.status == "FINISHED" and tree["trial"][0].data.tags["outcome"] == "complete"
+    assert {"wall_seconds", "resumed_wall_seconds"} <= set(tree["sweep"][0].data.metrics)  # each part's own wall
 
 
 def test_meld_table_reports_wf1_beside_the_paper() -> None:

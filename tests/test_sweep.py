@@ -236,7 +236,7 @@ def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
                    if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
 
     output = run_sweep(command + ["--resume"], tmp_path)
-    assert "=== Sweep resumed finished" in output
+    assert "=== Sweep resumed resumed, finished after another" in output
     tree = check_tree(uri, "resumed", tmp_path / "ray")
     again = {r.info.run_id: r.info.start_time for r in tree["fold"]
              if r.data.tags["trial_id"] == first.data.tags["trial_id"]}
@@ -266,11 +266,13 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_finishes_it(demo, tmp_path: Path
     assert [t.state.name for t in study.trials] == ["RUNNING"]
 
     output = run_sweep(command + ["--resume"], tmp_path)
-    assert "=== Sweep ctrlc finished" in output and "(1 complete) x 2 folds" in output
+    assert "=== Sweep ctrlc resumed, finished after another" in output and "(1 complete) x 2 folds" in output
     tree = run_tree(uri, "ctrlc")
     (trial,) = tree["trial"]
     assert (trial.info.status, trial.data.tags["outcome"]) == ("FINISHED", "complete")
     assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
+    metrics = tree["sweep"][0].data.metrics  # each part's own wall, and no overhead ratio over parts
+    assert {"wall_seconds", "resumed_wall_seconds"} <= set(metrics) and "ray_overhead_ratio" not in metrics
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
 
