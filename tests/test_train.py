@@ -15,7 +15,7 @@ from tfmamba.checkpoint import has_checkpoint, load_checkpoint
 from tfmamba.config import TrainConfig
 from tfmamba.corpora.folds import Fold
 from tfmamba.corpora.manifest import Manifest
-from tfmamba.errors import ConfigError, TrainingError
+from tfmamba.errors import ConfigError, DataError, TrainingError
 from tfmamba.features.store import FeatureStore
 from tfmamba.training.fold import FoldResult, train_fold
 from tfmamba.training.input_norm import InputNorm, fold_into_linear
@@ -260,6 +260,16 @@ def test_resume_refuses_other_settings(tmp_path):
     run(tmp_path, "out", tiny_config(epochs=1))
     with pytest.raises(ConfigError, match="lr"):
         run(tmp_path, "out", tiny_config(epochs=2, lr=1e-2))
+    store, manifest, fold = synthetic()
+    swapped = Fold(index=1, name="toy", train=fold.train, valid=fold.test, test=fold.valid)
+    with pytest.raises(DataError, match="belongs to another fold or utterance split"):
+        run(tmp_path, "out", tiny_config(epochs=1), data=(store, manifest, swapped))
+    # More epochs stretch a cosine schedule under the steps already taken: not a continuation of them.
+    with pytest.raises(ConfigError, match="cosine schedule over 1 epochs, not 2"):
+        run(tmp_path, "out", tiny_config(epochs=2))
+    run(tmp_path, "flat", tiny_config(epochs=1, scheduler="constant"))
+    longer = run(tmp_path, "flat", tiny_config(epochs=2, scheduler="constant"))  # a constant schedule continues
+    assert longer.epochs_run == 2
 
 
 @pytest.mark.parametrize(("overrides", "poison"), [({"lr": 1e30}, None), ({"input_norm": "none"}, "inf")])

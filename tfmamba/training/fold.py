@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints/last"
 PROGRESS_VERSION = 1
-# Settings that may change between an interrupted run and its resumption.
+# Settings that may change between an interrupted run and its resumption (`epochs` only on a constant schedule).
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile", "cuda_graphs", "checkpoint_seconds"})
 
 
@@ -212,6 +212,11 @@ def _resume(config: TrainConfig, fold: Fold, reporter: Reporter | None, out_dir:
     if changed:
         raise ConfigError(f"{folder}: the checkpoint was trained with other settings ({', '.join(changed)}); "
                           f"use another output folder or the same settings")
+    if now["scheduler"] == "cosine" and before["epochs"] != now["epochs"]:
+        raise ConfigError(f"{folder}: the checkpoint was trained on a cosine schedule over {before['epochs']} epochs, "
+                          f"not {now['epochs']} (they set every step's learning rate, so this would not continue it); "
+                          f"resume it with epochs={before['epochs']}, or train {now['epochs']} in another output "
+                          f"folder")
     model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
