@@ -23,7 +23,7 @@ from orchestration.preflight import PreflightError, check_outputs, mlflow_locati
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
 from orchestration.warm_up import start_warm_up
-from tfmamba.locations import absolute, is_uri
+from tfmamba.locations import absolute, is_uri, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,38 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
     except PreflightError as err:
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
     return where
+
+
+# Parent-run parameters a resumed sweep or grid may change: where its folds run, not what they compute.
+RESOURCE_PARAMS = frozenset({"workers_per_fold", "gpus_per_worker"})
+
+
+def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, instead: str) -> None:
+    """--resume continues a sweep or grid as it was started (Tune restores its trial count and search space; the
+    folds resume their checkpoints): exit naming each option that differs from its first start, before Ray starts.
+    `instead`: what to run for other settings. Nothing to compare (no store, no run yet) is not an error here."""
+    database = sqlite_path(where.tracking_uri)
+    if database is not None and not database.is_file():
+        return
+    experiment = mlflow_runs.retried(mlflow_runs.client(where.tracking_uri).get_experiment_by_name)(where.experiment)
+    runs = mlflow_runs.find_runs(where.tracking_uri, experiment.experiment_id,
+                                 mlflow_runs.sweep_tags(where.name)) if experiment else []
+    if not runs or not runs[0].data.params:
+        return
+    started = runs[0].data.params
+    now = {key: str(value) for key, value in params.items()}
+    def option(key: str, value: str | None) -> str:  # as it is typed: --set epochs=3, --num-samples 6
+        if key.startswith("fixed."):
+            return f"--set {key.removeprefix('fixed.')}={value}" if value is not None else "no --set for it"
+        if key == "base_config":
+            return f"a space or grid on base config {value}"
+        return f"--{key.replace('_', '-')} {value}"
+
+    differ = [f"{option(key, now.get(key))} (started with {option(key, started.get(key))})"
+              for key in sorted((set(now) | set(started)) - RESOURCE_PARAMS) if now.get(key) != started.get(key)]
+    if differ:
+        raise SystemExit(f"--resume continues {kind} {where.name} as it was started, but {', '.join(differ)}: "
+                         f"drop those options to resume it; {instead}")
 
 
 def newest_run(storage: str) -> str:

@@ -49,7 +49,9 @@ MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI (the cluster config sets it to t
 server), else sqlite:///./mlflow.db with artifacts in ./mlartifacts. Browse the results with the
 `mlflow ui ...` command printed at the end.
 Resume an interrupted sweep: the same command plus --resume (and its --name; the newest sweep
-under --storage-path is taken otherwise). Finished trials are not rerun.
+under --storage-path is taken otherwise). Finished trials are not rerun. Options that define the
+sweep (--num-samples, --folds, --seed, --set, the space's base config) must be those it started
+with; it refuses others, naming them (--warm-start runs more trials in a new sweep).
 Optuna: each sweep is a study named after it, stored in optuna.db beside an SQLite mlflow.db (else
 beside the Tune state); the sweep prints the optuna-dashboard command that shows it. --warm-start
 NAME starts TPE from the finished trials of the earlier sweep NAME (same or overlapping space).""",
@@ -193,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     objectives = args.objectives or [(metric, mode)]
     metric, mode = next((n, m) for n, m in objectives if n not in pareto.COSTS)  # picks the best model
     study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
+    params = {"num_samples": args.num_samples, "folds": ",".join(map(str, data.folds)),
+              "workers_per_fold": args.workers_per_fold, "seed": args.seed, "gpus_per_worker": args.gpus_per_worker,
+              "base_config": space.base, **{f"fixed.{k}": v for k, v in space.fixed.items()}}
+    if args.resume:
+        launch.check_resume(where, params, "sweep", f"for more or other trials, start a new sweep seeded with its "
+                            f"trials: --warm-start {where.name} --name NEW_NAME")
     launch.start_ray(args.address, where.tracking_uri, args.verbose)  # its warm-up imports Tune and Optuna meanwhile
     if not args.resume:
         prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
@@ -208,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         where, where.name,
         tags={**data.tags(), "search_space": space.name, "metric": f"{metric} ({mode})",
               **({"objectives": ", ".join(f"{n} ({m})" for n, m in objectives)} if len(objectives) > 1 else {})},
-        params={"num_samples": args.num_samples, "folds": ",".join(map(str, data.folds)),
-                "workers_per_fold": args.workers_per_fold, "seed": args.seed,
-                "gpus_per_worker": args.gpus_per_worker, "base_config": space.base,
-                **{f"fixed.{k}": v for k, v in space.fixed.items()}},
-        files={str(space.path): "search_space"},
+        params=params, files={str(space.path): "search_space"},
         texts={"search_space/base_config.yaml": space.base_config().to_yaml()}, resume=args.resume)
     ctx = launch.sweep_context(where, data, space, experiment_id, parent_run_id, layout.parallel_folds,
                                manifest, dispatcher, metric=metric, mode=mode)
