@@ -95,22 +95,24 @@ def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, inst
     experiment = mlflow_runs.retried(mlflow_runs.client(where.tracking_uri).get_experiment_by_name)(where.experiment)
     runs = mlflow_runs.find_runs(where.tracking_uri, experiment.experiment_id,
                                  mlflow_runs.sweep_tags(where.name)) if experiment else []
-    if not runs or not runs[0].data.params:
+    started = min(runs, key=lambda run: run.info.start_time).data.params if runs else {}  # the one resumed
+    if not started:
         return
-    started = runs[0].data.params
     now = {key: str(value) for key, value in params.items()}
-    def option(key: str, value: str | None) -> str:  # as it is typed: --set epochs=3, --num-samples 6
-        if key.startswith("fixed."):
-            return f"--set {key.removeprefix('fixed.')}={value}" if value is not None else "no --set for it"
-        if key == "base_config":
-            return f"a space or grid on base config {value}"
-        return f"--{key.replace('_', '-')} {value}"
-
-    differ = [f"{option(key, now.get(key))} (started with {option(key, started.get(key))})"
+    differ = [f"{_as_typed(key, now.get(key))} (started with {_as_typed(key, started.get(key))})"
               for key in sorted((set(now) | set(started)) - RESOURCE_PARAMS) if now.get(key) != started.get(key)]
     if differ:
         raise SystemExit(f"--resume continues {kind} {where.name} as it was started, but {', '.join(differ)}: "
                          f"drop those options to resume it; {instead}")
+
+
+def _as_typed(key: str, value: str | None) -> str:
+    """A parent-run parameter as the option that sets it: `fixed.epochs` 3 -> `--set epochs=3`."""
+    if key.startswith("fixed."):
+        return f"--set {key.removeprefix('fixed.')}={value}" if value is not None else "no --set for it"
+    if key == "base_config":
+        return f"a space or grid on base config {value}"
+    return f"--{key.replace('_', '-')} {value}"
 
 
 def newest_run(storage: str) -> str:
