@@ -1,9 +1,11 @@
 """Tune's `OptunaSearch`, except that a trial the scheduler stopped before its last fold is told to Optuna as
-PRUNED: Tune's own records it as COMPLETE with its partial mean, which TPE would then trust as final."""
+PRUNED (Tune's own records it as COMPLETE with its partial mean, which TPE would then trust as final), and the
+stored study names its objectives (optuna-dashboard labels them `valid_ua_mean`, not "Objective 0")."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -18,6 +20,16 @@ class ProjectOptunaSearch(OptunaSearch):
         self._n_folds = n_folds
         self._time_attr = time_attr
         super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        super()._setup_study(mode)
+        names = list(self._metric) if isinstance(self._metric, list) else [self._metric]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental in some Optuna releases
+                self._ot_study.set_metric_names(names)
+        except Exception as err:  # a label only: the study works without it
+            logger.warning("Optuna: could not name the study's objectives %s: %s", names, err)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState

@@ -323,6 +323,7 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
         assert run.info.run_name.startswith("t0") and "λ=" in run.info.run_name
         assert (run.data.tags.get("pruned") == "true") == (done < 3)
         assert "valid_ua_mean" in run.data.metrics  # partial means kept
+    assert study.metric_names == ["valid_ua_mean"]  # optuna-dashboard's axis label
     states = sorted(t.state.name for t in study.trials)
     assert states.count("PRUNED") == sum(r.data.tags.get("pruned") == "true" for r in tree["trial"])
     assert states.count("COMPLETE") + states.count("PRUNED") == 3
@@ -370,6 +371,7 @@ def test_pareto_search_on_accuracy_and_size(demo, tmp_path: Path) -> None:
     assert "Pareto front (valid_ua_mean max, params min" in output
     study = optuna.load_study(study_name="front", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["valid_ua_mean", "params"]
     tree = run_tree(uri, "front")
     params = {run.data.tags["trial_id"]: run.data.metrics["params"] for run in tree["trial"]}
     assert len(params) == 3 and all(p > 1000 for p in params.values())
