@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestration import console, mlflow_runs, mlflow_ui
+from orchestration import console, driver_lock, mlflow_runs, mlflow_ui
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
@@ -65,7 +65,8 @@ class ResultsLocation:
 
 def results_location(args: argparse.Namespace, new_name: Callable[[], str], what: str) -> ResultsLocation:
     """Resolve --storage-path, --name (or the newest run under the storage with --resume, or `new_name()`)
-    and the MLflow URI, then check every location can be written: exits naming each problem."""
+    and the MLflow URI, check every location can be written (exits naming each problem), and take the sweep's
+    driver lock (exits naming the process that drives it already)."""
     storage = absolute(args.storage_path)
     name = args.name or (newest_run(storage) if args.resume else new_name())
     if not args.resume and not is_uri(storage) and Path(storage, name).exists():
@@ -78,6 +79,11 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
                       where.tracking_uri)
     except PreflightError as err:
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
+    try:
+        driver_lock.hold(storage, name)
+    except driver_lock.SweepRunningError as err:
+        raise SystemExit(f"{what} {name} is being run by another process ({err}): wait for it to end, or stop it "
+                         f"(Ctrl-C) first; then --resume --name {name} continues it") from None
     return where
 
 

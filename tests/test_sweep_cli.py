@@ -131,3 +131,29 @@ def test_a_missing_manifest_or_unreachable_cache_stops_with_one_line(demo, tmp_p
             main([*data(demo, tmp_path), "--storage-path", str(tmp_path / "ray"),
                   "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert not (tmp_path / "mlflow.db").exists()
+
+
+HOLD_LOCK = ("import sys, time\nfrom orchestration.driver_lock import hold\nhold(sys.argv[1], sys.argv[2])\n"
+             "print('held', flush=True)\ntime.sleep(float(sys.argv[3]))\n")
+
+
+def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path: Path) -> None:
+    """`--resume` of a sweep whose driver still runs (here a process holding its lock as a driver does) stops
+    before Ray starts, naming that process; once it is gone the lock is free again, with nothing to clean up."""
+    storage = tmp_path / "ray"
+    driver = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(storage), "busy", "120"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert driver.stdout.readline().strip() == "held"
+        done = subprocess.run([sys.executable, str(SWEEP), "--resume", "--name", "busy", "--storage-path",
+                               str(storage), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert f"sweep busy is being run by another process (pid {driver.pid} on " in done.stderr
+        assert "Started a private local Ray" not in done.stdout
+    finally:
+        driver.kill()
+        driver.wait()
+    again = subprocess.run([sys.executable, "-c", HOLD_LOCK, str(storage), "busy", "0"], capture_output=True,
+                           text=True, timeout=60)
+    assert again.stdout.strip() == "held", again.stderr
