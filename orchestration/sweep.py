@@ -51,7 +51,8 @@ server), else sqlite:///./mlflow.db with artifacts in ./mlartifacts. Browse the 
 Resume an interrupted sweep: the same command plus --resume (and its --name; the newest sweep
 under --storage-path is taken otherwise). Finished trials are not rerun. Options that define the
 sweep (--num-samples, --folds, --seed, --set, the space's base config) must be those it started
-with; it refuses others, naming them (--warm-start runs more trials in a new sweep).
+with; it refuses others, naming them (--warm-start runs more trials in a new sweep), and a sweep
+whose driver still runs (one driver per sweep).
 Optuna: each sweep is a study named after it, stored in optuna.db beside an SQLite mlflow.db (else
 beside the Tune state); the sweep prints the optuna-dashboard command that shows it. --warm-start
 NAME starts TPE from the finished trials of the earlier sweep NAME (same or overlapping space).""",
