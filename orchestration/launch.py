@@ -18,16 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestration import console, driver_lock, mlflow_runs, mlflow_ui
+from orchestration import console, mlflow_runs, mlflow_ui
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
 from orchestration.warm_up import start_warm_up
 from tfmamba.locations import absolute, is_uri, sqlite_path
+from tfmamba.process_lock import LocationBusy, ProcessLock, acquire
 
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DRIVER_LOCKS: list[ProcessLock | None] = []  # held until the driver exits
 
 
 def configure_console() -> None:
@@ -79,12 +81,18 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
                       where.tracking_uri)
     except PreflightError as err:
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
+    hold_driver_lock(storage, name, what)
+    return where
+
+
+def hold_driver_lock(storage: str, name: str, what: str) -> None:
+    """One driver per sweep or grid (a second would run the first's trials again beside it, both failing): hold
+    its lock until this process exits, or exit naming the process that holds it."""
     try:
-        driver_lock.hold(storage, name)
-    except driver_lock.SweepRunningError as err:
+        _DRIVER_LOCKS.append(acquire(storage, f"{name}.driver"))
+    except LocationBusy as err:
         raise SystemExit(f"{what} {name} is being run by another process ({err}): wait for it to end, or stop it "
                          f"(Ctrl-C) first; then --resume --name {name} continues it") from None
-    return where
 
 
 # Parent-run parameters a resumed sweep or grid may change: where its folds run, not what they compute.

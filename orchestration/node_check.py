@@ -17,8 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from orchestration.preflight import local_path
-from tfmamba.locations import sqlite_path
+from tfmamba.locations import local_path, sqlite_path
 
 logger = logging.getLogger(__name__)
 

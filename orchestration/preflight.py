@@ -16,10 +16,9 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from orchestration import mlflow_runs
-from tfmamba.locations import is_uri, sqlite_path
+from tfmamba.locations import local_path, sqlite_path
 
 DEFAULT_MIN_FREE_GB = 1.0
 GIB = 1024**3
@@ -29,15 +28,6 @@ TRACKING_PROBE_SECONDS = 10.0
 
 class PreflightError(RuntimeError):
     """A results location that cannot be written or has too little room; the message lists them all."""
-
-
-def local_path(location: str) -> Path | None:
-    """The local path of a plain path or a file:// URI; None for a remote URI."""
-    if location.startswith("file://"):
-        return Path(unquote(urlparse(location).path))
-    if is_uri(location):
-        return None
-    return Path(location)
 
 
 def _existing_ancestor(path: Path) -> Path:

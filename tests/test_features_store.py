@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,11 +88,28 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     writer = FeatureWriter(str(tmp_path / "c"), ext.describe(), "h", shard_size=2)
     for utt_id, wave in zip(table["utt_id"][:3], ext([soundfile.read(p)[0] for p in table["path"][:3]])):
         writer.add(utt_id, wave)  # 2 flushed as a shard, 1 pending and lost: the run is killed here
+    writer.release()  # as a killed process's lock goes with it
     (tmp_path / "c" / ".tmp-0123-shard-00001.parquet").write_bytes(b"PAR1 half a shard")
     report = build_cache(table, "h", ext, str(tmp_path / "c"), progress=False)
     assert (report.already_done, report.written) == (2, 5)
     assert not list((tmp_path / "c").glob(".tmp-*"))
     assert sorted(FeatureStore.open(str(tmp_path / "c")).utt_ids) == sorted(table["utt_id"])
+
+
+def test_one_writer_at_a_time(tmp_path):
+    """A second writer of a cache being written (another `tfmamba features` on it) is refused, naming the first, and
+    touches nothing: it used to delete the first's temporary shard and reuse its shard names."""
+    first = FeatureWriter(str(tmp_path), IDENTITY, "h", shard_size=1)
+    first.add("a", np.ones((3, 4), np.float32))
+    (tmp_path / ".tmp-0123-shard-00001.parquet").write_bytes(b"the first writer's shard in the making")
+    busy = rf"feature cache {tmp_path} is being written by another process \(pid {os.getpid()} on "
+    with pytest.raises(DataError, match=busy):
+        FeatureWriter(str(tmp_path), IDENTITY, "h", shard_size=1)
+    assert (tmp_path / ".tmp-0123-shard-00001.parquet").exists()
+    first.close()
+    with FeatureWriter(str(tmp_path), IDENTITY, "h") as second:  # free again once the first is done
+        second.add("b", np.ones((2, 4), np.float32))
+    assert sorted(FeatureStore.open(str(tmp_path)).utt_ids) == ["a", "b"]
 
 
 def test_reader_ignores_leftover_tmp_files(tmp_path):

@@ -133,12 +133,13 @@ def test_a_missing_manifest_or_unreachable_cache_stops_with_one_line(demo, tmp_p
     assert not (tmp_path / "mlflow.db").exists()
 
 
-HOLD_LOCK = ("import sys, time\nfrom orchestration.driver_lock import hold\nhold(sys.argv[1], sys.argv[2])\n"
-             "print('held', flush=True)\ntime.sleep(float(sys.argv[3]))\n")
+HOLD_LOCK = ("import sys, time\nfrom orchestration.launch import hold_driver_lock\n"
+             "hold_driver_lock(sys.argv[1], sys.argv[2], 'sweep')\nprint('held', flush=True)\n"
+             "time.sleep(float(sys.argv[3]))\n")
 
 
 def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path: Path) -> None:
-    """`--resume` of a sweep whose driver still runs (here a process holding its lock as a driver does) stops
+    """`--resume` of a sweep whose driver still runs (here a process holding its lock as the driver does) stops
     before Ray starts, naming that process; once it is gone the lock is free again, with nothing to clean up."""
     storage = tmp_path / "ray"
     driver = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(storage), "busy", "120"], stdout=subprocess.PIPE,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -18,6 +19,15 @@ SQLITE_PREFIX = "sqlite:///"
 def is_uri(location: str) -> bool:
     """True for `scheme://...` (s3://, gs://, file://, ...), False for a plain path."""
     return "://" in location
+
+
+def local_path(location: str) -> Path | None:
+    """The local path of a plain path or a file:// URI; None for a remote URI."""
+    if location.startswith("file://"):
+        return Path(unquote(urlparse(location).path))
+    if is_uri(location):
+        return None
+    return Path(location)
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -3,7 +3,9 @@
 Shards and metadata are written under a `.tmp-` name and renamed into place, so a killed run
 leaves complete shards plus, at worst, a temporary file that the next run deletes. Opening an
 existing cache resumes it: its utterances are `done`, and a different extractor, layer or
-manifest is refused rather than mixed in.
+manifest is refused rather than mixed in. One writer at a time: a second process opening the cache
+while a first writes it stops, naming the first (`tfmamba.process_lock`), instead of deleting its
+temporary shards and reusing its shard names.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tfmamba import __version__
 from tfmamba.errors import DataError
 from tfmamba.features.store import (CACHE_IDENTITY, DTYPE, FORMAT_VERSION, METADATA, PROBLEMS, SCHEMA, TMP_PREFIX,
                                     exists, read_metadata, resolve)
+from tfmamba.process_lock import LocationBusy, acquire
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,22 @@ class FeatureWriter:
         self.fs, self.root = resolve(uri)
         self.shard_size = shard_size
         self.fs.create_dir(self.root, recursive=True)
+        try:
+            self._lock = acquire(uri, "writer")
+        except LocationBusy as err:
+            raise DataError(f"feature cache {uri} is being written by another process ({err}): wait for it to end, "
+                            f"or stop it; then the same command goes on where it stopped") from None
+        try:
+            self._open(identity, manifest_hash)
+        except BaseException:
+            self.release()
+            raise
+        self._pending: list[tuple[str, np.ndarray]] = []
+        self.written = 0
+        self.bytes_written = 0
+
+    def _open(self, identity: dict, manifest_hash: str) -> None:
+        """Clear a killed run's temporary files, check the cache was built the same way, read what is done."""
         self._clean_tmp()
         wanted = {**{k: identity.get(k) for k in CACHE_IDENTITY}, "manifest_hash": manifest_hash}
         meta = read_metadata(self.fs, self.root)
@@ -48,13 +67,15 @@ class FeatureWriter:
             diff = {k: (meta.get(k), wanted[k]) for k in CACHE_IDENTITY if meta.get(k) != wanted[k]}
             if diff:
                 what = "; ".join(f"{k}: cache has {old!r}, this run {new!r}" for k, (old, new) in diff.items())
-                raise DataError(f"feature cache {uri} was built differently ({what}); use another --out "
+                raise DataError(f"feature cache {self.uri} was built differently ({what}); use another --out "
                                 f"or delete the cache")
         self.meta = meta
         self.done: set[str] = self._read_done()
-        self._pending: list[tuple[str, np.ndarray]] = []
-        self.written = 0
-        self.bytes_written = 0
+
+    def release(self) -> None:
+        """Let another process write the cache (`close()` does it after the last shard)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def _clean_tmp(self) -> None:
         for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
@@ -128,6 +149,7 @@ class FeatureWriter:
         self.flush()
         if not exists(self.fs, f"{self.root}/{METADATA}"):
             self._write_metadata()
+        self.release()
 
     def __enter__(self) -> "FeatureWriter":
         return self
