@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -59,3 +61,21 @@ def test_train_command_writes_the_results_folder_and_resumes(tmp_path, capsys):
     assert "no fold 3" in capsys.readouterr().err
     assert main([*args, "--set", "bogus=1"]) == 2
     assert "unknown setting(s): bogus" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):
+    """Two `tfmamba train` runs into one --out would overwrite each other's checkpoints: the second stops before it
+    trains, naming the first (here a process holding the folder's lock as a training run does)."""
+    manifest, cache = make_corpus(tmp_path)
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tfmamba.process_lock import acquire\n"
+                              "lock = acquire(sys.argv[1], 'train')\nprint('held', flush=True)\ntime.sleep(60)",
+                              str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        assert main(["train", "--manifest", manifest, "--cache", cache, "--out", str(out), "--no-progress"]) == 2
+        assert f"{out} is being trained into by another process (pid {first.pid} on " in capsys.readouterr().err
+        assert not (out / "checkpoints").exists()
+    finally:
+        first.kill()
+        first.wait()

@@ -34,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tfmamba.config import load_train_config
     from tfmamba.corpora.manifest import read_manifest
-    from tfmamba.errors import ConfigError
+    from tfmamba.errors import ConfigError, DataError
     from tfmamba.features.store import FeatureStore
     from tfmamba.corpora.folds import load_folds, select_folds
+    from tfmamba.process_lock import LocationBusy, acquire
     from tfmamba.training.fold import train_fold
 
     config = load_train_config(args.config, args.overrides)
@@ -53,9 +54,18 @@ def run(args: argparse.Namespace) -> int:
     (fold,) = select_folds(folds, [args.fold])
     store = FeatureStore.open(str(cache), manifest=manifest)
     out = Path(args.out) if args.out else Path("runs/train") / f"fold-{args.fold}"
-    with logging_redirect_tqdm():
-        result = train_fold(config, fold, store, manifest=manifest, out_dir=out, device=args.device,
-                            progress=not args.no_progress)
+    try:  # two runs into one folder would overwrite each other's checkpoints
+        lock = acquire(str(out), "train")
+    except LocationBusy as err:
+        raise DataError(f"{out} is being trained into by another process ({err}): wait for it to end, or stop it; "
+                        f"then the same command resumes it") from None
+    try:
+        with logging_redirect_tqdm():
+            result = train_fold(config, fold, store, manifest=manifest, out_dir=out, device=args.device,
+                                progress=not args.no_progress)
+    finally:
+        if lock is not None:
+            lock.release()
     valid, test = result.valid, result.test
     print(f"fold {result.fold}: best epoch {result.best_epoch} of {result.epochs_run} "
           f"({result.train_seconds:.0f} s)\n"
