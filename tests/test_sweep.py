@@ -335,9 +335,11 @@ def test_pruning_study_names_registry_and_console(demo, tmp_path: Path) -> None:
     assert client.get_experiment(sweep_run.info.experiment_id).tags["mlflow.experimentKind"] == \
         "custom_model_development"
     assert f"#/experiments/{sweep_run.info.experiment_id}?workflowType=machine_learning" in output  # the runs view
-    complete = sorted((run for run in tree["trial"] if run.data.tags.get("pruned") != "true"),
-                      key=lambda run: -run.data.metrics["valid_ua_mean"])
-    assert compared_runs(output, sweep_run.info.experiment_id) == [run.info.run_id for run in complete]  # best first
+    complete = {run.info.run_id: run.data.metrics["valid_ua_mean"] for run in tree["trial"]
+                if run.data.tags.get("pruned") != "true"}
+    compared = compared_runs(output, sweep_run.info.experiment_id)
+    assert sorted(compared) == sorted(complete)  # the complete trials, best first (ties in either order)
+    assert [complete[run] for run in compared] == sorted(complete.values(), reverse=True)
     assert sweep_run.data.tags["mlflow.source.git.commit"]
     assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= {
         a.path for a in client.list_artifacts(sweep_run.info.run_id, "optuna")}
