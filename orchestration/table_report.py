@@ -180,7 +180,13 @@ def _cell(c: Comparison | None) -> str:
     return f"{100 * c.mean:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}] {_p(c.p_t)}"
 
 
-def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str:
+# How a grid's parent run that is not FINISHED reads in its report (a report rebuilt while it trains, or after it
+# was interrupted or lost rows).
+UNFINISHED = {"RUNNING": "still running (or its driver was killed: `--resume` finishes it)",
+              "KILLED": "interrupted (`--resume` finishes it)", "FAILED": "finished with rows that failed"}
+
+
+def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str, status: str = "FINISHED") -> str:
     """The table: params and each metric (%, mean ± std over folds and seeds) ours vs paper, and ours - paper."""
     keys = metrics_for(corpus)
     features, seeds, paper_params = _columns(rows)
@@ -195,6 +201,9 @@ def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str) -> str
     over = "folds × seeds" if seeds else "folds"
     lines = [f"# {table}: {corpus} (ours) vs the paper ({paper_corpus(corpus).upper()})", "",
              f"MLflow parent run `{run_id}`. Test metrics in %, mean ± std over {over}; Δ = ours − paper."]
+    if status != "FINISHED":
+        lines += ["", f"**Not a finished grid: its run is {UNFINISHED.get(status, status.lower())}.** Rows not trained "
+                      f"yet are missing, and a row's numbers are over the folds it finished."]
     if significance:
         lines.append(f"\"vs above\" / \"vs full\": this row minus the row above / minus the full model "
                      f"({full.row if full else 'none'}), paired over the {over} both ran: mean difference in points "
@@ -308,7 +317,10 @@ def build_report(uri: str, parent, out_dir: str | Path = DEFAULT_OUT) -> dict[st
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{table}-{corpus}.{ext}" for ext in ("md", "csv", "png")}
-    paths["md"].write_text(markdown(rows, table, corpus, parent.info.run_id), encoding="utf-8")
+    paths["md"].write_text(markdown(rows, table, corpus, parent.info.run_id, parent.info.status), encoding="utf-8")
+    if parent.info.status != "FINISHED":
+        logger.warning("grid run %s is %s: the report shows the rows so far", parent.info.run_id,
+                       UNFINISHED.get(parent.info.status, parent.info.status.lower()))
     write_csv(rows, corpus, paths["csv"])
     plot(rows, table, corpus, paths["png"])
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))

@@ -174,6 +174,9 @@ def test_a_grid_stopped_with_ctrl_c_says_so_and_resumes(demo, tmp_path: Path) ->
     assert "table3 g interrupted after" in output and "(rows not finished: baseline)" in output, output[-3000:]
     assert "continue it with the same command plus --resume --name g" in output
     assert not (tmp_path / "reports").exists()
+    partial = run_cli([sys.executable, str(REPORT), "--experiment", "tfmamba-sweeps", "--mlflow-uri", uri, "--out",
+                       str(tmp_path / "partial")], tmp_path)  # a report rebuilt from the interrupted grid says so
+    assert "**Not a finished grid: its run is interrupted (`--resume` finishes it).**" in partial
     tree = run_tree(uri, "g")
     assert tree["sweep"][0].info.status == "KILLED" and tree["trial"][0].data.tags["outcome"] == "interrupted"
     assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
