@@ -44,7 +44,7 @@ Table II rows name their own caches: --manifest with --caches-root (and --row-ca
 grids/table2.yaml. MELD has one official split: repeat it over seeds with --seeds 5.
 Resume an interrupted grid: the same command plus --resume (and its --name; else the newest grid
 under --storage-path); finished rows are not rerun and write no new MLflow runs. It refuses
---folds, --seeds or --set values other than those the grid started with, naming them.
+--rows, --folds, --seeds or --set values other than those the grid started with, naming them.
 MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db.""")
     data = options.add_data_options(parser, manifest_default="or --demo")
     data.add_argument("--caches-root", default=None,
@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     params = row_parameters(grid, data, caches)
     where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid")
     metric, mode = objective(data.corpus, grid.space)
-    run_params = {"folds": ",".join(map(str, data.folds)), "base_config": grid.space.base,
-                  "seeds": ",".join(map(str, seeds)) or "config", "workers_per_fold": args.workers_per_fold,
-                  "gpus_per_worker": args.gpus_per_worker, **{f"fixed.{k}": v for k, v in grid.space.fixed.items()}}
+    run_params = {"rows": ",".join(grid.rows), "folds": ",".join(map(str, data.folds)),
+                  "base_config": grid.space.base, "seeds": ",".join(map(str, seeds)) or "config",
+                  "workers_per_fold": args.workers_per_fold, "gpus_per_worker": args.gpus_per_worker,
+                  **{f"fixed.{k}": v for k, v in grid.space.fixed.items()}}
     if args.resume:
         launch.check_resume(where, run_params, "grid", "for other settings, start a new grid with another --name")
     launch.start_ray(args.address, where.tracking_uri, args.verbose)
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     experiment_id, parent_run_id = launch.open_parent_run(
         where, grid.table,
         tags={**data.tags(), TABLE_TAG: grid.table, "rows": ",".join(grid.rows), "grid": str(grid.path)},
-        params=run_params, files={str(grid.path): "grid"}, texts={"grid/base_config.yaml": grid.space.base_config().to_yaml()},
-        resume=args.resume)
+        params=run_params, files={str(grid.path): "grid"},
+        texts={"grid/base_config.yaml": grid.space.base_config().to_yaml()}, resume=args.resume)
     ctx = launch.sweep_context(where, data, grid.space, experiment_id, parent_run_id, layout.parallel_folds,
                                manifest, dispatcher, seeds=seeds,
                                row_caches={row: cache for row, (cache, _) in caches.items()}, metric=metric, mode=mode)

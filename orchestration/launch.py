@@ -113,8 +113,10 @@ def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, inst
     if not started:
         return
     now = {key: str(value) for key, value in params.items()}
+    # A parameter the run does not have is newer than it, not a change, unless it is a --set setting.
+    keys = {key for key in set(now) | set(started) if key in started or key.startswith("fixed.")} - RESOURCE_PARAMS
     differ = [f"{_as_typed(key, now.get(key))} (started with {_as_typed(key, started.get(key))})"
-              for key in sorted((set(now) | set(started)) - RESOURCE_PARAMS) if now.get(key) != started.get(key)]
+              for key in sorted(keys) if now.get(key) != started.get(key)]
     if differ:
         raise SystemExit(f"--resume continues {kind} {where.name} as it was started, but {', '.join(differ)}: "
                          f"drop those options to resume it; {instead}")

@@ -180,9 +180,11 @@ def test_a_grid_stopped_with_ctrl_c_says_so_and_resumes(demo, tmp_path: Path) ->
     tree = run_tree(uri, "g")
     assert tree["sweep"][0].info.status == "KILLED" and tree["trial"][0].data.tags["outcome"] == "interrupted"
     assert not [run for run in tree["trial"] + tree["fold"] if "pruned" in run.data.tags]
-    other = subprocess.run([*command, "--resume", "--folds", "1"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=120)
-    assert other.returncode == 1 and "--folds 1 (started with --folds 1,2)" in other.stderr, other.stderr[-3000:]
+    other = subprocess.run([*command, "--resume", "--folds", "1", "--rows", "baseline,tf"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1, other.stderr[-3000:]
+    assert ("--folds 1 (started with --folds 1,2), --rows baseline,tf (started with --rows baseline)"
+            in other.stderr), other.stderr[-3000:]
     output = run_cli([*command, "--resume"], tmp_path)
     assert (tmp_path / "reports" / "table3-demo.md").is_file() and "table3 resumed, finished after another" in output
     tree = run_tree(uri, "g")
