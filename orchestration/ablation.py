@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     params = row_parameters(grid, data, caches)
     where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid")
     metric, mode = objective(data.corpus, grid.space)
-    run_params = {"rows": ",".join(grid.rows), "folds": ",".join(map(str, data.folds)),
-                  "base_config": grid.space.base, "seeds": ",".join(map(str, seeds)) or "config",
-                  "workers_per_fold": args.workers_per_fold, "gpus_per_worker": args.gpus_per_worker,
-                  **{f"fixed.{k}": v for k, v in grid.space.fixed.items()}}
+    run_params = launch.parent_run_params(args, data.folds, grid.space, rows=",".join(grid.rows),
+                                          seeds=",".join(map(str, seeds)) or "config")
     if args.resume:
         launch.check_resume(where, run_params, "grid", "for other settings, start a new grid with another --name")
     launch.start_ray(args.address, where.tracking_uri, args.verbose)

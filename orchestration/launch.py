@@ -29,7 +29,7 @@ from tfmamba.process_lock import LocationBusy, ProcessLock, acquire
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_DRIVER_LOCKS: list[ProcessLock | None] = []  # held until the driver exits
+_DRIVER_LOCKS: list[ProcessLock] = []  # held until the driver exits
 
 
 def configure_console() -> None:
@@ -99,6 +99,14 @@ def hold_driver_lock(storage: str, name: str, what: str) -> None:
 RESOURCE_PARAMS = frozenset({"workers_per_fold", "gpus_per_worker"})
 
 
+def parent_run_params(args: argparse.Namespace, folds: list[int], space: Any, **own: Any) -> dict[str, Any]:
+    """The parameters of a sweep's or grid's parent run (what `check_resume` compares): its folds, base config,
+    resources and fixed settings, plus its `own` (a sweep's trial count and seed, a grid's rows and seeds)."""
+    return {**own, "folds": ",".join(map(str, folds)), "base_config": space.base,
+            "workers_per_fold": args.workers_per_fold, "gpus_per_worker": args.gpus_per_worker,
+            **{f"fixed.{key}": value for key, value in space.fixed.items()}}
+
+
 def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, instead: str) -> None:
     """--resume continues a sweep or grid as it was started (Tune restores its trial count and search space; the
     folds resume their checkpoints): exit naming each option that differs from its first start, before Ray starts.
@@ -106,7 +114,7 @@ def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, inst
     database = sqlite_path(where.tracking_uri)
     if database is not None and not database.is_file():
         return
-    experiment = mlflow_runs.retried(mlflow_runs.client(where.tracking_uri).get_experiment_by_name)(where.experiment)
+    experiment = mlflow_runs.get_experiment_by_name(where.tracking_uri, where.experiment)
     runs = mlflow_runs.find_runs(where.tracking_uri, experiment.experiment_id,
                                  mlflow_runs.sweep_tags(where.name)) if experiment else []
     started = min(runs, key=lambda run: run.info.start_time).data.params if runs else {}  # the one resumed

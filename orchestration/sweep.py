@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     objectives = args.objectives or [(metric, mode)]
     metric, mode = next((n, m) for n, m in objectives if n not in pareto.COSTS)  # picks the best model
     study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
-    params = {"num_samples": args.num_samples, "folds": ",".join(map(str, data.folds)),
-              "workers_per_fold": args.workers_per_fold, "seed": args.seed, "gpus_per_worker": args.gpus_per_worker,
-              "base_config": space.base, **{f"fixed.{k}": v for k, v in space.fixed.items()}}
+    params = launch.parent_run_params(args, data.folds, space, num_samples=args.num_samples, seed=args.seed)
     if args.resume:
         launch.check_resume(where, params, "sweep", f"for more or other trials, start a new sweep seeded with its "
                             f"trials: --warm-start {where.name} --name NEW_NAME")

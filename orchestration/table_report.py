@@ -186,6 +186,11 @@ UNFINISHED = {"RUNNING": "still running (or its driver was killed: `--resume` fi
               "KILLED": "interrupted (`--resume` finishes it)", "FAILED": "finished with rows that failed"}
 
 
+def unfinished(status: str) -> str | None:
+    """Why a grid run with this MLflow status is not a finished table, or None for a FINISHED one."""
+    return None if status == "FINISHED" else UNFINISHED.get(status, status.lower())
+
+
 def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str, status: str = "FINISHED") -> str:
     """The table: params and each metric (%, mean ± std over folds and seeds) ours vs paper, and ours - paper."""
     keys = metrics_for(corpus)
@@ -201,9 +206,10 @@ def markdown(rows: list[RowResult], table: str, corpus: str, run_id: str, status
     over = "folds × seeds" if seeds else "folds"
     lines = [f"# {table}: {corpus} (ours) vs the paper ({paper_corpus(corpus).upper()})", "",
              f"MLflow parent run `{run_id}`. Test metrics in %, mean ± std over {over}; Δ = ours − paper."]
-    if status != "FINISHED":
-        lines += ["", f"**Not a finished grid: its run is {UNFINISHED.get(status, status.lower())}.** Rows not trained "
-                      f"yet are missing, and a row's numbers are over the folds it finished."]
+    why = unfinished(status)
+    if why:
+        lines += ["", f"**Not a finished grid: its run is {why}.** Rows not trained yet are missing, and a row's "
+                      f"numbers are over the folds it finished."]
     if significance:
         lines.append(f"\"vs above\" / \"vs full\": this row minus the row above / minus the full model "
                      f"({full.row if full else 'none'}), paired over the {over} both ran: mean difference in points "
@@ -318,9 +324,9 @@ def build_report(uri: str, parent, out_dir: str | Path = DEFAULT_OUT) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{table}-{corpus}.{ext}" for ext in ("md", "csv", "png")}
     paths["md"].write_text(markdown(rows, table, corpus, parent.info.run_id, parent.info.status), encoding="utf-8")
-    if parent.info.status != "FINISHED":
-        logger.warning("grid run %s is %s: the report shows the rows so far", parent.info.run_id,
-                       UNFINISHED.get(parent.info.status, parent.info.status.lower()))
+    why = unfinished(parent.info.status)
+    if why:
+        logger.warning("grid run %s is %s: the report shows the rows so far", parent.info.run_id, why)
     write_csv(rows, corpus, paths["csv"])
     plot(rows, table, corpus, paths["png"])
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))

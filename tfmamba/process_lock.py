@@ -32,16 +32,23 @@ class LocationBusy(RuntimeError):
 
 
 class ProcessLock:
-    """A held lock; `release()` (or the process's end) frees it."""
+    """A held lock (`handle` None: none could be made); `release()`, the end of a `with` or the process's end
+    frees it."""
 
-    def __init__(self, path: Path, handle: IO[str]) -> None:
+    def __init__(self, path: Path, handle: IO[str] | None) -> None:
         self.path = path
-        self._handle: IO[str] | None = handle
+        self._handle = handle
 
     def release(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def __enter__(self) -> "ProcessLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def lock_path(location: str, name: str) -> Path:
@@ -54,16 +61,16 @@ def lock_path(location: str, name: str) -> Path:
     return REMOTE_LOCKS / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
 
 
-def acquire(location: str, name: str) -> ProcessLock | None:
+def acquire(location: str, name: str) -> ProcessLock:
     """Take the lock `name` at `location` for this process, or raise LocationBusy naming its holder. A lock file
-    that cannot be created (a read-only folder) is logged and None returned: the lock guards, it must not block."""
+    that cannot be created (a read-only folder) is logged and an empty lock returned: it guards, it must not block."""
     path = lock_path(location, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+", encoding="utf-8")
     except OSError as err:
         logger.warning("no lock at %s (%s): nothing stops a second process writing %s", path, err, location)
-        return None
+        return ProcessLock(path, None)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -59,13 +59,9 @@ def run(args: argparse.Namespace) -> int:
     except LocationBusy as err:
         raise DataError(f"{out} is being trained into by another process ({err}): wait for it to end, or stop it; "
                         f"then the same command resumes it") from None
-    try:
-        with logging_redirect_tqdm():
-            result = train_fold(config, fold, store, manifest=manifest, out_dir=out, device=args.device,
-                                progress=not args.no_progress)
-    finally:
-        if lock is not None:
-            lock.release()
+    with lock, logging_redirect_tqdm():
+        result = train_fold(config, fold, store, manifest=manifest, out_dir=out, device=args.device,
+                            progress=not args.no_progress)
     valid, test = result.valid, result.test
     print(f"fold {result.fold}: best epoch {result.best_epoch} of {result.epochs_run} "
           f"({result.train_seconds:.0f} s)\n"

@@ -74,8 +74,7 @@ class FeatureWriter:
 
     def release(self) -> None:
         """Let another process write the cache (`close()` does it after the last shard)."""
-        if self._lock is not None:
-            self._lock.release()
+        self._lock.release()
 
     def _clean_tmp(self) -> None:
         for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
