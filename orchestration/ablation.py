@@ -24,6 +24,7 @@ import time
 from dataclasses import replace
 
 from orchestration import console, launch, mlflow_runs, mlflow_ui, options
+from orchestration.disk_guard import FreeSpaceGuard
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.grid import Grid, load_grid
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     run_params = launch.parent_run_params(args, data.folds, grid.space, rows=",".join(grid.rows),
                                           seeds=",".join(map(str, seeds)) or "config")
     if args.resume:
-        launch.check_resume(where, run_params, "grid", "for other settings, start a new grid with another --name")
+        launch.check_resume(where, run_params, "grid", "start a new grid with another --name")
     launch.start_ray(args.address, where.tracking_uri, args.verbose)
     launch.check_fold_nodes(args, where, {f"row {row}'s feature cache": cache for row, (cache, _) in caches.items()})
     units = len(data.folds) * max(1, len(seeds))
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{layout.max_concurrent} row(s) at once, {layout.parallel_folds} fold(s) per row at once\n"
           f"  MLflow: {where.tracking_uri} (experiment {args.experiment!r}, parent run {parent_run_id})\n"
           f"  resume after an interruption: the same command plus --resume --name {where.name}\n", flush=True)
-    results = run_grid(grid, ctx, where, layout, args.resume, args.verbose)
+    with FreeSpaceGuard(where.folders, args.min_free_gb) as guard:
+        results = run_grid(grid, ctx, where, layout, args.resume, args.verbose)
     close_dispatcher(0)
     trials = collect_trials(results, ctx, unfinished_trials(where.tune_path))
     close_runs(trials, ctx)
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{grid.table} {where.name} {console.ended(wall, True, args.resume)} (rows not finished: "
               f"{', '.join(interrupted)}); continue it with the same command plus --resume --name {where.name}",
               flush=True)
+        if guard.reason:
+            print(guard.advice(), flush=True)
+            return 1
         return 130
     failed = [t for t in trials if t.status != "complete"]
     mlflow_runs.end_run(where.tracking_uri, parent_run_id, "FAILED" if failed else "FINISHED")

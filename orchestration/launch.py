@@ -9,8 +9,11 @@ created in MLflow before Ray is up, so a cluster that cannot be joined leaves no
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import logging
 import os
+import pickletools
 import sys
 import threading
 import time
@@ -64,6 +67,12 @@ class ResultsLocation:
             return f"/tmp/tfmamba-sweeps/{self.name}-outputs"
         return f"{self.storage}/{self.name}-outputs"
 
+    @property
+    def folders(self) -> dict[str, str]:
+        """Where it writes, by what goes there: checked before it starts, watched while it runs."""
+        return ({"Tune/Train storage": self.storage, "fold outputs": self.out_root}
+                | mlflow_locations(self.tracking_uri, self.experiment))
+
 
 def results_location(args: argparse.Namespace, new_name: Callable[[], str], what: str) -> ResultsLocation:
     """Resolve --storage-path, --name (or the newest run under the storage with --resume, or `new_name()`)
@@ -75,10 +84,8 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
         raise SystemExit(f"{storage}/{name} already exists: add --resume to continue that {what}, "
                          "or pick another --name")
     where = ResultsLocation(storage, name, mlflow_runs.resolve_tracking_uri(args.mlflow_uri), args.experiment)
-    locations = {"Tune/Train storage": storage, "fold outputs": where.out_root}
     try:
-        check_outputs(locations | mlflow_locations(where.tracking_uri, args.experiment), args.min_free_gb,
-                      where.tracking_uri)
+        check_outputs(where.folders, args.min_free_gb, where.tracking_uri)
     except PreflightError as err:
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
     hold_driver_lock(storage, name, what)
@@ -107,10 +114,16 @@ def parent_run_params(args: argparse.Namespace, folds: list[int], space: Any, **
             **{f"fixed.{key}": value for key, value in space.fixed.items()}}
 
 
-def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, instead: str) -> None:
+def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, restart: str) -> None:
     """--resume continues a sweep or grid as it was started (Tune restores its trial count and search space; the
     folds resume their checkpoints): exit naming each option that differs from its first start, before Ray starts.
-    `instead`: what to run for other settings. Nothing to compare (no store, no run yet) is not an error here."""
+    `restart`: what to run instead (a new sweep or grid). Nothing to compare (no store, no run yet) is not an error
+    here. Tune's saved state must be readable too (`unreadable_state`)."""
+    problem = unreadable_state(where.tune_path)
+    if problem:
+        raise SystemExit(f"--resume: the saved state of {kind} {where.name} is cut short ({problem}), as when written "
+                         f"to a full disk, so Tune cannot continue it. Its finished folds stay in MLflow (experiment "
+                         f"{where.experiment!r}); {restart}")
     database = sqlite_path(where.tracking_uri)
     if database is not None and not database.is_file():
         return
@@ -127,7 +140,42 @@ def check_resume(where: ResultsLocation, params: dict[str, Any], kind: str, inst
               for key in sorted(keys) if now.get(key) != started.get(key)]
     if differ:
         raise SystemExit(f"--resume continues {kind} {where.name} as it was started, but {', '.join(differ)}: "
-                         f"drop those options to resume it; {instead}")
+                         f"drop those options to resume it; for other settings, {restart}")
+
+
+def _walk_pickle(data: bytes) -> None:
+    """Read a pickle's opcodes to its STOP without building anything; ValueError if it ends before."""
+    for _ in pickletools.genops(data):
+        pass
+
+
+# Tune's saved state of a run: the newest file of each kind is the one `Tuner.restore` reads. Only the
+# experiment state is JSON; the search algorithm's files are cloudpickles, whatever their names end in.
+STATE_FILES = {"experiment_state-*.json": json.loads, "search_gen_state-*.json": _walk_pickle,
+               "basic-variant-state-*.json": _walk_pickle, "searcher-state-*.pkl": _walk_pickle}
+
+
+def unreadable_state(tune_path: str) -> str | None:
+    """Which file of Tune's saved state at `tune_path` cannot be parsed, and why; None if each parses or there is
+    none (`restore_tuner` says so). Pickles are walked opcode by opcode, nothing is unpickled."""
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(tune_path) if is_uri(tune_path) else (fs.LocalFileSystem(), tune_path)
+    try:
+        names = [info.base_name for info in filesystem.get_file_info(fs.FileSelector(root))]
+    except OSError:  # no such folder: nothing saved there
+        return None
+    for pattern, parse in STATE_FILES.items():
+        matching = fnmatch.filter(names, pattern)
+        if not matching:
+            continue
+        newest = f"{root}/{max(matching)}"
+        try:
+            with filesystem.open_input_stream(newest) as stream:
+                parse(stream.readall())
+        except Exception as err:  # any parse error: JSONDecodeError, a pickle that ends before its STOP
+            return f"{newest}: {type(err).__name__}: {err}"
+    return None
 
 
 def _as_typed(key: str, value: str | None) -> str:

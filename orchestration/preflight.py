@@ -30,7 +30,7 @@ class PreflightError(RuntimeError):
     """A results location that cannot be written or has too little room; the message lists them all."""
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -39,7 +39,7 @@ def _existing_ancestor(path: Path) -> Path:
 
 def check_local(path: Path, min_free_bytes: int) -> str | None:
     """Why `path` (a folder, existing or to be created) is unusable, or None if it is fine."""
-    base = _existing_ancestor(path)
+    base = existing_ancestor(path)
     if not base.is_dir():
         return f"{base} is a file, not a folder"
     try:

@@ -23,6 +23,7 @@ import sys
 import time
 
 from orchestration import launch, mlflow_ui, options, pareto, registry, study
+from orchestration.disk_guard import FreeSpaceGuard
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
 from orchestration.mlflow_runs import report_logging_gaps
@@ -198,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
     params = launch.parent_run_params(args, data.folds, space, num_samples=args.num_samples, seed=args.seed)
     if args.resume:
-        launch.check_resume(where, params, "sweep", f"for more or other trials, start a new sweep seeded with its "
-                            f"trials: --warm-start {where.name} --name NEW_NAME")
+        launch.check_resume(where, params, "sweep", f"start a new sweep seeded with its complete trials: "
+                            f"--warm-start {where.name} --name NEW_NAME")
     launch.start_ray(args.address, where.tracking_uri, args.verbose)  # its warm-up imports Tune and Optuna meanwhile
     if not args.resume:
         prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  Optuna study {where.name!r}: {study.dashboard_command(study_url)}\n"
           f"  resume after an interruption: python orchestration/sweep.py --resume --name {where.name} "
           f"--storage-path {args.storage_path} ...(same options)\n", flush=True)
-    results = build_tuner(args, where, space, ctx, layout, study_url, objectives).fit()
+    with FreeSpaceGuard(where.folders, args.min_free_gb) as guard:
+        results = build_tuner(args, where, space, ctx, layout, study_url, objectives).fit()
     close_dispatcher(0)
     summary = finish_sweep(results, ctx, time.monotonic() - started, layout.parallel_slots, args.register,
                            objectives, unfinished_trials(where.tune_path), resumed=args.resume)
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Optuna study {where.name!r}: {study.dashboard_command(study_url)}", flush=True)
     report_logging_gaps(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_id)
     close_dispatcher()
+    if summary.interrupted and guard.reason:
+        print(guard.advice(), flush=True)
+        return 1
     if summary.interrupted:
         return 130
     return 0 if summary.best is not None else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -436,6 +437,84 @@ def test_sweep_refuses_to_start_when_results_cannot_be_written(tmp_path: Path, c
     assert ("is a file, not a folder" if "under a file" in case else "GiB free") in done.stderr
     assert "Ray" not in done.stdout + done.stderr  # Ray was never started
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 160 MiB tmpfs mounted for the test: a results disk that can fill up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+FILLING_EPOCHS = 20  # ~10 s of training left when the disk fills: the guard (every 2 s) stops the sweep first
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_a_disk_filling_up_stops_the_sweep_resumably(demo, tmp_path: Path, small_disk: Path) -> None:
+    """Once the fold has a checkpoint, its Tune storage's disk is filled to 25 MiB free, under half of
+    --min-free-gb 0.1: the sweep stops as Ctrl-C stops it, saying why, and once the space is freed --resume
+    finishes the fold from its checkpoint. Before the guard, the sweep ran on into the full disk: the fold failed,
+    the sweep ended in a traceback, and Tune's saved state, rewritten in place, was cut short, so --resume could not
+    read it."""
+    from mlflow.tracking import MlflowClient
+
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", small_disk / "ray"
+    command = sweep_command(demo, storage, "filling", "--mlflow-uri", uri, "--set", f"epochs={FILLING_EPOCHS}")
+    driver = subprocess.Popen(command, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    filler = small_disk / "filler"
+    try:
+        wait_for(lambda: checkpointed_epoch(storage, "filling") >= 1, driver, "the fold's epoch-1 checkpoint")
+        with filler.open("wb") as handle:
+            os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(small_disk).free - 25 * 2**20)
+        filled_at = saved_epoch(storage, "filling")
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    (tmp_path / "stopped.log").write_text(output, encoding="utf-8")
+    assert driver.returncode == 1, output[-6000:]
+    stopped = next((line for line in output.splitlines() if line.startswith("Stopped to keep it resumable")), "")
+    assert stopped.startswith(f"Stopped to keep it resumable: the Tune/Train storage {storage} had only 0.0"), output
+    assert stopped.endswith("GiB left on its disk, under 0.05 GiB (half of --min-free-gb 0.1). Free some space there "
+                            "before you resume it.")
+    assert "=== Sweep filling interrupted after" in output and "No space left" not in output
+    (trial,) = run_tree(uri, "filling")["trial"]
+    assert (trial.info.status, trial.data.tags["outcome"]) == ("KILLED", "interrupted")
+
+    filler.unlink()
+    resumed = subprocess.Popen(command + ["--resume"], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    output = finish(resumed, tmp_path / "resumed.log")
+    assert "=== Sweep filling resumed, finished after another" in output
+    starts = [int(line.rsplit("(epoch ", 1)[1].split(")")[0]) for line in output.splitlines()
+              if "resuming fold 1 from" in line]
+    # the stopped trial's fold trains on until Tune ends the trial, so it may have reached its last epoch
+    assert len(starts) == 1 and 1 <= starts[0] <= FILLING_EPOCHS, output[-6000:]
+    tree = run_tree(uri, "filling")
+    assert [run.info.status for kind in ("sweep", "trial", "fold") for run in tree[kind]] == ["FINISHED"] * 3
+    curve = MlflowClient(uri).get_metric_history(tree["fold"][0].info.run_id, "valid_ua")
+    assert sorted(m.step for m in curve) == list(range(1, FILLING_EPOCHS + 1))
+    print(f"disk filled after epoch {filled_at}; resumed from epoch {starts[0]}")
+
+
+def test_resuming_a_saved_state_cut_short_says_so_before_ray_starts(demo, tmp_path: Path) -> None:
+    """Tune's state as a full disk leaves it: Tune used to log "Failed to restore the run state", start the sweep
+    afresh and fail with "no search space has been defined"."""
+    storage = tmp_path / "ray"
+    (storage / "cut").mkdir(parents=True)
+    (storage / "cut" / "experiment_state-2026-11-29_00-56-49.json").write_text('{"trial_data": [["{\\"status')
+    command = sweep_command(demo, storage, "cut", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume")
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert (f"--resume: the saved state of sweep cut is cut short ({storage}/cut/experiment_state-2026-11-29_00-56-49"
+            ".json: JSONDecodeError: ") in done.stderr, done.stderr[-3000:]
+    assert "start a new sweep seeded with its complete trials: --warm-start cut --name NEW_NAME" in done.stderr
+    assert "Ray" not in done.stdout and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:{port}", "weird://tracking"])

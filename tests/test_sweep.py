@@ -269,7 +269,7 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_finishes_it(demo, tmp_path: Path
                            capture_output=True, text=True, timeout=120)  # Tune would restore 1 trial of 8 epochs
     assert other.returncode == 1 and "Started a private local Ray" not in other.stdout, other.stdout + other.stderr
     assert ("--set epochs=9 (started with --set epochs=8), --num-samples 3 (started with --num-samples 1): drop "
-            "those options to resume it; for more or other trials, start a new sweep seeded with its trials: "
+            "those options to resume it; for other settings, start a new sweep seeded with its complete trials: "
             "--warm-start ctrlc") in other.stderr, other.stderr[-3000:]
     output = run_sweep(command + ["--resume"], tmp_path)
     assert "=== Sweep ctrlc resumed, finished after another" in output and "(1 complete) x 2 folds" in output
