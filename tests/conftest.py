@@ -44,3 +44,15 @@ def postgres():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    """Small tmpfs mounts that fill up (`disks.SmallDisks`), unmounted after the test; skipped unless root."""
+    from disks import SmallDisks
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.unmount_all()

@@ -215,3 +215,14 @@ def test_bad_label_options_are_refused(tmp_path, capsys, options, message):
     assert prepare(csv, tmp_path / "out", *options) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_csv_on_a_full_disk_says_so_in_one_line(corpus, capsys, small_disks):
+    """An OSError from writing (here pyarrow's, with its errno) is the machine's trouble: one line and exit 1, no
+    traceback; `tfmamba -v` logs where it happened."""
+    disk = small_disks.mount(1)
+    small_disks.fill(disk, leave=0)
+    assert main(["prepare", "csv", "--csv", str(corpus), "--out", str(disk / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "tfmamba prepare: error: No space left on device" in err and "(tfmamba -v shows where it happened)" in err
+    assert "Traceback" not in err

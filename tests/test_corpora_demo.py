@@ -90,3 +90,13 @@ def test_prepare_demo_cli(tmp_path, capsys):
     assert len(list((out / "audio").rglob("*.wav"))) == 40
     assert main(["prepare", "demo", "--out", str(out), "--clips-per-speaker", "2"]) == 2
     assert "--clips-per-speaker must be at least 4" in capsys.readouterr().err
+
+
+def test_prepare_demo_on_a_full_disk_names_the_clip(tmp_path, capsys, small_disks):
+    """libsndfile said only "System error." when the disk filled; the clips are now written by Python."""
+    disk = small_disks.mount(1)
+    small_disks.fill(disk, leave=32 * 1024)
+    assert main(["prepare", "demo", "--out", str(disk / "demo"), "--clips-per-speaker", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"tfmamba prepare: error: {disk / 'demo' / 'audio'}/Ses0" in err
+    assert ": cannot write the demo clip (No space left on device)" in err

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -439,22 +438,11 @@ def test_sweep_refuses_to_start_when_results_cannot_be_written(tmp_path: Path, c
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 160 MiB tmpfs mounted for the test: a results disk that can fill up."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(disk)], check=True)
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=False)
-
-
 FILLING_EPOCHS = 20  # ~10 s of training left when the disk fills: the guard (every 2 s) stops the sweep first
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
-def test_a_disk_filling_up_stops_the_sweep_resumably(demo, tmp_path: Path, small_disk: Path) -> None:
+def test_a_disk_filling_up_stops_the_sweep_resumably(demo, tmp_path: Path, small_disks) -> None:
     """Once the fold has a checkpoint, its Tune storage's disk is filled to 25 MiB free, under half of
     --min-free-gb 0.1: the sweep stops as Ctrl-C stops it, saying why, and once the space is freed --resume
     finishes the fold from its checkpoint. Before the guard, the sweep ran on into the full disk: the fold failed,
@@ -462,15 +450,14 @@ def test_a_disk_filling_up_stops_the_sweep_resumably(demo, tmp_path: Path, small
     read it."""
     from mlflow.tracking import MlflowClient
 
+    small_disk = small_disks.mount(160)
     uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", small_disk / "ray"
     command = sweep_command(demo, storage, "filling", "--mlflow-uri", uri, "--set", f"epochs={FILLING_EPOCHS}")
     driver = subprocess.Popen(command, cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    filler = small_disk / "filler"
     try:
         wait_for(lambda: checkpointed_epoch(storage, "filling") >= 1, driver, "the fold's epoch-1 checkpoint")
-        with filler.open("wb") as handle:
-            os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(small_disk).free - 25 * 2**20)
+        filler = small_disks.fill(small_disk, leave=25 * 2**20)
         filled_at = saved_epoch(storage, "filling")
         output, _ = driver.communicate(timeout=300)
     finally:

@@ -38,3 +38,34 @@ def test_features_command_writes_resumes_and_refuses_a_mix(tmp_path, capsys):
     assert len(store) == 4 and store.dim == 80
     assert main([*args[:4], "fbank-cmvn", *args[5:]]) == 2
     assert "built differently" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_shards_written(tmp_path, capsys, small_disks):
+    """Room for the first shard only: `tfmamba features` used to end in two chained OSError tracebacks (its exit
+    flushed the failed shard again). It names the cache, the shard and the reason, removes the partial file, keeps
+    the first shard, and once there is room the same command goes on after it."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):  # 3 s each: ~48 KB of float16 frames, a shard of 2 ~96 KB
+        path = tmp_path / f"long{i}.wav"
+        soundfile.write(path, (0.1 * rng.standard_normal(48000)).astype(np.float32), 16000)
+        rows.append({"utt_id": f"long{i}", "path": str(path), "label": ["neu", "ang"][i % 2], "speaker": "Ses01F",
+                     "duration": 3.0, "session": 1})
+    write_manifest(pd.DataFrame(rows), tmp_path / "m", "demo", ["neu", "ang"])
+    disk = small_disks.mount(2)
+    out = disk / "cache"
+    args = ["features", "--manifest", str(tmp_path / "m"), "--extractor", "fbank", "--out", str(out),
+            "--shard-size", "2", "--no-progress"]
+    filler = small_disks.fill(disk, leave=150 * 1024)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (f"tfmamba features: error: {out}: cannot write the feature shard shard-00001.parquet (No space left on "
+            "device); the 2 utterances already in the cache are kept, and a rerun of the same command goes on after "
+            "them") in err, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".writer")) == [
+        "features.json", "shard-00000.parquet"]
+
+    filler.unlink()
+    assert main(args) == 0
+    assert "2 written, 0 skipped, 2 already done" in capsys.readouterr().out
+    assert len(FeatureStore.open(str(out), expect_extractor="fbank")) == 4

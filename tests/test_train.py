@@ -543,3 +543,24 @@ def test_cuda_graphs_are_left_off_on_a_cpu_and_the_log_says_so(caplog):
         steps = step_module(config, model, torch.device("cpu"))
     assert isinstance(steps, CompiledSteps) and not steps.cuda_graphs
     assert "cuda_graphs is left off" in caplog.text and "cpu" in caplog.text
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(small_disks):
+    """A full disk at epoch 2: StorageError naming the folder, epoch and reason; epoch 1's checkpoint is whole and
+    nothing partial is left beside it."""
+    from tfmamba.checkpoint import read_progress, save_checkpoint
+    from tfmamba.errors import StorageError
+
+    disk = small_disks.mount(1)
+    model = torch.nn.Linear(64, 64)
+    best = {key: value.clone() for key, value in model.state_dict().items()}
+    folder = disk / "checkpoints" / "last"
+    save_checkpoint(folder, model, best, {"step": torch.tensor(1)}, {"epoch": 1})
+    small_disks.fill(disk, leave=8 * 1024)  # the weights alone are 16 KB
+    with pytest.raises(StorageError) as caught:
+        save_checkpoint(folder, model, best, {"step": torch.tensor(2)}, {"epoch": 2})
+    assert str(caught.value) == (f"{folder}: cannot write the checkpoint of epoch 2 (No space left on device); the "
+                                 "previous checkpoint is kept, to resume from")
+    assert has_checkpoint(folder) and read_progress(folder)["epoch"] == 1
+    assert [p.name for p in folder.parent.iterdir()] == ["last"]
+    assert load_checkpoint(folder)[3]["epoch"] == 1

@@ -79,3 +79,26 @@ def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_full_disk_stops_training_with_a_clear_error(tmp_path, capsys, small_disks):
+    """No room for the first checkpoint: `tfmamba train` used to end in a safetensors traceback and leave the partial
+    temporary folder behind. It names the folder, the epoch and the reason, and removes the partial files; once there
+    is room the same command trains the fold."""
+    manifest, cache = make_corpus(tmp_path)
+    disk = small_disks.mount(1)
+    out = disk / "run"
+    args = ["train", "--manifest", manifest, "--cache", cache, "--fold", "1", "--config", "demo", "--out", str(out),
+            "--no-progress", "--set", "d_model=16", "--set", "d_state=8", "--set", "headdim=8", "--set",
+            "num_heads=2", "--set", "ffn_dim=16", "--set", "classifier_dims=[8]", "--set", "epochs=1",
+            "--set", "batch_size=8", "--set", "ssd_backend=torch"]
+    filler = small_disks.fill(disk, leave=16 * 1024)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (f"tfmamba train: error: {out}/checkpoints/last: cannot write the checkpoint of epoch 1 (No space left on "
+            "device); there is no earlier one, so a rerun starts from the beginning") in err, err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == []
+
+    filler.unlink()
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["status"] == "ok"

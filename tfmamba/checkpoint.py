@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tfmamba.errors import DataError
+from tfmamba.errors import DataError, StorageError, write_failure
 from tfmamba.metrics import with_current_names
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,18 @@ def save_checkpoint(folder: str | Path, model: nn.Module, best_weights: dict[str
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(cpu_state_dict(model), tmp / WEIGHTS)
-    save_weights(best_weights, tmp / BEST)
-    torch.save(state, tmp / STATE)
-    (tmp / PROGRESS).write_text(json.dumps(progress, indent=1), encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        save_weights(cpu_state_dict(model), tmp / WEIGHTS)
+        save_weights(best_weights, tmp / BEST)
+        torch.save(state, tmp / STATE)
+        (tmp / PROGRESS).write_text(json.dumps(progress, indent=1), encoding="utf-8")
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save wraps a failed write in RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = ("the previous checkpoint is kept, to resume from" if has_checkpoint(folder)
+                else "there is no earlier one, so a rerun starts from the beginning")
+        raise StorageError(f"{folder}: cannot write the checkpoint of epoch {progress.get('epoch')} "
+                           f"({write_failure(err)}); {kept}") from err
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tfmamba.errors import TFMambaError
+from tfmamba.errors import TFMambaError, write_failure
 
 COMMANDS: tuple[str, ...] = ("params", "prepare", "features", "train", "predict")
 
@@ -46,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TFMambaError as err:
         print(f"tfmamba {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine's trouble, not the input's: a full disk, a permission, a mount gone
+        logging.getLogger(__name__).debug("the failed call", exc_info=True)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"tfmamba {args.command}: error: {write_failure(err)}{where} (tfmamba -v shows where it happened)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

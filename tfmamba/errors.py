@@ -1,4 +1,10 @@
-"""Exceptions the library raises for bad input, so callers (the CLI, the sweep) can report them cleanly."""
+"""Exceptions the library raises for bad input or results it cannot write, so callers (the CLI, the sweep) can
+report them cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
 
 
 class TFMambaError(Exception):
@@ -15,3 +21,18 @@ class DataError(TFMambaError, ValueError):
 
 class TrainingError(TFMambaError, RuntimeError):
     """Training could not go on (a NaN or Inf loss, for instance); carries where it stopped."""
+
+
+class StorageError(TFMambaError, OSError):
+    """A result could not be written where it goes (no space left, no permission); says where, and what is kept."""
+
+
+def write_failure(err: BaseException) -> str:
+    """The reason of a failed write in a few words: `No space left on device`, not pyarrow's or safetensors' wrapping."""
+    number = getattr(err, "errno", None)
+    if not number:  # safetensors and torch name it inside their message: "I/O error: ... (os error 28)"
+        found = re.search(r"os error (\d+)", str(err))
+        number = int(found.group(1)) if found else None
+    if number:
+        return os.strerror(number)
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -16,6 +16,7 @@ learnable, not trivial. Everything is derived from the seed, clip by clip.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tfmamba.corpora.prepare import BuildResult
+from tfmamba.errors import StorageError, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +222,14 @@ def generate_demo(out_dir: str | Path, seed: int = 0, clips_per_speaker: int = 8
         utt_id = f"Ses{speaker.session:02d}_demo_{speaker.gender}{index:03d}"
         path = audio_dir / f"Ses{speaker.session:02d}" / f"{utt_id}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(str(path), wave, sample_rate, subtype="PCM_16")
+        # encoded here and written by Python: a full disk is then an OSError with its errno, not libsndfile's
+        # "System error."
+        encoded = io.BytesIO()
+        soundfile.write(encoded, wave, sample_rate, subtype="PCM_16", format="WAV")
+        try:
+            path.write_bytes(encoded.getvalue())
+        except OSError as err:
+            raise StorageError(f"{path}: cannot write the demo clip ({write_failure(err)})") from err
         rows.append(
             {
                 "utt_id": utt_id,

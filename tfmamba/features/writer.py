@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tfmamba import __version__
-from tfmamba.errors import DataError
+from tfmamba.errors import DataError, StorageError, write_failure
 from tfmamba.features.store import (CACHE_IDENTITY, DTYPE, FORMAT_VERSION, METADATA, PROBLEMS, SCHEMA, TMP_PREFIX,
                                     exists, read_metadata, resolve)
 from tfmamba.process_lock import LocationBusy, acquire
@@ -75,6 +75,12 @@ class FeatureWriter:
     def release(self) -> None:
         """Let another process write the cache (`close()` does it after the last shard)."""
         self._lock.release()
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except OSError:  # never written, or the filesystem refuses even that: the next run's `_clean_tmp` tries again
+            pass
 
     def _clean_tmp(self) -> None:
         for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
@@ -132,12 +138,19 @@ class FeatureWriter:
                           pa.array([f.tobytes() for _, f in self._pending], pa.large_binary())], schema=SCHEMA)
         name = self._next_name()
         tmp = f"{self.root}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
-        pq.write_table(table, tmp, filesystem=self.fs, compression={"utt_id": "zstd", "n_frames": "zstd", "frames": "none"},
-                       use_dictionary=False, row_group_size=len(ids))
-        self.fs.move(tmp, f"{self.root}/{name}")
-        size = self.fs.get_file_info(f"{self.root}/{name}").size
-        self._record(name, ids, int(sum(n_frames)), size)
-        self._write_metadata()
+        try:
+            pq.write_table(table, tmp, filesystem=self.fs, use_dictionary=False, row_group_size=len(ids),
+                           compression={"utt_id": "zstd", "n_frames": "zstd", "frames": "none"})
+            self.fs.move(tmp, f"{self.root}/{name}")
+            size = self.fs.get_file_info(f"{self.root}/{name}").size
+            self._record(name, ids, int(sum(n_frames)), size)
+            self._write_metadata()  # if only this fails, the next run adopts the shard
+        except OSError as err:
+            self._pending = []  # not retried by close(): a rerun extracts what is not in the cache
+            self._delete_quietly(tmp)
+            raise StorageError(f"{self.root}: cannot write the feature shard {name} ({write_failure(err)}); the "
+                               f"{self.meta['n_utts']} utterances already in the cache are kept, and a rerun of the "
+                               "same command goes on after them") from err
         self.written += len(ids)
         self.bytes_written += size
         self._pending = []

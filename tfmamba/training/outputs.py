@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from tfmamba import __version__
 from tfmamba.checkpoint import load_weights, save_weights
 from tfmamba.config import TrainConfig
-from tfmamba.errors import DataError
+from tfmamba.errors import DataError, StorageError, write_failure
 from tfmamba.features.extractor import FEATURE_SPEC
 from tfmamba.features.store import FeatureStore
 from tfmamba.locations import write_text_atomically
@@ -64,16 +65,21 @@ def deployable_weights(best: dict[str, Tensor], norm: InputNorm, model_config: M
 
 def write_outputs(out_dir: Path, config: TrainConfig, description: dict[str, Any], weights: dict[str, Tensor],
                   result: dict[str, Any], test_metrics: Metrics | None) -> None:
-    """Everything but metrics.json's earlier failed versions: weights, descriptions, history, confusion plot."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(weights, out_dir / MODEL_WEIGHTS, metadata={"format": "pt"})
-    write_json(out_dir / MODEL_JSON, description)
-    (out_dir / "train_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    write_history(out_dir / "history.csv", result["history"])
-    if test_metrics is not None:
-        plot_confusion(test_metrics, out_dir / "confusion.png",
-                       title=f"fold {result['fold']} test: UA {test_metrics.ua:.3f}  WA {test_metrics.wa:.3f}")
-    write_json(out_dir / "metrics.json", result)
+    """Everything but metrics.json's earlier failed versions: weights, descriptions, history, confusion plot.
+    A failed write (a full disk) is a StorageError; the fold's last checkpoint, written before, is kept."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_weights(weights, out_dir / MODEL_WEIGHTS, metadata={"format": "pt"})
+        write_json(out_dir / MODEL_JSON, description)
+        (out_dir / "train_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        write_history(out_dir / "history.csv", result["history"])
+        if test_metrics is not None:
+            plot_confusion(test_metrics, out_dir / "confusion.png",
+                           title=f"fold {result['fold']} test: UA {test_metrics.ua:.3f}  WA {test_metrics.wa:.3f}")
+        write_json(out_dir / "metrics.json", result)
+    except (OSError, SafetensorError) as err:
+        raise StorageError(f"{out_dir}: cannot write the fold's results ({write_failure(err)}); its last checkpoint "
+                           "is kept, so a rerun writes them without training again") from err
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
