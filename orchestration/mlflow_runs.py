@@ -20,12 +20,12 @@ import functools
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestration.backoff import Outermost, call_with_backoff
 from tfmamba.locations import sqlite_path
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,13 @@ ENV_RETRY_SECONDS = "TFMAMBA_MLFLOW_RETRY_SECONDS"
 # Tags of a fold run whose epoch metrics were buffered while the server was down (set by fold_worker.RayReporter).
 GAP_TAG, GAP_SECONDS_TAG = "mlflow_gap_epochs", "mlflow_gap_seconds"
 DEFAULT_RETRY_SECONDS = 120.0
-MAX_BACKOFF_SECONDS = 15.0
 # MLflow's own HTTP retries default to 7 with backoff factor 2 and a 120 s timeout: minutes per call on a down server.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
                              "DEADLINE_EXCEEDED"})
 
 _T = TypeVar("_T")
-_retrying = threading.local()
+_outermost = Outermost()
 
 
 def http_env() -> dict[str, str]:
@@ -82,23 +81,11 @@ def retried(func: Callable[..., _T]) -> Callable[..., _T]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, retry_seconds: float | None = None, **kwargs: Any) -> _T:
-        if getattr(_retrying, "active", False):
+        if _outermost.inside:
             return func(*args, **kwargs)
         budget = default_retry_seconds() if retry_seconds is None else retry_seconds
-        started, delay, attempt = time.monotonic(), 1.0, 1
-        while True:
-            _retrying.active = True
-            try:
-                return func(*args, **kwargs)
-            except Exception as err:
-                if not is_transient(err) or time.monotonic() - started + delay > budget:
-                    raise
-                logger.warning("MLflow %s failed (attempt %d: %s); retrying in %.0f s", func.__name__, attempt,
-                               str(err).splitlines()[0][:300], delay)
-            finally:
-                _retrying.active = False
-            time.sleep(delay)
-            delay, attempt = min(2 * delay, MAX_BACKOFF_SECONDS), attempt + 1
+        return call_with_backoff(_outermost.attempt(func, *args, **kwargs), is_transient, budget,
+                                 f"MLflow {func.__name__}", logger)
 
     return wrapper
 

@@ -13,15 +13,19 @@ The searcher itself is `pruned_search.ProjectOptunaSearch` (it imports Ray; this
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+from orchestration.backoff import first_line
 from tfmamba.locations import is_uri, sqlite_path
 
 logger = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna.db"
+ENV_RETRY_SECONDS = "TFMAMBA_STUDY_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 300.0  # a PostgreSQL restart or failover; training goes on meanwhile
 REMOTE_FALLBACK = Path("/tmp/tfmamba-sweeps")
 
 
@@ -47,11 +51,38 @@ def open_storage(url: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the console
     if (database := sqlite_path(url)) is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
+    # a database server's pooled connections die with a restart: test each before use (one round trip)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    from orchestration.patient_storage import PatientRDBStorage
+
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                          if url.startswith("sqlite") else {})
+        return PatientRDBStorage(url, engine_kwargs=engine)
     except Exception as err:
         raise StudyError(f"Optuna storage {url}: {err}") from None
+
+
+def storage_retry_seconds() -> float:
+    """How long the sweep waits for its study's database to answer again before it gives up."""
+    return float(os.environ.get(ENV_RETRY_SECONDS, DEFAULT_RETRY_SECONDS))
+
+
+def database_error(err: BaseException) -> str:
+    """The database driver's own words for `err` (Optuna's wrapper blames "invalid data in the commit")."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return first_line(getattr(err, "orig", None) or err)  # a SQLAlchemy DBAPIError holds the driver's error
+
+
+def lost_connection(err: BaseException) -> bool:
+    """True for a database that does not answer (refused, dropped, restarting, a locked SQLite file), whether
+    Optuna wrapped it in StorageInternalError or not; False for errors of the data, which no wait mends."""
+    from sqlalchemy import exc
+
+    while err is not None:
+        if isinstance(err, (exc.OperationalError, exc.InterfaceError)):
+            return True
+        err = err.__cause__
+    return False
 
 
 def study_exists(storage, name: str) -> bool:

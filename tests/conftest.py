@@ -30,10 +30,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     return ensure_demo_data(tmp_path_factory.mktemp("demo"), clips_per_speaker=12, progress=False)
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """A real PostgreSQL server on 127.0.0.1 for the session (Debian's package; `.ci/run` installs it). Skipped
-    where it is not installed, except on CI, where a missing server is a failure."""
+def _started_postgres():
+    """A started `servers.PostgresServer`; skipped where PostgreSQL is not installed, except on CI, where a missing
+    server is a failure."""
     from servers import PostgresServer, postgres_bin
 
     if postgres_bin() is None:
@@ -42,6 +41,21 @@ def postgres():
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     server = PostgresServer()
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the session (Debian's package; `.ci/run` installs it)."""
+    server = _started_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test's own, which it may shut down and restart."""
+    server = _started_postgres()
     yield server
     server.stop()
 

@@ -92,6 +92,12 @@ class PostgresServer:
             shutil.chown(self.folder, "postgres", "postgres")
         subprocess.run(self._as_owner([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                                        "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+        self._serve()
+        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mlflow"], check=True,
+                       capture_output=True)
+
+    def _serve(self) -> None:
+        """Start the server on the existing data folder and wait until it accepts connections."""
         self.process = subprocess.Popen(
             self._as_owner([str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
                             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}",
@@ -105,10 +111,9 @@ class PostgresServer:
                 break
             assert self.process.poll() is None and time.monotonic() < deadline, "postgres did not start"
             time.sleep(0.3)
-        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mlflow"], check=True,
-                       capture_output=True)
 
-    def stop(self) -> None:
+    def shut_down(self) -> None:
+        """Stop the server, keeping its data (`restart` brings it back on the same port)."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)  # smart shutdown
             try:
@@ -116,4 +121,10 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
+
+    def restart(self) -> None:
+        self._serve()
+
+    def stop(self) -> None:
+        self.shut_down()
         shutil.rmtree(self.folder, ignore_errors=True)

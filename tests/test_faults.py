@@ -401,6 +401,44 @@ def test_sweep_survives_the_mlflow_server_going_away(demo, tmp_path: Path, serve
           f"sweep {time.monotonic() - started:.0f} s")
 
 
+@pytest.mark.slow
+def test_sweep_waits_for_its_study_database_to_come_back(demo, tmp_path: Path, own_postgres) -> None:
+    """The Optuna study on PostgreSQL, which shuts down once fold 1 is reported and is back 15 s later: Tune calls the
+    searcher in its loop, so the lost connection used to end the sweep in a StorageInternalError traceback (or, for
+    the trial's last result, to leave it RUNNING in the study: `OptunaSearch` only logs a failed `tell`). The storage
+    now waits for the database (`Optuna storage X failed (attempt N: <the driver's words>)`), its pool replaces the
+    dead connections, and the sweep finishes with the trial COMPLETE in the study."""
+    import optuna
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = sweep_command(demo, tmp_path / "ray", "studydown", "--mlflow-uri", uri, "--folds", "1,2,3",
+                            "--parallel-folds", "1", "--study-storage", own_postgres.uri)
+    driver = subprocess.Popen(command, cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("fold 1/3" in line for line in lines), driver, "fold 1's report")
+        own_postgres.shut_down()
+        time.sleep(15)
+        own_postgres.restart()
+        driver.wait(timeout=480)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    (tmp_path / "sweep.log").write_text(output, encoding="utf-8")
+    assert driver.returncode == 0, output[-6000:]
+    waits = [line for line in output.splitlines() if "Optuna storage set_trial_" in line and "failed (attempt" in line]
+    assert waits and "Connection refused" in waits[-1], output[-6000:]
+    assert "invalid data in the commit" not in output and "StorageInternalError" not in output
+    check_one_run_each(uri, "studydown", folds=3)
+    (trial,) = optuna.load_study(study_name="studydown", storage=own_postgres.uri).trials
+    assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2]
+
+
 # ---- 3. results that cannot be written -----------------------------------------------------------------
 
 

@@ -84,3 +84,38 @@ def test_trials_are_named_by_number_and_symbols() -> None:
     name = "run_trial_101d6d00_12_cmdt_temperature=0.3282,cmdt_weight=0.2744,d_state=16_2026-11-26_14-29-05"
     assert trial_number(name) == 12
     assert trial_number("something-else") is None
+
+
+def test_only_a_database_that_does_not_answer_is_waited_for() -> None:
+    """Optuna wraps both a lost connection and bad data in StorageInternalError; only the first passes by waiting."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy import exc
+
+    from orchestration.study import database_error, lost_connection
+
+    def wrapped(cause: Exception) -> StorageInternalError:
+        try:
+            try:
+                raise cause
+            except Exception as err:
+                raise StorageInternalError("An exception is raised during the commit.") from err
+        except StorageInternalError as outer:
+            return outer
+
+    refused = exc.OperationalError("SELECT 1", {}, OSError("connection failed: Connection refused"))
+    assert lost_connection(wrapped(refused)) and lost_connection(refused)
+    assert database_error(wrapped(refused)) == "connection failed: Connection refused"
+    assert not lost_connection(wrapped(exc.IntegrityError("INSERT", {}, ValueError("duplicate key"))))
+    assert not lost_connection(ValueError("no such study"))
+
+
+def test_the_study_storage_survives_pickling_and_waits(tmp_path) -> None:
+    """Tune pickles the searcher with its storage into the sweep's state; `--resume` gets the same patient storage."""
+    import pickle
+
+    from orchestration.patient_storage import PatientRDBStorage
+    from orchestration.study import open_storage
+
+    storage = pickle.loads(pickle.dumps(open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")))
+    assert isinstance(storage, PatientRDBStorage)
+    assert storage.create_new_study.__wrapped__ is not None and storage.get_all_studies() == []
