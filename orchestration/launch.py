@@ -26,6 +26,7 @@ from orchestration.preflight import PreflightError, check_outputs, mlflow_locati
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
 from orchestration.warm_up import start_warm_up
+from tfmamba.cli import tolerate_narrow_consoles
 from tfmamba.locations import absolute, is_uri, sqlite_path
 from tfmamba.process_lock import LocationBusy, ProcessLock, acquire
 
@@ -36,7 +37,9 @@ _DRIVER_LOCKS: list[ProcessLock] = []  # held until the driver exits
 
 
 def configure_console() -> None:
-    """Logging format and MLflow client settings of every entry script (values already set win)."""
+    """Logging format and MLflow client settings of every entry script (values already set win); a console that
+    cannot write λ or ± gets `?` for them."""
+    tolerate_narrow_consoles()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for key, value in mlflow_runs.http_env().items():
         os.environ.setdefault(key, value)

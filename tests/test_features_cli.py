@@ -69,3 +69,18 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_shards_written(tmp_p
     assert main(args) == 0
     assert "2 written, 0 skipped, 2 already done" in capsys.readouterr().out
     assert len(FeatureStore.open(str(out), expect_extractor="fbank")) == 4
+
+
+def test_a_cache_path_the_console_cannot_write_does_not_end_the_command(tmp_path):
+    """On an ASCII console the summary's `feature cache: .../caché` line used to raise UnicodeEncodeError after the
+    cache was written (stdout is strict; stderr already replaced what it could not write)."""
+    import os
+    import subprocess
+    import sys
+
+    manifest, out = make_manifest(tmp_path), tmp_path / "caché"
+    done = subprocess.run([sys.executable, "-m", "tfmamba.cli", "features", "--manifest", manifest, "--extractor",
+                           "fbank", "--out", str(out), "--no-progress"], capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert f"feature cache: {tmp_path}/cach?".encode() in done.stdout

@@ -27,6 +27,17 @@ def test_help_runs_as_a_plain_script_and_names_the_env_var() -> None:
         assert option in done.stdout
 
 
+def test_a_console_that_cannot_write_greek_letters_gets_question_marks() -> None:
+    """An ASCII or latin-1 console (PYTHONIOENCODING, a non-UTF-8 locale, a Windows code page) used to end
+    `sweep.py --help` in a UnicodeEncodeError on its `λ=0.27 τ=0.33 ω=0.11` example."""
+    import os
+
+    done = subprocess.run([sys.executable, str(SWEEP), "--help"], capture_output=True, timeout=120, cwd="/",
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert b"`t07 ?=0.27 ?=0.33 ?=0.11 d=16`" in done.stdout
+
+
 def test_bad_space_is_reported_before_anything_starts(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("base: demo\nparams:\n  lr: {distribution: loguniform, low: 0.1, high: 0.01}\n")

@@ -8,6 +8,7 @@ inside the command functions so that `tfmamba --help` is instant.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import logging
 import sys
@@ -35,7 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tolerate_narrow_consoles() -> None:
+    """A console whose encoding cannot write λ, τ, ω or ± (latin-1, ASCII, a Windows code page) shows `?` for them
+    instead of ending the command in a UnicodeEncodeError; a UTF-8 console is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        if codecs.lookup(encoding).name != "utf-8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerate_narrow_consoles()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
