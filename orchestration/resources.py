@@ -74,6 +74,11 @@ def plan(workers: int, cpus: float, gpus: float, num_samples: int, n_folds: int,
 
     total = ray.cluster_resources()
     present = fold_slots(total, workers, cpus, gpus)
+    if present < 1 and not joined:  # nothing would ever start: the sweep used to wait for it for good
+        raise SystemExit(f"one fold needs {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, more than this machine's "
+                         f"private Ray has ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU), which does not "
+                         "grow: lower --workers-per-fold, --cpus-per-worker or --gpus-per-worker, or join a cluster "
+                         "that has them (--address)")
     reachable = max_fold_slots or (autoscaler_slots(workers, cpus, gpus) if joined else None)
     slots = max(present, reachable or 0)
     if slots > present:

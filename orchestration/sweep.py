@@ -202,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         launch.check_resume(where, params, "sweep", f"start a new sweep seeded with its complete trials: "
                             f"--warm-start {where.name} --name NEW_NAME")
     launch.start_ray(args.address, where.tracking_uri, args.verbose)  # its warm-up imports Tune and Optuna meanwhile
-    if not args.resume:
-        prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
-    launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
     layout = plan(args.workers_per_fold, args.cpus_per_worker, args.gpus_per_worker, args.num_samples,
                   len(data.folds), args.max_concurrent, args.parallel_folds,
                   max_fold_slots=args.max_fold_slots, joined=args.address is not None)
+    if not args.resume:
+        prepare_study(args, where.name, space, [m for _, m in objectives], study_url)
+    launch.check_fold_nodes(args, where, {"the feature cache --cache": data.cache})
     manifest = read_manifest(data.manifest_dir)
     costs = tuple(n for n, _ in objectives if n in pareto.COSTS)
     dispatcher = launch.start_lanes(args, where, manifest, layout.parallel_slots, args.num_samples * len(data.folds),

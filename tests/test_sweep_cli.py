@@ -48,6 +48,20 @@ def test_bad_space_is_reported_before_anything_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_fold_bigger_than_the_private_ray_is_refused(tmp_path: Path, demo) -> None:
+    """On a private local Ray (no --address), which never grows, a fold that needs more than the machine has used to
+    be planned anyway ("planning for 1"), and the sweep waited for it for good."""
+    import os
+
+    done = subprocess.run([sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache",
+                           str(demo.cache), "--cpus-per-worker", str(2 * os.cpu_count()), "--num-samples", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert (f"one fold needs 1 worker(s) x {2 * os.cpu_count()} CPU / 0 GPU, more than this machine's private Ray "
+            "has (") in done.stderr and "GPU), which does not grow" in done.stderr, done.stderr[-3000:]
+    assert "--address" in done.stderr and "started" not in done.stdout
+
+
 def test_folds_option() -> None:
     assert parse_folds(None, demo=False) is None
     assert parse_folds(None, demo=True) == [1, 2, 3]
