@@ -102,3 +102,18 @@ def test_a_full_disk_stops_training_with_a_clear_error(tmp_path, capsys, small_d
     filler.unlink()
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("device, message", [("cuda:99", ("has no CUDA", "no CUDA GPU is visible", "numbered from 0")),
+                                             ("gpu", ("not a torch device",))])
+def test_a_device_this_machine_lacks_is_refused_as_the_option_is_read(tmp_path, capsys, device, message):
+    """`--device cuda` on a CPU-only torch used to fail inside training with torch's "Torch not compiled with CUDA
+    enabled" traceback, after the output folder was made (`tfmamba features` with fbank ignored it)."""
+    for command in (["train", "--out", str(tmp_path / "run")], ["features", "--manifest", "m", "--out", "c"],
+                    ["predict", "clip.wav", "--model", "m"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "--device", device])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert f"tfmamba {command[0]}: error: argument --device: " in err and any(m in err for m in message), err
+    assert not (tmp_path / "run").exists()

@@ -6,10 +6,16 @@ import os
 
 import torch
 
+from tfmamba.errors import ConfigError
+
 
 def pick_device(device: str | None) -> torch.device:
-    """`device` if given, else this worker's GPU (LOCAL_RANK, as torchrun and Ray Train set it) or the CPU."""
+    """`device` if given (ConfigError if this machine cannot compute there), else this worker's GPU (LOCAL_RANK,
+    as torchrun and Ray Train set it) or the CPU."""
     if device:
+        problem = device_problem(device)
+        if problem:
+            raise ConfigError(f"--device {device}: {problem}")
         return torch.device(device)
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -27,3 +33,21 @@ def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
             and not tensor.is_pinned()):
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+
+def device_problem(name: str) -> str | None:
+    """Why this process cannot compute on torch device `name` (and what there is instead), or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        return f"not a torch device ({str(err).splitlines()[0]})"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            return f"{why} (torch {torch.__version__}); use --device cpu or leave it out"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available here; use --device cpu or leave it out"
+    return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfmamba.commands import add_device_option
+
 DESCRIPTION = (
     "Extract features for every utterance of a manifest into a feature cache: sharded Parquet files "
     "(utt_id, n_frames, float16 frames) plus features.json (extractor, revision or weights hash, layer, "
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", type=int, default=None,
                         help="hidden layer of an encoder: 0 = input embeddings .. N = last (default last)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
+    add_device_option(parser)
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="clips longer than this run in windows whose outputs are concatenated (default 30)")
     parser.add_argument("--hard-cap-seconds", type=float, default=600.0,

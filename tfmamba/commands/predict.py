@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from tfmamba.commands import add_device_option
 import os
 import sys
 from collections.abc import Iterator
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"than {CSV_THRESHOLD} files)")
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="window length for long clips (default: the extractor's max_seconds, 30 s)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
+    add_device_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

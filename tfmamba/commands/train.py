@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tfmamba.commands import add_device_option
+
 DESCRIPTION = (
     "Train one fold: per epoch, training CE and CMDT losses and validation loss/WA/UA/WF1; the best epoch "
     "(on validation only) is evaluated once on the test set. Writes OUT/model.safetensors, model.json, "
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set lr=1e-3 --set epochs=5 (repeatable)")
     parser.add_argument("--out", default=None, help="output folder (default runs/train/fold-K)")
-    parser.add_argument("--device", default=None, help="torch device (default cuda when present, else cpu)")
+    add_device_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
