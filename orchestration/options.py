@@ -100,9 +100,14 @@ def parse_folds(text: str | None, demo: bool) -> list[int] | None:
     if text.strip().lower() == "all":
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        folds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise SystemExit(f"--folds {text!r}: give 'all' or fold numbers like 1,2,3") from None
+    twice = sorted({fold for fold in folds if folds.count(fold) > 1})
+    if twice:  # a trial would wait for good for the second run of a fold it has already finished
+        raise SystemExit(f"--folds {text!r}: fold {', '.join(map(str, twice))} listed twice; each fold runs once "
+                         "(ablation.py --seeds repeats them)")
+    return folds
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -69,6 +69,8 @@ def test_folds_option() -> None:
     assert parse_folds("2,4", demo=False) == [2, 4]
     with pytest.raises(SystemExit, match="fold numbers"):
         parse_folds("one", demo=False)
+    with pytest.raises(SystemExit, match="fold 1 listed twice"):  # the sweep used to wait for good for its second run
+        parse_folds("1, 2,1", demo=False)
 
 
 def test_argument_checks() -> None:
