@@ -66,19 +66,25 @@ def autoscaler_slots(workers: int, cpus: float, gpus: float, config: Path = BOOT
 
 def plan(workers: int, cpus: float, gpus: float, num_samples: int, n_folds: int,
          max_concurrent: int | None = None, parallel_folds: int | None = None,
-         max_fold_slots: int | None = None, joined: bool = False) -> Layout:
+         max_fold_slots: int | None = None, joined: bool = False, total: dict[str, float] | None = None) -> Layout:
     """Split the fold slots between concurrent trials and their folds. On a joined cluster the slots are those
     the cluster can reach (`max_fold_slots`, else its launcher config's), not only those present now: the folds
-    waiting for a slot are the resource demand the autoscaler adds nodes for, and they start as nodes arrive."""
-    import ray
+    waiting for a slot are the resource demand the autoscaler adds nodes for, and they start as nodes arrive.
+    `total`: the cluster's resources (default: what the running Ray has)."""
+    if total is None:
+        import ray
 
-    total = ray.cluster_resources()
+        total = ray.cluster_resources()
     present = fold_slots(total, workers, cpus, gpus)
     if present < 1 and not joined:  # nothing would ever start: the sweep used to wait for it for good
         raise SystemExit(f"one fold needs {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, more than this machine's "
                          f"private Ray has ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU), which does not "
                          "grow: lower --workers-per-fold, --cpus-per-worker or --gpus-per-worker, or join a cluster "
                          "that has them (--address)")
+    if max_fold_slots and not joined and max_fold_slots > present:
+        logger.warning("--max-fold-slots %d: this machine's private Ray does not grow; planning for its %d fold "
+                       "slot(s) (the option is for a cluster joined with --address)", max_fold_slots, present)
+        max_fold_slots = present
     reachable = max_fold_slots or (autoscaler_slots(workers, cpus, gpus) if joined else None)
     slots = max(present, reachable or 0)
     if slots > present:
@@ -88,6 +94,10 @@ def plan(workers: int, cpus: float, gpus: float, num_samples: int, n_folds: int,
                        "--max-fold-slots says how far it grows; planning for 1", total, workers, cpus, gpus)
         slots = 1
     trials = max_concurrent or max(1, min(num_samples, slots))
+    if parallel_folds and parallel_folds > slots:  # a trial waits for all its lanes at once: it would wait for good
+        logger.warning("--parallel-folds %d: the cluster holds %d fold(s) at once; a trial trains %d at once",
+                       parallel_folds, slots, slots)
+        parallel_folds = slots
     folds = parallel_folds or max(1, min(n_folds, slots // trials))
     driver = {"cpu": 0, DRIVER_RESOURCE: 0.001} if total.get(DRIVER_RESOURCE) else {"cpu": 0.1}
     return Layout(trials, folds, driver, max(1, min(slots, trials * folds)))

@@ -80,6 +80,24 @@ def test_argument_checks() -> None:
         parse_args(["--num-samples", "0"])
 
 
+def test_the_plan_never_asks_a_private_ray_for_more_than_it_has(caplog: pytest.LogCaptureFixture) -> None:
+    """A trial takes all its lanes at once: --parallel-folds 3 with 2 fold slots made both trials wait for good, and
+    --max-fold-slots 10 on a private Ray (which does not grow) planned 10 lanes for 2 slots."""
+    from orchestration.resources import plan
+
+    machine = {"CPU": 2.0}
+    layout = plan(1, 1.0, 0.0, num_samples=4, n_folds=3, parallel_folds=3, total=machine)
+    assert (layout.max_concurrent, layout.parallel_folds, layout.parallel_slots) == (2, 2, 2)
+    layout = plan(1, 1.0, 0.0, num_samples=4, n_folds=3, max_fold_slots=10, total=machine)
+    assert (layout.max_concurrent, layout.parallel_slots) == (2, 2)
+    assert "--parallel-folds 3: the cluster holds 2 fold(s) at once" in caplog.text
+    assert "--max-fold-slots 10: this machine's private Ray does not grow" in caplog.text
+    joined = plan(1, 1.0, 0.0, num_samples=4, n_folds=3, max_fold_slots=10, joined=True, total=machine)
+    assert joined.parallel_slots == 8  # 4 trials x 2 folds: a joined cluster grows, the folds past 2 wait for nodes
+    with pytest.raises(SystemExit, match="more than this machine's private Ray has"):
+        plan(1, 1.0, 1.0, num_samples=4, n_folds=3, total=machine)
+
+
 def test_fold_slots_count_whole_folds() -> None:
     assert fold_slots({"CPU": 2.0}, workers=1, cpus=1.0, gpus=0.0) == 2
     assert fold_slots({"CPU": 16.0, "GPU": 8.0}, workers=2, cpus=1.0, gpus=1.0) == 4
