@@ -14,6 +14,7 @@ from typing import Any
 from orchestration import mlflow_runs, mlflow_ui
 from orchestration.console import ended, trial_label, trial_number, wall_metric
 from orchestration.trial import TIME_ATTR, SweepContext, fold_metric
+from tfmamba.model_uris import BEST_MODEL_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +206,8 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
         summary.pareto = pareto_front(complete, objectives, ctx)
     parent_tags = mlflow_runs.get_run(uri, ctx.parent_run_id).data.tags
     if best is not None and best.run_id is not None:
-        if parent_tags.get("best_trial_id") == best.trial_id and parent_tags.get("best_model_uri"):
-            summary.best_model_uri = parent_tags["best_model_uri"]
+        if parent_tags.get("best_trial_id") == best.trial_id and parent_tags.get(BEST_MODEL_TAG):
+            summary.best_model_uri = parent_tags[BEST_MODEL_TAG]
         else:
             summary.best_model_uri = log_best_model(uri, best.run_id, best_fold_run(ctx, best.trial_id),
                                                     registered_name=None)
@@ -214,7 +215,7 @@ def finish_sweep(results, ctx: SweepContext, wall_seconds: float, parallel_slots
             summary.registered = _register(summary.best_model_uri, register, best, ctx, parent_tags)
             mlflow_runs.set_tags(uri, ctx.parent_run_id, {"registered_model_version": f"{register}/{summary.registered.version}"})
         mlflow_runs.set_tags(uri, ctx.parent_run_id, {"best_trial_id": best.trial_id, "best_trial_run_id": best.run_id,
-                                                       "best_model_uri": summary.best_model_uri})
+                                                       BEST_MODEL_TAG: summary.best_model_uri})
         # the best trial's metrics under the trial runs' own names (BestSoFar logged them stepped as trials ended)
         mlflow_runs.log_metrics(uri, ctx.parent_run_id,
                                 {k: v for k, v in best.metrics.items() if k.endswith(("_mean", "_std"))},

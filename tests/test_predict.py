@@ -290,6 +290,29 @@ def test_the_pyfunc_model_class_is_defined_without_a_warning():
 
 
 @pytest.mark.slow
+def test_a_run_without_a_model_points_at_the_runs_that_have_one(model_dir, tmp_path):
+    """`runs:/<sweep or trial run>/model`, picked in the MLflow UI: MLflow's "Failed to download artifacts from path
+    'model'" alone left the user to find which runs log a model."""
+    from mlflow.tracking import MlflowClient
+
+    logged = log_model(tmp_path, model_dir, "near", registered_name=None)
+    client = MlflowClient(logged.uri)
+    experiment_id = client.get_experiment_by_name("near").experiment_id
+    sweep = client.create_run(experiment_id, tags={"best_model_uri": logged.model_uri}).info.run_id
+    trial = client.create_run(experiment_id, tags={"mlflow.parentRunId": sweep}).info.run_id
+    fold = client.create_run(experiment_id, tags={"mlflow.parentRunId": trial}, run_name="t01-fold1").info.run_id
+    for name in ("model.safetensors", "model.json"):
+        client.log_artifact(fold, str(model_dir / name), artifact_path="model")
+    with pytest.raises(DataError) as caught:
+        Predictor.load(f"runs:/{sweep}/model", tracking_uri=logged.uri)
+    assert str(caught.value).endswith(f"; run {sweep} logs no model; its best model is {logged.model_uri}")
+    with pytest.raises(DataError) as caught:
+        Predictor.load(f"runs:/{trial}/model", tracking_uri=logged.uri)
+    assert str(caught.value).endswith(f"; run {trial} logs no model; its run t01-fold1 does: runs:/{fold}/model")
+    loaded = Predictor.load(f"runs:/{fold}/model", device="cpu", tracking_uri=logged.uri)
+    assert loaded.labels == Predictor.load(model_dir, device="cpu").labels
+
+
 def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient

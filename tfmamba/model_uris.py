@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 MLFLOW_SCHEMES = ("runs:/", "models:/")
+BEST_MODEL_TAG = "best_model_uri"  # the tag a sweep's run names its best model by (orchestration.results sets it)
+MAX_CHILDREN_LOOKED_AT = 50
 
 
 def is_mlflow_uri(ref: str) -> bool:
@@ -54,3 +56,29 @@ def logged_model_of_run(client, run_id: str, name: str):
     found = client.search_logged_models(experiment_ids=[experiment_id], max_results=1,
                                         filter_string=f"name = '{name}' AND source_run_id = '{run_id}'")
     return found[0] if found else None
+
+
+
+def models_near(ref: str, tracking_uri: str) -> str:
+    """Where to find a model when `runs:/<id>/<name>` names a run without one (a sweep's or a trial's run): the
+    run's best-model tag, else a child run that logs `<name>`. '' when there is nothing to suggest."""
+    if not ref.startswith("runs:/"):
+        return ""
+    from mlflow import MlflowClient
+
+    run_id, _, path = ref.removeprefix("runs:/").partition("/")
+    name = path.partition("/")[0] or "model"
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+        if run.data.tags.get(BEST_MODEL_TAG):
+            return f"run {run_id} logs no {name}; its best model is {run.data.tags[BEST_MODEL_TAG]}"
+        children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                      max_results=MAX_CHILDREN_LOOKED_AT)
+        for child in children:
+            if client.list_artifacts(child.info.run_id, name):
+                return (f"run {run_id} logs no {name}; its run {child.info.run_name or child.info.run_id} does: "
+                        f"runs:/{child.info.run_id}/{name}")
+    except Exception:  # a hint only: the error it adds to stands on its own
+        return ""
+    return ""

@@ -29,7 +29,7 @@ from tfmamba.features.extractor import Extractor
 from tfmamba.features.factory import get_extractor
 from tfmamba.locations import replaced_atomically, sqlite_path
 from tfmamba.model import TFMamba
-from tfmamba.model_uris import download_model, is_mlflow_uri
+from tfmamba.model_uris import download_model, is_mlflow_uri, models_near
 from tfmamba.training.outputs import MODEL_JSON, MODEL_WEIGHTS, load_trained_model, read_model_description
 
 __all__ = ["AUDIO_SUFFIXES", "Prediction", "Predictor", "find_audio", "resolve_model", "write_csv"]
@@ -84,7 +84,9 @@ def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = 
     try:
         local = download_model(str(ref), uri, into)
     except (MlflowException, OSError) as err:
-        raise DataError(f"{ref}: could not download the model from MLflow ({err})") from err
+        hint = models_near(str(ref), uri)
+        raise DataError(f"{ref}: could not download the model from MLflow ({err})"
+                        + (f"; {hint}" if hint else "")) from err
     return _model_folder_in(local, str(ref))
 
 
