@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -19,6 +20,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_restored():
+    """`mlflow.set_tracking_uri` also sets $MLFLOW_TRACKING_URI, which the subprocesses of every later test inherit
+    (a sweep then probed a tracking server stopped long before): each test leaves both as it found them."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and os.environ.get("MLFLOW_TRACKING_URI") != before:
+        mlflow.set_tracking_uri(before)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ def test_a_fold_bigger_than_the_private_ray_is_refused(tmp_path: Path, demo) -> 
     import os
 
     done = subprocess.run([sys.executable, str(SWEEP), "--manifest", str(demo.manifest_dir), "--cache",
-                           str(demo.cache), "--cpus-per-worker", str(2 * os.cpu_count()), "--num-samples", "1"],
+                           str(demo.cache), "--cpus-per-worker", str(2 * os.cpu_count()), "--num-samples", "1",
+                           "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert (f"one fold needs 1 worker(s) x {2 * os.cpu_count()} CPU / 0 GPU, more than this machine's private Ray "
