@@ -11,13 +11,10 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from tfmamba.errors import first_line
+
 _T = TypeVar("_T")
 MAX_BACKOFF_SECONDS = 15.0
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def call_with_backoff(call: Callable[[], _T], transient: Callable[[Exception], bool], budget_s: float, what: str,

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from orchestration import mlflow_runs
+from tfmamba.errors import first_line
 from tfmamba.locations import local_path, sqlite_path
 
 DEFAULT_MIN_FREE_GB = 1.0
@@ -97,7 +98,7 @@ def check_tracking_store(tracking_uri: str, existing: bool = False) -> str | Non
     try:
         probe(tracking_uri, retry_seconds=TRACKING_PROBE_SECONDS)
     except Exception as err:  # an unknown scheme, no connection, a refused login: all end the sweep here
-        return f"cannot reach it ({str(err).strip().splitlines()[0][:300]})"
+        return f"cannot reach it ({first_line(err)})"
     return None
 
 

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from orchestration.backoff import first_line
+from tfmamba.errors import first_line
 from tfmamba.locations import is_uri, sqlite_path
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from tfmamba.errors import ConfigError
+from tfmamba.errors import ConfigError, first_line
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -35,13 +35,12 @@ def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
-
 def device_problem(name: str) -> str | None:
     """Why this process cannot compute on torch device `name` (and what there is instead), or None."""
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        return f"not a torch device ({str(err).splitlines()[0]})"
+        return f"not a torch device ({first_line(err)})"
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"

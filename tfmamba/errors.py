@@ -27,6 +27,12 @@ class StorageError(TFMambaError, OSError):
     """A result could not be written where it goes (no space left, no permission); says where, and what is kept."""
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An error in one line for a message: the first line of its text (at most `limit` characters), else its type."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def write_failure(err: BaseException) -> str:
     """The reason of a failed write in a few words: `No space left on device`, not pyarrow's or safetensors' wrapping."""
     number = getattr(err, "errno", None)
@@ -35,4 +41,4 @@ def write_failure(err: BaseException) -> str:
         number = int(found.group(1)) if found else None
     if number:
         return os.strerror(number)
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return first_line(err)
