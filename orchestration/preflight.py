@@ -12,6 +12,7 @@ probe is a real write because permission bits say little when the sweep runs as 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -25,6 +26,8 @@ DEFAULT_MIN_FREE_GB = 1.0
 GIB = 1024**3
 PROBE_PREFIX = ".tfmamba-preflight-"
 TRACKING_PROBE_SECONDS = 10.0
+# How MLflow's client words a server that answered with errors (urllib3's retries over 5xx statuses).
+SERVER_ERRORS = re.compile(r"too many (5\d\d) error responses")
 
 
 class PreflightError(RuntimeError):
@@ -98,6 +101,10 @@ def check_tracking_store(tracking_uri: str, existing: bool = False) -> str | Non
     try:
         probe(tracking_uri, retry_seconds=TRACKING_PROBE_SECONDS)
     except Exception as err:  # an unknown scheme, no connection, a refused login: all end the sweep here
+        failing = SERVER_ERRORS.search(str(err))
+        if failing:  # e.g. a server whose database is down or being failed over: 503 at once
+            return (f"the server answers, but with HTTP {failing.group(1)} errors: its own store (the database of "
+                    "its --backend-store-uri) may be down or out of its reach; see the server's log")
         return f"cannot reach it ({first_line(err)})"
     return None
 

@@ -22,7 +22,7 @@ from servers import MlflowServer, free_port
 
 from orchestration import mlflow_runs
 from orchestration.fold_worker import FoldTask, RayReporter
-from orchestration.preflight import PreflightError, check_local, check_outputs, check_remote
+from orchestration.preflight import PreflightError, check_local, check_outputs, check_remote, check_tracking_store
 from tfmamba.corpora.folds import Fold
 
 from test_sweep import run_tree
@@ -334,24 +334,38 @@ def test_errors_about_the_request_are_not_retried(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_reporter_buffers_epochs_while_the_server_is_down(server: MlflowServer, monkeypatch) -> None:
+@pytest.mark.parametrize("what", ["the server", "its database"])
+def test_reporter_buffers_epochs_while_the_server_is_down(what: str, tmp_path: Path, request, monkeypatch) -> None:
+    """Epochs wait in the worker's buffer while the tracking server is down, or while the PostgreSQL behind it (a
+    cluster's `cluster/mlflow-server.sh`) restarts or fails over, when the server answers 503 at once; a new
+    sweep's preflight then says that the server's store is failing, not that the server cannot be reached."""
     from mlflow.tracking import MlflowClient
 
     for key, value in mlflow_runs.http_env().items():
         monkeypatch.setenv(key, value)
+    if what == "the server":
+        server = request.getfixturevalue("server")
+        go_down, come_back = server.stop, server.start
+    else:
+        database = request.getfixturevalue("own_postgres")
+        server = MlflowServer(tmp_path, backend_uri=database.uri)
+        request.addfinalizer(server.stop)
+        go_down, come_back = database.shut_down, database.restart
     server.start()
     experiment = mlflow_runs.ensure_experiment(server.uri, "buffer")
     run_id = mlflow_runs.get_or_create_run(server.uri, experiment, {"run_kind": "fold"}, "fold1")
     reporter = RayReporter(FoldTask(config={}, split=Fold(1, "one", [], [], []), manifest=None, cache="", out_dir="",
                                     tracking_uri=server.uri, run_id=run_id), rank=0)
     reporter._log({"epoch": 1, "valid_ua": 0.1})
-    server.stop()
+    go_down()
     started = time.monotonic()
     reporter._log({"epoch": 2, "valid_ua": 0.2})
     reporter._log({"epoch": 3, "valid_ua": 0.3})
     assert time.monotonic() - started < 10  # one quick attempt per epoch: training is not held up
     assert [step for step, _, _ in reporter.pending] == [2, 3]
-    server.start()
+    if what == "its database":
+        assert "answers, but with HTTP 503 errors: its own store" in check_tracking_store(server.uri)
+    come_back()
     reporter._log({"epoch": 4, "valid_ua": 0.4})
     assert reporter.pending == []
     client = MlflowClient(server.uri)
@@ -359,9 +373,9 @@ def test_reporter_buffers_epochs_while_the_server_is_down(server: MlflowServer, 
         (1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
     assert client.get_run(run_id).data.tags[RayReporter.GAP_TAG] == "2,3"
 
-    server.stop()  # down at the end of the fold: the final report waits (bounded) until the server is back
+    go_down()  # down at the end of the fold: the final report waits (bounded) until the server is back
     reporter._log({"epoch": 5, "valid_ua": 0.5})
-    back = threading.Timer(2.0, server.start)
+    back = threading.Timer(2.0, come_back)
     back.start()
     reporter._log({"epoch": 5, "done": 1.0, "test_ua": 0.45})
     back.join()
