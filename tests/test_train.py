@@ -284,6 +284,62 @@ def test_non_finite_loss_fails_the_fold_with_its_epoch(tmp_path, overrides, pois
     assert recorder.calls[-1][0]["failed"] == 1 and recorder.calls[-1][1] is None
 
 
+class SmallDevice:
+    """The model on a device too small for some batches: its forward raises the `torch.OutOfMemoryError` a GPU
+    raises, worded as CUDA words it, for a training batch (`phase` "training") or for an evaluation batch of a
+    clip longer than 30 frames ("validation"; "test": only once the last epoch is reported, so at the test set);
+    or ("host") its training batches ask the CPU allocator for more than any machine has."""
+
+    def __init__(self, phase: str, epochs: int) -> None:
+        from tfmamba.model import TFMamba
+
+        self.phase, self.epochs, self.armed = phase, epochs, phase != "test"
+        forward = TFMamba.forward
+        device = self
+
+        def small_forward(model, features, lengths=None, *args, **kwargs):
+            training = torch.is_grad_enabled()
+            if device.phase == "host" and training:
+                torch.empty(10**15)  # 4 PB, beyond any address space: the CPU allocator's own refusal
+            if device.armed and (training if device.phase == "training" else features.shape[1] > 30 and not training):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                             "capacity of 79.19 GiB of which 1.06 GiB is free.")
+            return forward(model, features, lengths, *args, **kwargs)
+
+        self.forward = small_forward
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        self.armed = self.armed or metrics.get("epoch") == self.epochs
+
+
+@pytest.mark.parametrize("phase, where, lower", [
+    ("training", r"epoch 1, step 1: out of memory on cpu at a batch of 8 clips x 24 frames", "lower batch_size"),
+    ("host", r"epoch 1, step 1: out of memory on cpu at a batch of 8 clips x 24 frames", "lower batch_size"),
+    ("validation", r"evaluating 8 clips: out of memory on cpu at a batch of \d clips? x 3\d frames", "lower eval_max_frames"),
+    ("test", r"evaluating 8 clips: out of memory on cpu at a batch of \d clips? x 3\d frames", "lower eval_max_frames")],
+    ids=["training", "host", "validation", "test"])
+def test_a_batch_too_big_for_the_device_fails_the_fold_naming_its_size(tmp_path, monkeypatch, phase, where, lower):
+    """An out-of-memory error (a GPU's, the commonest failure of a sweep on one) used to end the fold in torch's
+    words alone, with no metrics.json, and at the test set it skipped the failed fold's record. It is now a
+    TrainingError naming the step or evaluation, the batch's size, torch's first line and the settings to lower."""
+    from tfmamba.model import TFMamba
+
+    torch.set_num_threads(1)
+    recorder, device = Recorder(), SmallDevice(phase, epochs=2)
+    monkeypatch.setattr(TFMamba, "forward", device.forward)
+    monkeypatch.setattr(recorder, "report", lambda metrics, folder: (device.report(metrics, folder),
+                                                                     Recorder.report(recorder, metrics, folder)))
+    torch_words = r"CUDA out of memory\. Tried to allocate 2\.00 GiB\." if phase != "host" else "can't allocate memory"
+    with pytest.raises(TrainingError, match=rf"fold 1 \(toy\), {where} \(.*{torch_words}.*\); {lower}") as caught:
+        run(tmp_path, "out", tiny_config(epochs=2), recorder)
+    assert "with --set, or give each worker a device with more memory" in str(caught.value)
+    assert isinstance(caught.value.__cause__.__cause__, torch.OutOfMemoryError if phase != "host" else RuntimeError)
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    assert metrics["status"] == "failed" and "out of memory" in metrics["error"]
+    assert len(metrics["history"]) == {"training": 0, "host": 0, "validation": 0, "test": 2}[phase]
+    assert recorder.calls[-1][0]["failed"] == 1
+
+
 @pytest.mark.parametrize("bad_step", [1, 2, 3])
 def test_a_non_finite_loss_is_named_by_its_own_step_though_read_one_step_late(bad_step):
     """The loss is read back one step late (no host sync on a GPU); the error still names the step it happened

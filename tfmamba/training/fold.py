@@ -112,7 +112,8 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     """Train `fold` on the features of `store`, write the output folder `out_dir` and return the result.
 
     Raises TrainingError (after reporting `failed=1` and writing metrics.json with status "failed")
-    when a loss turns NaN or Inf; ConfigError/DataError for bad settings or data.
+    when a loss turns NaN or Inf or a batch does not fit in memory; ConfigError/DataError for bad settings or
+    data.
     """
     started = time.monotonic()
     where = distributed.current()
@@ -176,14 +177,15 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
             distributed.barrier(where)
             if reporter is not None:
                 reporter.report(dict(row), checkpoint)
+        bar.close()
+        return _finish(config, fold, store, data.test, labels, model, norm, best_weights, state, out_dir, dev, where,
+                       reporter, seconds_before + time.monotonic() - started, select, cropped)
     except TrainingError as err:
         message = f"fold {fold.index} ({fold.name}), {err}"
         _fail(fold, labels, out_dir, state, message, epoch, reporter, where)
         raise TrainingError(message) from err
     finally:
         bar.close()
-    return _finish(config, fold, store, data.test, labels, model, norm, best_weights, state, out_dir, dev, where,
-                   reporter, seconds_before + time.monotonic() - started, select, cropped)
 
 
 def _seed_everything(seed: int) -> None:
@@ -281,7 +283,7 @@ def _finish(config: TrainConfig, fold: Fold, store: FeatureStore, test_set: Feat
             cropped: dict[str, int]) -> FoldResult:
     """Evaluate the best epoch's weights on the test set (once), write the output folder, report, return."""
     if not state.history:
-        raise TrainingError(f"fold {fold.index}: no epoch was trained (epochs={config.epochs})")
+        raise TrainingError(f"no epoch was trained (epochs={config.epochs})")
     model.load_state_dict(best_weights)
     test_loader = eval_loader(config, test_set, where.world, where.rank, gpu=device.type == "cuda")
     test = evaluate(config, model, norm, test_loader, len(test_set), device, where)

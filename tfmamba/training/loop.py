@@ -1,7 +1,8 @@
 """One epoch of training and one evaluation pass, plus the optimiser and learning-rate schedule.
 
 Loss (paper Eq. 9): cross-entropy + cmdt_weight * CMDT, the CMDT term skipped when the weight is 0.
-A non-finite loss on any rank stops every rank with a `TrainingError` naming the epoch and step.
+A non-finite loss on any rank stops every rank with a `TrainingError` naming the epoch and step; so does a
+batch that does not fit in the device's memory (`out_of_memory`), with the batch's size and what to lower.
 On CUDA with `amp` the forward pass runs under bf16 autocast; the losses are computed in float32.
 With `compile` the training steps call the model through `torch.compile` (`step_module`).
 """
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
 from tfmamba.device import to_device_async
-from tfmamba.errors import TrainingError
+from tfmamba.errors import TrainingError, first_line
 from tfmamba.losses import CMDTLoss, total_loss
 from tfmamba.model import ModelOutput, TFMamba, known_unpadded
 from tfmamba.ssd import resolve_backend
@@ -287,6 +288,24 @@ def batch_losses(config: TrainConfig, model: nn.Module, batch: Batch, cmdt_loss:
     return total_loss(ce, cmdt, config.cmdt_weight), ce, cmdt
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """A GPU's out-of-memory error (`torch.OutOfMemoryError`), or a host allocation the CPU allocator refused."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
+                                                        and "can't allocate memory" in str(err))
+
+
+def out_of_memory(err: BaseException, config: TrainConfig, device: torch.device, at: str,
+                  shape: tuple[int, ...] | None, training: bool) -> TrainingError:
+    """The `TrainingError` of a batch that did not fit: where, its size, torch's words, and the settings to lower
+    (a training batch: `batch_size`, `max_frames`; an evaluation batch, whose clips are whole: `eval_max_frames`)."""
+    size = f"a batch of {shape[0]} clip{'s' if shape[0] != 1 else ''} x {shape[1]} frames" if shape else "the first batch"
+    lower = (f"batch_size (now {config.batch_size}) or max_frames (now {config.max_frames})" if training else
+             f"eval_max_frames (now {config.eval_max_frames or 'unset: clips are scored whole'}) or batch_size "
+             f"(now {config.batch_size})")
+    return TrainingError(f"{at}: out of memory on {device} at {size} ({first_line(err, 200)}); lower {lower} "
+                         "with --set, or give each worker a device with more memory")
+
+
 def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, optimizer: AdamW,
                 scheduler: LambdaLR, device: torch.device, epoch: int, where: distributed.Dist,
                 cmdt_loss: CMDTLoss | None, on_step: Callable[[float], None] | None = None) -> dict[str, float]:
@@ -312,21 +331,28 @@ def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: 
         if on_step is not None:
             on_step(loss_value)
 
-    for step, (_, batch) in enumerate(device_batches(loader, norm, device), start=1):
-        loss, ce, cmdt = batch_losses(config, model, batch, cmdt_loss, device)
-        terms = torch.stack([loss, ce, cmdt]).detach().double()
-        not_finite = distributed.device_sum((~torch.isfinite(loss)).double().reshape(1), where)
-        check(lagged.push(step, torch.cat([terms, not_finite])))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        n = len(batch.labels)
-        sums += terms * n
-        count += n
-    check(lagged.pop())
+    step, shape = 1, None
+    try:
+        for step, (_, batch) in enumerate(device_batches(loader, norm, device), start=1):
+            shape = tuple(batch.features.shape[:2])
+            loss, ce, cmdt = batch_losses(config, model, batch, cmdt_loss, device)
+            terms = torch.stack([loss, ce, cmdt]).detach().double()
+            not_finite = distributed.device_sum((~torch.isfinite(loss)).double().reshape(1), where)
+            check(lagged.push(step, torch.cat([terms, not_finite])))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n = len(batch.labels)
+            sums += terms * n
+            count += n
+        check(lagged.pop())
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, config, device, f"epoch {epoch}, step {step}", shape, training=True) from err
     loss_sum, ce_sum, cmdt_sum, total = distributed.all_sum(sums.tolist() + [count], device, where)
     total = max(total, 1.0)
     return {"train_loss": loss_sum / total, "train_ce": ce_sum / total, "train_cmdt": cmdt_sum / total}
@@ -350,13 +376,20 @@ def evaluate(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: Dat
     host would make it wait for that batch, and the GPU idle while the next one is collated and launched."""
     model.eval()
     indices, labels, predicted, losses = [], [], [], []
-    for raw, batch in device_batches(loader, norm, device):
-        with autocast(config, device):
-            logits = model(batch.features, batch.lengths).logits.float()
-        losses.append(F.cross_entropy(logits, batch.labels, reduction="none"))
-        predicted.append(logits.argmax(dim=1))
-        labels.append(raw["labels"])
-        indices.append(raw["indices"])
+    shape = None
+    try:
+        for raw, batch in device_batches(loader, norm, device):
+            shape = tuple(batch.features.shape[:2])
+            with autocast(config, device):
+                logits = model(batch.features, batch.lengths).logits.float()
+            losses.append(F.cross_entropy(logits, batch.labels, reduction="none"))
+            predicted.append(logits.argmax(dim=1))
+            labels.append(raw["labels"])
+            indices.append(raw["indices"])
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, config, device, f"evaluating {size} clips", shape, training=False) from err
     local = [torch.cat(t).cpu().numpy() if t else np.zeros(0) for t in (indices, labels, predicted, losses)]
     parts = distributed.all_gather(local, where)
     index, label, pred, loss = (np.concatenate([p[i] for p in parts]) for i in range(4))
