@@ -2,8 +2,8 @@
 `tfmamba.training.fold.train_fold`, reporting through Ray.
 
 `train_lane_worker` is a lane's `train_loop_per_worker`: it imports once, then claims folds from the
-sweep's dispatcher, whichever trial they belong to, until told to stop; it opens each feature cache
-once and measures each trial's costs once. `RayReporter` adapts the library's `Reporter` protocol
+sweep's dispatcher, whichever trial they belong to, until told to stop; it holds one feature cache at a time
+(`HeldCache`) and measures each trial's costs once. `RayReporter` adapts the library's `Reporter` protocol
 to Ray Train: every epoch goes to `ray.train.report` with the checkpoint folder it wrote (if it wrote one:
 `checkpoint_seconds`), marked with the fold run it belongs to (a restarted worker group resumes its fold from
 `ray.train.get_checkpoint()` only if that is its fold's), rank 0 also logs the epoch's curves to the
@@ -200,6 +200,29 @@ class RayReporter:
         return True
 
 
+class HeldCache:
+    """The feature cache a lane's worker holds in memory: the one its current fold trains on, and no other.
+
+    A lane trains whatever folds the dispatcher hands it, of every row of a grid, and each row of Table II has a
+    cache of its own (on IEMOCAP's ~1.2 M frames, 1.9 GB at 768 dims to 3.2 GB at Whisper-large's 1280, in
+    float16). Keeping every cache a lane had opened grew each worker towards all eight (~18 GB on IEMOCAP, ~33 GB
+    on MELD; times the lanes of a node). The cache held is let go before the next one is read, so a worker never
+    holds two; a lane that goes back to a cache reads it again (seconds, beside a fold's minutes)."""
+
+    def __init__(self, open_cache: Any) -> None:
+        self._open = open_cache
+        self.uri: str | None = None
+        self.store: Any = None
+
+    def get(self, uri: str) -> Any:
+        """The store of cache `uri`, read now unless it is the one held."""
+        if uri != self.uri:
+            self.uri, self.store = None, None
+            self.store = self._open(uri)
+            self.uri = uri
+        return self.store
+
+
 @dataclass(frozen=True)
 class LaneTask:
     """What a lane's workers share (their `train_loop_config`): the dispatcher to claim folds from, the manifest,
@@ -234,7 +257,7 @@ def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     rank, world = context.get_world_rank(), context.get_world_size()
     node = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname()}
-    stores: dict[str, FeatureStore] = {}
+    held = HeldCache(FeatureStore.open)
     costs: dict[str, dict[str, float]] = {}  # trial id -> its measured costs
     trained, last = 0, None
     while (assignment := claim(lane.dispatcher, lane.lane, last)) is not None:
@@ -242,15 +265,12 @@ def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         last = task.run_id
         if not on_every_rank(lambda: ray.get(lane.dispatcher.begin.remote(task.run_id)), world):
             continue  # its retries are spent: the dispatcher failed it
-        if task.cache not in stores:
-            stores[task.cache] = FeatureStore.open(task.cache)
-        store = stores[task.cache]
 
         def wanted(run_id: str = task.run_id) -> bool:
             return on_every_rank(lambda: ray.get(lane.dispatcher.wanted.remote(run_id)), world)
 
         try:
-            outcome = train_one_fold(task, store, rank, node, wanted)
+            outcome = train_one_fold(task, held.get(task.cache), rank, node, wanted)
         except FoldDropped as dropped:
             logger.info("%s dropped: its trial no longer wants it", dropped)
             continue
@@ -259,7 +279,7 @@ def train_lane_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             raise
         if rank == 0:
             if task.trial not in costs:
-                costs[task.trial] = lane_costs(lane.costs, task.config, len(lane.manifest.labels), store.dim)
+                costs[task.trial] = lane_costs(lane.costs, task.config, len(lane.manifest.labels), held.store.dim)
             ray.get(lane.dispatcher.finish.remote(task.run_id, outcome | {"costs": costs[task.trial]}))
         trained += 1
     return {"lane": lane.lane, "folds": trained}

@@ -241,3 +241,35 @@ def stand_in_lane(lane: str, dispatcher) -> None:
                 ray.get(dispatcher.finish.remote(task["run_id"], {"pid": os.getpid(), "trained": trained}))
 
     ray.get(worker.remote())
+
+
+def test_a_lane_worker_holds_one_feature_cache_at_a_time(tmp_path) -> None:
+    """A lane trains folds of every row of a grid, and each row of Table II has its own cache: a worker used to
+    keep every cache it had opened (all eight on a long grid). `HeldCache` lets the held one go before reading the
+    next, and a trained fold keeps no reference to its store, so a cache's memory goes with it."""
+    import weakref
+
+    import torch
+
+    from orchestration.fold_worker import HeldCache
+    from tfmamba.training.fold import train_fold
+    from test_train import synthetic, tiny_config
+
+    torch.set_num_threads(1)
+    alive: dict[str, weakref.ref] = {}
+    folds = {}
+
+    def open_cache(uri: str):
+        assert all(ref() is None for ref in alive.values()), "two caches held at once"
+        store, manifest, split = synthetic(seed=len(alive))
+        alive[uri], folds[uri] = weakref.ref(store), (manifest, split)
+        return store
+
+    held = HeldCache(open_cache)
+    for row in ("wavlm-large", "hubert-large", "hubert-large", "wavlm-large"):
+        store = held.get(row)
+        manifest, split = folds[row]
+        train_fold(tiny_config(epochs=1), split, store, manifest=manifest, out_dir=tmp_path / row, progress=False)
+        del store
+    assert list(alive) == ["wavlm-large", "hubert-large"] and held.uri == "wavlm-large"
+    assert alive["wavlm-large"]() is held.store  # read again: the first reading was let go
