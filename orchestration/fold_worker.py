@@ -207,7 +207,7 @@ class HeldCache:
     cache of its own (on IEMOCAP's ~1.2 M frames, 1.9 GB at 768 dims to 3.2 GB at Whisper-large's 1280, in
     float16). Keeping every cache a lane had opened grew each worker towards all eight (~18 GB on IEMOCAP, ~33 GB
     on MELD; times the lanes of a node). The cache held is let go before the next one is read, so a worker never
-    holds two; a lane that goes back to a cache reads it again (seconds, beside a fold's minutes)."""
+    holds two. A row keeps the lanes it took until it ends, so a lane reads a row's cache once, not once a fold."""
 
     def __init__(self, open_cache: Any) -> None:
         self._open = open_cache
