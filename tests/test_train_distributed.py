@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -63,3 +65,47 @@ def test_compiled_steps_pad_a_batch_through_ddp(tmp_path, monkeypatch):
     finally:
         dist.destroy_process_group()
     assert model.compiled_frames(32) == 33 and out.sequence.shape == (2, 32, config.model.d_model)
+
+
+def _one_rank_out_of_memory(rank: int, folder: str, queue) -> None:
+    """Rank 1's second training batch does not fit (the `torch.OutOfMemoryError` CUDA raises); rank 0's fits."""
+    from tfmamba.model import TFMamba
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))
+    forward, calls = TFMamba.forward, []
+
+    def small_forward(model, features, lengths=None, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        if rank == 1 and calls.count(True) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return forward(model, features, lengths, *args, **kwargs)
+
+    TFMamba.forward = small_forward
+    store, manifest, fold = synthetic()
+    recorder, started = Recorder(), time.monotonic()
+    try:
+        train_fold(tiny_config(batch_size=8), fold, store, recorder, manifest=manifest, out_dir=f"{folder}/out{rank}",
+                   progress=False)
+        outcome = "finished"
+    except Exception as err:  # rank 0's collective fails once rank 1 has gone
+        outcome = f"{type(err).__name__}: {err}"
+    queue.put((rank, outcome, time.monotonic() - started, [metrics for metrics, _ in recorder.calls]))
+
+
+@pytest.mark.slow
+def test_a_batch_too_big_on_one_rank_fails_it_without_a_collective(tmp_path):
+    """Out of memory on one rank alone: the other ranks wait for it inside the step's all-reduce. Its failed fold used
+    to report `failed` like a NaN loss, which every rank reaches together; under Ray Train that report is a barrier,
+    and the lane hung until the collective's timeout (a sweep with --workers-per-fold 2 sat 10 minutes on it). The
+    rank now raises its DeviceMemoryError and calls no reporter, so Ray Train sees the error and restarts the lane."""
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(_one_rank_out_of_memory, args=(str(tmp_path), queue), nprocs=2, join=True,
+                       start_method="spawn")
+    outcomes = {rank: (outcome, seconds, reports) for rank, outcome, seconds, reports in (queue.get(), queue.get())}
+    outcome, seconds, reports = outcomes[1]
+    assert outcome.startswith("DeviceMemoryError: fold 1 (toy), epoch 1, step 2: out of memory on cpu"), outcome
+    assert reports == [] and seconds < 25
+    assert outcomes[0][0] != "finished" and not (tmp_path / "out0/metrics.json").exists()

@@ -23,6 +23,12 @@ class TrainingError(TFMambaError, RuntimeError):
     """Training could not go on (a NaN or Inf loss, for instance); carries where it stopped."""
 
 
+class DeviceMemoryError(TrainingError):
+    """A batch did not fit in this rank's device memory. Raised on that rank alone: the other ranks of a distributed
+    fold may be waiting for it inside a collective, so nothing that needs every rank (a report, a barrier) may
+    follow it."""
+
+
 class StorageError(TFMambaError, OSError):
     """A result could not be written where it goes (no space left, no permission); says where, and what is kept."""
 

@@ -29,7 +29,7 @@ from tfmamba.config import TrainConfig
 from tfmamba.corpora.folds import Fold
 from tfmamba.corpora.manifest import Manifest
 from tfmamba.device import pick_device
-from tfmamba.errors import ConfigError, DataError, TrainingError
+from tfmamba.errors import ConfigError, DataError, DeviceMemoryError, TrainingError
 from tfmamba.features.dataset import FeatureDataset
 from tfmamba.features.store import FeatureStore
 from tfmamba.metrics import best_name, compute_metrics
@@ -182,8 +182,9 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
                        reporter, seconds_before + time.monotonic() - started, select, cropped)
     except TrainingError as err:
         message = f"fold {fold.index} ({fold.name}), {err}"
-        _fail(fold, labels, out_dir, state, message, epoch, reporter, where)
-        raise TrainingError(message) from err
+        alone = isinstance(err, DeviceMemoryError) and where.world > 1  # the other ranks may wait in a collective
+        _fail(fold, labels, out_dir, state, message, epoch, None if alone else reporter, where)
+        raise type(err)(message) from err
     finally:
         bar.close()
 
@@ -265,7 +266,8 @@ def _log_epoch(fold: Fold, config: TrainConfig, row: dict[str, float], stopped_o
 
 def _fail(fold: Fold, labels: list[str], out_dir: Path, state: _Progress, message: str, epoch: int,
           reporter: Reporter | None, where: distributed.Dist) -> None:
-    """Record a failed fold: metrics.json with status "failed", and `failed=1` to the reporter."""
+    """Record a failed fold: metrics.json with status "failed" (the main rank), and `failed=1` to the reporter,
+    which every rank calls (Ray's report is a barrier): None for a failure of one rank alone."""
     logger.error("%s", message)
     if where.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
 from tfmamba.device import to_device_async
-from tfmamba.errors import TrainingError, first_line
+from tfmamba.errors import DeviceMemoryError, TrainingError, first_line
 from tfmamba.losses import CMDTLoss, total_loss
 from tfmamba.model import ModelOutput, TFMamba, known_unpadded
 from tfmamba.ssd import resolve_backend
@@ -295,14 +295,14 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def out_of_memory(err: BaseException, config: TrainConfig, device: torch.device, at: str,
-                  shape: tuple[int, ...] | None, training: bool) -> TrainingError:
-    """The `TrainingError` of a batch that did not fit: where, its size, torch's words, and the settings to lower
+                  shape: tuple[int, ...] | None, training: bool) -> DeviceMemoryError:
+    """The `DeviceMemoryError` of a batch that did not fit: where, its size, torch's words, and the settings to lower
     (a training batch: `batch_size`, `max_frames`; an evaluation batch, whose clips are whole: `eval_max_frames`)."""
     size = f"a batch of {shape[0]} clip{'s' if shape[0] != 1 else ''} x {shape[1]} frames" if shape else "the first batch"
     lower = (f"batch_size (now {config.batch_size}) or max_frames (now {config.max_frames})" if training else
              f"eval_max_frames (now {config.eval_max_frames or 'unset: clips are scored whole'}) or batch_size "
              f"(now {config.batch_size})")
-    return TrainingError(f"{at}: out of memory on {device} at {size} ({first_line(err, 200)}); lower {lower} "
+    return DeviceMemoryError(f"{at}: out of memory on {device} at {size} ({first_line(err, 200)}); lower {lower} "
                          "with --set, or give each worker a device with more memory")
 
 
