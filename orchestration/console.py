@@ -37,14 +37,25 @@ def trial_number(trial_dir_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+class _NoTrialTracebacks(logging.Filter):
+    """Drops Tune's `Trial task failed for trial ...` record, whose traceback runs to ~45 lines of Ray's own frames:
+    the progress line says the trial failed, and the summary and the trial's MLflow run give its error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trial task failed")
+
+
 def quiet_ray(verbose: bool) -> None:
     """Before Ray starts: worker output stays in the session's log files, and Tune prints no status tables
-    (the legacy reporter at verbose 0 is silent; the new one still prints its start-up box) nor the line saying
-    it saved its state (the summary says where), unless `verbose`."""
+    (the legacy reporter at verbose 0 is silent; the new one still prints its start-up box), nor the line saying
+    it saved its state (the summary says where), nor a failed trial's traceback, unless `verbose`."""
     if not verbose:
         os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+        controller = logging.getLogger("ray.tune.execution.tune_controller")
+        if not any(isinstance(f, _NoTrialTracebacks) for f in controller.filters):
+            controller.addFilter(_NoTrialTracebacks())
 
 
 def duration(seconds: float) -> str:

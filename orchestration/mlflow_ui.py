@@ -94,6 +94,9 @@ def log_study_plots(uri: str, run_id: str, storage_url: str, study_name: str, me
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=storage_url)
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        logger.info("Optuna plots skipped: no trial of study %s is complete", study_name)
+        return []
     logged = []
     single = len(study.directions) == 1
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,18 @@ from tfmamba.model_uris import BEST_MODEL_TAG
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 NODE_TAGS = ("node_id", "node_ip", "hostname")  # set on each fold run by its worker (fold_worker.py)
+
+
+def failure_message(error: BaseException) -> str:
+    """A failed trial's error as the trial raised it (`trial X, fold 1 failed: DeviceMemoryError: ...`), not as Ray
+    wraps it: a RayTaskError's text opens with `ray::ImplicitFunc.train() (pid=..., actor_id=...)` in terminal
+    colours, then a traceback, which the summary's one line and the trial run's `error` tag used to show instead."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and cause is not error:
+        return failure_message(cause)
+    return ANSI_CODES.sub("", str(error)).strip() or type(error).__name__
 
 
 @dataclass
@@ -95,7 +107,7 @@ def collect_trials(results, ctx: SweepContext, unfinished: set[str] = frozenset(
         config = {k: v for k, v in (metrics.get("config") or {}).items()}
         label = trial_label(trial_number(Path(result.path).name), config)
         trials.append(TrialSummary(trial_id, runs.get(trial_id), status, config, metrics,
-                                   str(result.error) if result.error is not None else None, label=label))
+                                   failure_message(result.error) if result.error is not None else None, label=label))
     return trials
 
 
