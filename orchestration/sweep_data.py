@@ -16,7 +16,9 @@ from tfmamba.corpora.folds import load_folds, select_folds
 from tfmamba.corpora.manifest import read_manifest_metadata
 from tfmamba.errors import DataError
 from tfmamba.features.store import CACHE_IDENTITY, read_metadata, resolve
+from tfmamba.features.writer import WRITER_LOCK
 from tfmamba.locations import absolute
+from tfmamba.process_lock import held_by
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> 
         raise SystemExit(f"{what} {cache}: {err}") from None
     if cache_meta is None:
         raise SystemExit(f"{what} {cache}: no feature cache there (run `tfmamba features ...` first)")
+    writer = held_by(cache_uri, WRITER_LOCK)
+    if writer is not None:  # its folds would miss the utterances not written yet
+        raise SystemExit(f"{what} {cache}: the feature cache is still being written ({writer}): wait for "
+                         f"`tfmamba features` to end")
     if cache_meta.get("manifest_hash") not in (None, read_manifest_metadata(manifest_dir)["manifest_hash"]):
         raise SystemExit(f"{what} {cache}: made for another manifest than {manifest_dir} (rebuild the cache)")
     return cache_uri, {k: cache_meta.get(k) for k in CACHE_TAGS}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import soundfile
@@ -100,3 +105,25 @@ def test_prepare_demo_on_a_full_disk_names_the_clip(tmp_path, capsys, small_disk
     err = capsys.readouterr().err
     assert f"tfmamba prepare: error: {disk / 'demo' / 'audio'}/Ses0" in err
     assert ": cannot write the demo clip (No space left on device)" in err
+
+
+PREPARE_DEMO = ("import sys\nfrom tfmamba.demo import ensure_demo_data\n"
+                "ensure_demo_data(sys.argv[1], clips_per_speaker=4, progress=False)\nprint('ready', flush=True)\n")
+
+
+def test_a_second_command_waits_for_the_demo_data_another_prepares(tmp_path):
+    """Two commands started at once on a fresh folder (`make demo` in two terminals, a sweep beside the Table III
+    demo grid) both prepared the demo data, and the second ended in a traceback on the cache's writer lock. A command
+    that finds the demo being prepared now waits for it, saying so, then goes on with the data the first made."""
+    from tfmamba.process_lock import acquire
+
+    root = tmp_path / "demo"
+    with acquire(str(root), "demo"):  # this test is the command preparing it
+        second = subprocess.Popen([sys.executable, "-c", PREPARE_DEMO, str(root)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        time.sleep(5)  # its imports take ~2 s
+        assert second.poll() is None, second.communicate()[0]  # waiting, not preparing beside it
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, output
+    assert f"waiting for pid {os.getpid()} on " in output and ", which is preparing the demo data" in output
+    assert output.rstrip().endswith("ready") and read_manifest(root / "corpus").table.shape[0] > 0

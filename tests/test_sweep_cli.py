@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,22 @@ def test_a_missing_manifest_or_unreachable_cache_stops_with_one_line(demo, tmp_p
         with pytest.raises(SystemExit, match=message):
             main([*data(demo, tmp_path), "--storage-path", str(tmp_path / "ray"),
                   "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_cache_still_being_written_is_refused(demo, tmp_path: Path) -> None:
+    """A sweep or grid started while `tfmamba features` still writes its cache would train on the utterances written
+    so far, and each fold then failed on the rest: it stops before Ray starts, naming the writer."""
+    from orchestration import ablation, sweep
+    from tfmamba.features.writer import WRITER_LOCK
+    from tfmamba.process_lock import acquire
+
+    with acquire(str(demo.cache), WRITER_LOCK):  # this test is the `tfmamba features` still writing it
+        for main in (sweep.main, ablation.main):
+            with pytest.raises(SystemExit, match=rf"^--cache {demo.cache}: the feature cache is still being written "
+                                                 rf"\(pid {os.getpid()} on .*\): wait for `tfmamba features` to end"):
+                main(["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--storage-path",
+                      str(tmp_path / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert not (tmp_path / "mlflow.db").exists()
 
 

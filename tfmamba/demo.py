@@ -33,14 +33,18 @@ def ensure_demo_data(
     from tfmamba.corpora.prepare import prepare_corpus
     from tfmamba.features.build import build_cache
     from tfmamba.features.factory import get_extractor
+    from tfmamba.process_lock import acquire
 
     root = Path(root).resolve()
     corpus_dir, cache = root / "corpus", root / "fbank"
     options = {"seed": seed, "clips_per_speaker": clips_per_speaker}
     build = partial(generate_demo, corpus_dir, seed=seed, clips_per_speaker=clips_per_speaker)
-    prepared = prepare_corpus("demo", build, corpus_dir, options)
-    # build_cache resumes: utterances already in the cache are skipped, so this is cheap once done.
-    report = build_cache(prepared.manifest.table, manifest_hash(prepared.manifest), get_extractor("fbank"), str(cache),
-                         progress=progress)
+    # Two commands started at once on a fresh folder (`make demo` in two terminals, a sweep and the Table III demo):
+    # the second waits for the first's preparation, then finds it done, instead of failing on its cache's lock.
+    with acquire(str(root), "demo", wait="which is preparing the demo data"):
+        prepared = prepare_corpus("demo", build, corpus_dir, options)
+        # build_cache resumes: utterances already in the cache are skipped, so this is cheap once done.
+        report = build_cache(prepared.manifest.table, manifest_hash(prepared.manifest), get_extractor("fbank"),
+                             str(cache), progress=progress)
     logger.info("demo data ready: manifest %s, cache %s (%s)", corpus_dir, cache, report.summary().splitlines()[0])
     return DemoData(corpus_dir, cache)

@@ -61,9 +61,10 @@ def lock_path(location: str, name: str) -> Path:
     return REMOTE_LOCKS / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
 
 
-def acquire(location: str, name: str) -> ProcessLock:
-    """Take the lock `name` at `location` for this process, or raise LocationBusy naming its holder. A lock file
-    that cannot be created (a read-only folder) is logged and an empty lock returned: it guards, it must not block."""
+def acquire(location: str, name: str, wait: str | None = None) -> ProcessLock:
+    """Take the lock `name` at `location` for this process, or raise LocationBusy naming its holder; with `wait`
+    (what the holder does, for the log) wait for it instead. A lock file that cannot be created (a read-only
+    folder) is logged and an empty lock returned: it guards, it must not block."""
     path = lock_path(location, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,12 +75,35 @@ def acquire(location: str, name: str) -> ProcessLock:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "a process that has not written its name yet"
-        handle.close()
-        raise LocationBusy(holder) from None
+        holder = _holder(handle)
+        if wait is None:
+            handle.close()
+            raise LocationBusy(holder) from None
+        logger.warning("waiting for %s, %s", holder, wait)
+        fcntl.flock(handle, fcntl.LOCK_EX)
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
     return ProcessLock(path, handle)
+
+
+def held_by(location: str, name: str) -> str | None:
+    """Who holds the lock `name` at `location` now (None: nobody), found without taking it or creating a file, so a
+    reader may ask where it cannot write."""
+    path = lock_path(location, name)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except OSError:  # no lock file: never locked here (or out of reach, where nothing can be said)
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _holder(handle)
+        return None
+
+
+def _holder(handle: IO[str]) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "a process that has not written its name yet"

@@ -28,6 +28,8 @@ from tfmamba.features.store import (CACHE_IDENTITY, DTYPE, FORMAT_VERSION, METAD
 from tfmamba.process_lock import LocationBusy, acquire
 
 log = logging.getLogger(__name__)
+WRITER_LOCK = "writer"  # the lock a cache's writer holds (`tfmamba.process_lock`)
+
 
 class FeatureWriter:
     """Appends utterances to a cache in shards of `shard_size`; call `close()` (or use `with`) to write the last one."""
@@ -40,7 +42,7 @@ class FeatureWriter:
         self.shard_size = shard_size
         self.fs.create_dir(self.root, recursive=True)
         try:
-            self._lock = acquire(uri, "writer")
+            self._lock = acquire(uri, WRITER_LOCK)
         except LocationBusy as err:
             raise DataError(f"feature cache {uri} is being written by another process ({err}): wait for it to end, "
                             f"or stop it; then the same command goes on where it stopped") from None
