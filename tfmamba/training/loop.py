@@ -1,8 +1,9 @@
 """One epoch of training and one evaluation pass, plus the optimiser and learning-rate schedule.
 
 Loss (paper Eq. 9): cross-entropy + cmdt_weight * CMDT, the CMDT term skipped when the weight is 0.
-A non-finite loss on any rank stops every rank with a `TrainingError` naming the epoch and step; so does a
-batch that does not fit in the device's memory (`out_of_memory`), with the batch's size and what to lower.
+A non-finite loss on any rank stops every rank with a `TrainingError` naming the epoch and step. A batch that does
+not fit in the device's memory stops its own rank with a `DeviceMemoryError` (`out_of_memory`) naming the batch's
+size and what to lower.
 On CUDA with `amp` the forward pass runs under bf16 autocast; the losses are computed in float32.
 With `compile` the training steps call the model through `torch.compile` (`step_module`).
 """
@@ -303,7 +304,7 @@ def out_of_memory(err: BaseException, config: TrainConfig, device: torch.device,
              f"eval_max_frames (now {config.eval_max_frames or 'unset: clips are scored whole'}) or batch_size "
              f"(now {config.batch_size})")
     return DeviceMemoryError(f"{at}: out of memory on {device} at {size} ({first_line(err, 200)}); lower {lower} "
-                         "with --set, or give each worker a device with more memory")
+                             "with --set, or give each worker a device with more memory")
 
 
 def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: DataLoader, optimizer: AdamW,
