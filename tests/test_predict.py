@@ -120,6 +120,40 @@ def test_long_clips_are_windowed_and_averaged_by_length(model_dir):
     assert predictor.predict_wave(speechlike(4.3), 16000).windows == 2  # a 0.3 s tail joins the last window
 
 
+def test_windows_too_big_for_the_device_go_one_at_a_time_then_the_file_is_skipped(model_dir, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """A long clip on a small GPU: its 8 windows a batch ran out of memory and ended `tfmamba predict` in a traceback.
+    They now go one at a time, with the same prediction; a file whose single window does not fit is skipped with an
+    error naming it and what to lower, and the next file is predicted (the model's forward raises the error CUDA
+    raises for a batch of more windows than the device holds)."""
+    from tfmamba.model import TFMamba
+
+    predictor = Predictor.load(model_dir, device="cpu", window_seconds=2.0)
+    wave = speechlike(5.0, seed=3)
+    whole = predictor.predict_wave(wave, 16000)
+    fits, forward = [8], TFMamba.forward
+
+    def small_device(model, features, *args, **kwargs):
+        if features.shape[0] > fits[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
+        return forward(model, features, *args, **kwargs)
+
+    monkeypatch.setattr(TFMamba, "forward", small_device)
+    fits[0] = 1
+    with caplog.at_level("WARNING", logger="tfmamba.predict"):
+        one_by_one = predictor.predict_wave(wave, 16000, name="long.wav")
+    assert one_by_one.probabilities == pytest.approx(whole.probabilities, abs=1e-5)
+    assert "long.wav: 3 windows of 2 s at once do not fit in cpu's memory (CUDA out of memory." in caplog.text
+
+    fits[0] = 0
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, speechlike(1.5, seed=4), 16000)
+    (skipped,) = predictor.predict_files([clip])
+    assert not skipped.ok and skipped.error.startswith(f"{clip}: one 2 s window does not fit in cpu's memory (CUDA "
+                                                       "out of memory. Tried to allocate 3.00 GiB.); lower "
+                                                       "--window-seconds or predict with --device cpu")
+
+
 def test_minutes_long_clip_gives_one_prediction(predictor):
     prediction = predictor.predict_wave(speechlike(125.0, 8000, seed=1), 8000, name="long")
     assert prediction.ok and prediction.windows == 5 and prediction.seconds == pytest.approx(125.0)

@@ -23,6 +23,12 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """A GPU's out-of-memory error (`torch.OutOfMemoryError`), or a host allocation the CPU allocator refused."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
+                                                        and "can't allocate memory" in str(err))
+
+
 def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`tensor` on `device` without the host waiting: a host tensor bound for a GPU is copied from pinned
     memory (pinned first if it is not), since a copy from ordinary host memory synchronises the stream. Under

@@ -24,9 +24,9 @@ class TrainingError(TFMambaError, RuntimeError):
 
 
 class DeviceMemoryError(TrainingError):
-    """A batch did not fit in this rank's device memory. Raised on that rank alone: the other ranks of a distributed
-    fold may be waiting for it inside a collective, so nothing that needs every rank (a report, a barrier) may
-    follow it."""
+    """A batch did not fit in the device's memory (in training, or a clip's windows in prediction). In a
+    distributed fold it is raised on that rank alone: the other ranks may be waiting for it inside a collective, so
+    nothing that needs every rank (a report, a barrier) may follow it."""
 
 
 class StorageError(TFMambaError, OSError):

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from tfmamba.audio import load_audio
-from tfmamba.device import pick_device
-from tfmamba.errors import ConfigError, DataError
+from tfmamba.device import is_out_of_memory, pick_device
+from tfmamba.errors import ConfigError, DataError, DeviceMemoryError, first_line
 from tfmamba.features.extractor import Extractor
 from tfmamba.features.factory import get_extractor
 from tfmamba.locations import replaced_atomically, sqlite_path
@@ -223,7 +223,7 @@ class Predictor:
         for path in paths:
             try:
                 yield self.predict_file(path)
-            except DataError as err:
+            except (DataError, DeviceMemoryError) as err:
                 logger.debug("skipping %s: %s", path, err)
                 yield Prediction(path=str(path), label=None, error=str(err))
 
@@ -240,17 +240,46 @@ class Predictor:
             raise DataError(f"{name}: too short ({len(wave)} samples at {rate} Hz; the extractor needs at least "
                             f"{self.extractor.min_samples})")
         windows = self.windows(wave)
-        total = np.zeros(len(self.labels), dtype=np.float64)
-        frames_seen = 0
-        for start in range(0, len(windows), WINDOWS_PER_BATCH):
-            features = self.extractor(windows[start:start + WINDOWS_PER_BATCH])
-            probs, lengths = self._probabilities(features)
-            total += (probs * lengths[:, None]).sum(axis=0)
-            frames_seen += int(lengths.sum())
+        total, frames_seen = self._scores_fitting(windows, name)
         average = total / max(frames_seen, 1)
         return Prediction(path=name, label=self.labels[int(average.argmax())],
                           probabilities={label: float(p) for label, p in zip(self.labels, average)},
                           seconds=len(wave) / rate, windows=len(windows))
+
+    def _scores_fitting(self, windows: list[np.ndarray], name: str) -> tuple[np.ndarray, int]:
+        """`_scores` of `WINDOWS_PER_BATCH` windows a batch, or one window a batch when those do not fit in the
+        device's memory (a long clip on a small GPU); DeviceMemoryError, naming the file, if one does not fit."""
+        try:
+            return self._scores(windows, WINDOWS_PER_BATCH)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            if len(windows) == 1:
+                raise self._too_big(name, err) from err
+            logger.warning("%s: %d windows of %g s at once do not fit in %s's memory (%s); one at a time", name,
+                           min(len(windows), WINDOWS_PER_BATCH), self.window_seconds, self.device, first_line(err, 120))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            return self._scores(windows, 1)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise self._too_big(name, err) from err
+
+    def _too_big(self, name: str, err: BaseException) -> DeviceMemoryError:
+        return DeviceMemoryError(f"{name}: one {self.window_seconds:g} s window does not fit in {self.device}'s memory "
+                                 f"({first_line(err, 200)}); lower --window-seconds or predict with --device cpu")
+
+    def _scores(self, windows: list[np.ndarray], per_batch: int) -> tuple[np.ndarray, int]:
+        """The class probabilities of `windows` summed weighted by their frames, and the frames, `per_batch` at once."""
+        total = np.zeros(len(self.labels), dtype=np.float64)
+        frames_seen = 0
+        for start in range(0, len(windows), per_batch):
+            probs, lengths = self._probabilities(self.extractor(windows[start:start + per_batch]))
+            total += (probs * lengths[:, None]).sum(axis=0)
+            frames_seen += int(lengths.sum())
+        return total, frames_seen
 
     @torch.no_grad()
     def _probabilities(self, features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

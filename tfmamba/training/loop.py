@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
-from tfmamba.device import to_device_async
+from tfmamba.device import is_out_of_memory, to_device_async
 from tfmamba.errors import DeviceMemoryError, TrainingError, first_line
 from tfmamba.losses import CMDTLoss, total_loss
 from tfmamba.model import ModelOutput, TFMamba, known_unpadded
@@ -287,12 +287,6 @@ def batch_losses(config: TrainConfig, model: nn.Module, batch: Batch, cmdt_loss:
     ce = F.cross_entropy(out.logits.float(), batch.labels)
     cmdt = cmdt_loss(out.sequence, out.mask, batch.labels) if cmdt_loss is not None else torch.zeros((), device=device)
     return total_loss(ce, cmdt, config.cmdt_weight), ce, cmdt
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """A GPU's out-of-memory error (`torch.OutOfMemoryError`), or a host allocation the CPU allocator refused."""
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
-                                                        and "can't allocate memory" in str(err))
 
 
 def out_of_memory(err: BaseException, config: TrainConfig, device: torch.device, at: str,
