@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -27,6 +29,18 @@ def is_out_of_memory(err: BaseException) -> bool:
     """A GPU's out-of-memory error (`torch.OutOfMemoryError`), or a host allocation the CPU allocator refused."""
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
                                                         and "can't allocate memory" in str(err))
+
+
+@contextmanager
+def out_of_memory_as(error: Callable[[BaseException], Exception]) -> Iterator[None]:
+    """Within it, running out of memory (`is_out_of_memory`) raises `error(err)` instead, chained to it; any other
+    error goes on as it was. `error` is called then, so it sees the caller's variables as they are at that point."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        raise error(err) from err
 
 
 def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

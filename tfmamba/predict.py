@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tfmamba.audio import load_audio
-from tfmamba.device import is_out_of_memory, pick_device
+from tfmamba.device import is_out_of_memory, out_of_memory_as, pick_device
 from tfmamba.errors import ConfigError, DataError, DeviceMemoryError, first_line
 from tfmamba.features.extractor import Extractor
 from tfmamba.features.factory import get_extractor
@@ -260,12 +260,8 @@ class Predictor:
                            min(len(windows), WINDOWS_PER_BATCH), self.window_seconds, self.device, first_line(err, 120))
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        try:
+        with out_of_memory_as(lambda err: self._too_big(name, err)):
             return self._scores(windows, 1)
-        except RuntimeError as err:
-            if not is_out_of_memory(err):
-                raise
-            raise self._too_big(name, err) from err
 
     def _too_big(self, name: str, err: BaseException) -> DeviceMemoryError:
         return DeviceMemoryError(f"{name}: one {self.window_seconds:g} s window does not fit in {self.device}'s memory "

@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from tfmamba.config import TrainConfig
-from tfmamba.device import is_out_of_memory, to_device_async
+from tfmamba.device import out_of_memory_as, to_device_async
 from tfmamba.errors import DeviceMemoryError, TrainingError, first_line
 from tfmamba.losses import CMDTLoss, total_loss
 from tfmamba.model import ModelOutput, TFMamba, known_unpadded
@@ -327,7 +327,8 @@ def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: 
             on_step(loss_value)
 
     step, shape = 1, None
-    try:
+    with out_of_memory_as(lambda err: out_of_memory(err, config, device, f"epoch {epoch}, step {step}", shape,
+                                                    training=True)):
         for step, (_, batch) in enumerate(device_batches(loader, norm, device), start=1):
             shape = tuple(batch.features.shape[:2])
             loss, ce, cmdt = batch_losses(config, model, batch, cmdt_loss, device)
@@ -344,10 +345,6 @@ def train_epoch(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: 
             sums += terms * n
             count += n
         check(lagged.pop())
-    except RuntimeError as err:
-        if not is_out_of_memory(err):
-            raise
-        raise out_of_memory(err, config, device, f"epoch {epoch}, step {step}", shape, training=True) from err
     loss_sum, ce_sum, cmdt_sum, total = distributed.all_sum(sums.tolist() + [count], device, where)
     total = max(total, 1.0)
     return {"train_loss": loss_sum / total, "train_ce": ce_sum / total, "train_cmdt": cmdt_sum / total}
@@ -372,7 +369,8 @@ def evaluate(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: Dat
     model.eval()
     indices, labels, predicted, losses = [], [], [], []
     shape = None
-    try:
+    with out_of_memory_as(lambda err: out_of_memory(err, config, device, f"evaluating {size} clips", shape,
+                                                    training=False)):
         for raw, batch in device_batches(loader, norm, device):
             shape = tuple(batch.features.shape[:2])
             with autocast(config, device):
@@ -381,10 +379,6 @@ def evaluate(config: TrainConfig, model: nn.Module, norm: InputNorm, loader: Dat
             predicted.append(logits.argmax(dim=1))
             labels.append(raw["labels"])
             indices.append(raw["indices"])
-    except RuntimeError as err:
-        if not is_out_of_memory(err):
-            raise
-        raise out_of_memory(err, config, device, f"evaluating {size} clips", shape, training=False) from err
     local = [torch.cat(t).cpu().numpy() if t else np.zeros(0) for t in (indices, labels, predicted, losses)]
     parts = distributed.all_gather(local, where)
     index, label, pred, loss = (np.concatenate([p[i] for p in parts]) for i in range(4))
