@@ -248,6 +248,18 @@ def test_cli_refuses_an_empty_audio_path_before_loading_the_model(tmp_path, caps
     assert "audio path 2 of 2 is an empty string" in err and "no-model-here" not in err
 
 
+def test_cli_refuses_folders_without_audio_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """A folder of the wrong files (or none) used to download and load the model, then say '0 of 0 files predicted'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no audio here")
+    assert main(["predict", "empty", "notes", "--model", str(tmp_path / "no-model-here")]) == 2
+    err = capsys.readouterr().err
+    assert "tfmamba predict: error: no audio files in empty, notes (searched for .aac, .aif" in err
+    assert "no-model-here" not in err
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

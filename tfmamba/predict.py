@@ -135,21 +135,26 @@ def check_extractor(extractor: Extractor, feature: dict[str, Any], model: TFMamb
 
 
 def find_audio(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given (missing ones too, to be reported), folders searched recursively for audio files. An empty
-    name (an unset shell variable) is an error, not the current folder."""
+    """Files as given (missing ones too, to be reported), folders searched recursively for audio files (a folder
+    without any is logged, unless nothing is found at all: the caller says that). An empty name (an unset shell
+    variable) is an error, not the current folder."""
     found: list[Path] = []
     paths = list(paths)
     empty = [n for n, item in enumerate(paths, start=1) if not str(item).strip()]
     if empty:
         raise DataError(f"audio path {empty[0]} of {len(paths)} is an empty string (an unset shell variable?)")
+    without_audio = []
     for item in map(Path, paths):
         if item.is_dir():
             inside = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
             if not inside:
-                logger.warning("%s: no audio files (%s) in this folder", item, ", ".join(sorted(AUDIO_SUFFIXES)))
+                without_audio.append(item)
             found.extend(inside)
         else:
             found.append(item)
+    if found:  # with nothing found at all, the caller's error says it once
+        for item in without_audio:
+            logger.warning("%s: no audio files (%s) in this folder", item, ", ".join(sorted(AUDIO_SUFFIXES)))
     return found
 
 

@@ -25,7 +25,7 @@ DESCRIPTION = (
     "the predicted emotion and the class probabilities; a file that cannot be read gets a line with the error "
     f"and is skipped. With a folder or more than {CSV_THRESHOLD} files, the predictions also go to a CSV "
     f"(--csv, default ./{DEFAULT_CSV}, never overwriting an existing file). Exit status 1 only when no file "
-    "could be predicted, 2 when the model or a setting is wrong."
+    "could be predicted, 2 when the model or a setting is wrong or AUDIO holds no audio file."
 )
 
 
@@ -42,23 +42,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="window length for long clips (default: the extractor's max_seconds, 30 s)")
     add_device_option(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (there are none either when stderr is not a terminal, e.g. a log file)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from tfmamba.predict import Predictor, find_audio, write_csv
+    from tfmamba.errors import DataError
+    from tfmamba.predict import AUDIO_SUFFIXES, Predictor, find_audio, write_csv
 
     paths = find_audio(args.audio)
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"} if args.no_progress else {}  # MLflow's download bar
+    if not paths:  # before the model is downloaded and loaded for nothing
+        raise DataError(f"no audio files in {', '.join(args.audio)} (searched for {', '.join(sorted(AUDIO_SUFFIXES))})")
+    show_bars = not args.no_progress and sys.stderr.isatty()  # a log file gets no carriage-return floods
+    quiet = {} if show_bars else {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # MLflow's download bar
     with environment_defaults(MLFLOW_HTTP_ENV | quiet):
         predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
                                    tracking_uri=args.tracking_uri)
     many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
     csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
-    bar = tqdm(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2,
+    bar = tqdm(total=len(paths), unit="file", desc="predict", disable=not show_bars or len(paths) < 2,
                file=sys.stderr, dynamic_ncols=True)
     results = []
     try:
