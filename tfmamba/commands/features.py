@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hard-cap-seconds", type=float, default=600.0,
                         help="clips longer than this are skipped into problems.csv (default 600)")
     parser.add_argument("--shard-size", type=int, default=256, help="utterances per Parquet shard (default 256)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (in a log file it is a line every 30 s)")
     parser.set_defaults(func=run)
 
 

@@ -43,28 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="window length for long clips (default: the extractor's max_seconds, 30 s)")
     add_device_option(parser)
     parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (there are none either when stderr is not a terminal, e.g. a log file)")
+                        help="no progress bars (when stderr is not a terminal, e.g. a log file, they update every 30 s)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from tfmamba.errors import DataError
     from tfmamba.predict import AUDIO_SUFFIXES, Predictor, find_audio, write_csv
+    from tfmamba.progress import progress_bar
 
     paths = find_audio(args.audio)
     if not paths:  # before the model is downloaded and loaded for nothing
         raise DataError(f"no audio files in {', '.join(args.audio)} (searched for {', '.join(sorted(AUDIO_SUFFIXES))})")
-    show_bars = not args.no_progress and sys.stderr.isatty()  # a log file gets no carriage-return floods
-    quiet = {} if show_bars else {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # MLflow's download bar
+    # MLflow's download bar: off when asked, and in a log file (where it is a flood of carriage returns)
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"} if args.no_progress or not sys.stderr.isatty() else {}
     with environment_defaults(MLFLOW_HTTP_ENV | quiet):
         predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
                                    tracking_uri=args.tracking_uri)
     many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
     csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
-    bar = tqdm(total=len(paths), unit="file", desc="predict", disable=not show_bars or len(paths) < 2,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2)
     results = []
     try:
         for prediction in predictor.iter_predictions(paths):

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override a config value, e.g. --set lr=1e-3 --set epochs=5 (repeatable)")
     parser.add_argument("--out", default=None, help="output folder (default runs/train/fold-K)")
     add_device_option(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (in a log file it is a line every 30 s)")
     parser.set_defaults(func=run)
 
 

@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from tfmamba.audio import audio_info
 from tfmamba.corpora.manifest import SPLITS, Problem
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import ConfigError, DataError
+from tfmamba.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def build_from_csv(
     table = checked.table
     keep = ["utt_id", "path", "label", "speaker"] + [c for c in ("session", "split") if c in table.columns]
     rows, problems = [], list(checked.problems)
-    for record in tqdm(table[keep].to_dict("records"), desc="csv", unit="utt"):
+    for record in progress_bar(table[keep].to_dict("records"), desc="csv", unit="utt"):
         try:
             info = audio_info(record["path"])
         except DataError as err:

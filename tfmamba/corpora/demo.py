@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import StorageError, write_failure
+from tfmamba.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def generate_demo(out_dir: str | Path, seed: int = 0, clips_per_speaker: int = 8
             plan = clip_plan(clips_per_speaker, np.random.default_rng([seed, 2, session, GENDERS.index(gender)]))
             jobs.extend((speaker, index, emotion) for index, emotion in enumerate(plan))
     rows = []
-    for speaker, index, emotion in tqdm(jobs, desc="demo", unit="clip"):
+    for speaker, index, emotion in progress_bar(jobs, desc="demo", unit="clip"):
         rng = np.random.default_rng([seed, 3, speaker.session, GENDERS.index(speaker.gender), index])
         wave = synthesize(speaker, emotion, rng, sample_rate)
         utt_id = f"Ses{speaker.session:02d}_demo_{speaker.gender}{index:03d}"

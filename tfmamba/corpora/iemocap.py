@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from tfmamba.audio import audio_info
 from tfmamba.corpora.manifest import Problem
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import DataError
+from tfmamba.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_iemocap(root: str | Path, max_duration: float | None = None) -> BuildR
     if sessions == [1, 2, 3, 4, 5] and len(kept) != EXPECTED_UTTERANCES:
         logger.warning("found %d 4-class utterances, the full release has %d", len(kept), EXPECTED_UTTERANCES)
     rows, problems = [], []
-    for utt_id, session, raw in tqdm(kept.itertuples(index=False), total=len(kept), desc="iemocap", unit="utt"):
+    for utt_id, session, raw in progress_bar(kept.itertuples(index=False), total=len(kept), desc="iemocap", unit="utt"):
         dialog = utt_id.rsplit("_", 1)[0]
         path = root / f"Session{session}" / "sentences" / "wav" / dialog / f"{utt_id}.wav"
         try:

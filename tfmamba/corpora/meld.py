@@ -13,12 +13,12 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from tfmamba.audio import audio_info
 from tfmamba.corpora.manifest import Problem
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import DataError
+from tfmamba.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def build_meld(root: str | Path, max_duration: float = DEFAULT_MAX_DURATION) -> 
                 match = CLIP_NAME.match(clip.name)
                 utt_id = f"{split}_dia{match.group(1)}_utt{match.group(2)}" if match else ""
                 problems.append(Problem(utt_id, str(clip), f"clip has no row in {SPLIT_FILES[split]}"))
-    for row in tqdm(labels.itertuples(index=False), total=len(labels), desc="meld", unit="clip"):
+    for row in progress_bar(labels.itertuples(index=False), total=len(labels), desc="meld", unit="clip"):
         path = root / CLIP_DIRS[row.split] / f"dia{row.dialogue_id}_utt{row.utterance_id}.mp4"
         try:
             info = audio_info(path)

@@ -16,6 +16,7 @@ import pandas as pd
 from tfmamba.errors import DataError
 from tfmamba.features.extractor import Extractor
 from tfmamba.features.writer import FeatureWriter
+from tfmamba.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,4 @@ def build_cache(table: pd.DataFrame, manifest_hash: str, extractor: Extractor, o
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="utt", desc="features", disable=not enabled or total == 0)
+    return progress_bar(total=total, unit="utt", desc="features", disable=not enabled or total == 0)

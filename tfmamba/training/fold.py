@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm import tqdm
 
 from tfmamba.checkpoint import cpu_state_dict, has_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tfmamba.config import TrainConfig
@@ -34,6 +33,7 @@ from tfmamba.features.dataset import FeatureDataset
 from tfmamba.features.store import FeatureStore
 from tfmamba.metrics import best_name, compute_metrics
 from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
+from tfmamba.progress import progress_bar
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm, input_norm
 from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader
@@ -144,8 +144,8 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     logger.info("fold %d (%s): %d train / %d valid / %d test utterances, %s on %s, best epoch on %s, %s",
                 fold.index, fold.name, len(data.train), len(data.valid), len(data.test), model_config.variant, dev, select,
                 f"resuming after epoch {state.epoch}" if state.epoch else "from scratch")
-    bar = tqdm(total=config.epochs * len(sampler), initial=min(state.epoch, config.epochs) * len(sampler),
-               desc=f"fold {fold.index}", unit="step", disable=not (progress and where.is_main), dynamic_ncols=True)
+    bar = progress_bar(total=config.epochs * len(sampler), initial=min(state.epoch, config.epochs) * len(sampler),
+               desc=f"fold {fold.index}", unit="step", disable=not (progress and where.is_main))
     seconds_before, epoch = state.seconds, state.epoch
     last_checkpoint = time.monotonic()
     try:
