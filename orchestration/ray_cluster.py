@@ -5,7 +5,8 @@ runs on the machine: a `ray start --head` (running, or killed without `ray stop`
 address file behind) or `$RAY_ADDRESS` is never joined by accident. Ray 2.60's token
 authentication would have a new local Ray read (or create) `~/.ray/auth_token`, which another head
 on the machine may replace at any time; so the private Ray gets a token of its own through the
-environment, inherited by its processes only, and `~/.ray` is neither read nor written.
+environment, inherited by its processes only, and `~/.ray` is neither read nor written. Its processes end with
+the command: what outlives Ray's shutdown at exit (an actor hung in its teardown) is killed, and named.
 
 With `--address auto` or HOST:PORT the cluster is probed before `ray.init`: the address it resolves
 to (and where that came from), a TCP connection, the cluster's token and its Ray/Python versions.
@@ -15,11 +16,15 @@ address would otherwise retry for minutes.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import secrets
 import socket
 from pathlib import Path
+
+import psutil
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +39,8 @@ STARTUP_CONCURRENCY_ENV = {"RAY_worker_maximum_startup_concurrency": "8"}
 # processes importing Ray while the sweep's own start. A value set wins.
 NO_PRESTART_ENV = {"RAY_prestart_worker_first_driver": "0"}
 PROBE_SECONDS = 5.0
+# After a private Ray's shutdown its processes end within ~1.5 s on 2 cores; what still runs this much later is stuck.
+LEFTOVER_GRACE_SECONDS = 10.0
 
 
 class RayJoinError(RuntimeError):
@@ -58,9 +65,50 @@ def start_private_ray(num_cpus: int | None, resources: dict[str, float], runtime
         _use_own_token()
     for key, value in (STARTUP_CONCURRENCY_ENV | NO_PRESTART_ENV).items():  # read by the raylet this starts
         os.environ.setdefault(key, value)
+    before = {child.pid for child in psutil.Process().children()}
     context = ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False,
                        runtime_env=runtime_env)
+    started = [child for child in psutil.Process().children() if child.pid not in before]  # raylet, GCS, ...
+    atexit.register(_shut_down_leaving_nothing, started)  # runs before Ray's own atexit shutdown (registered earlier)
     return context.address_info.get("session_dir", "")
+
+
+def _shut_down_leaving_nothing(started: list[psutil.Process]) -> None:
+    """Shut the private Ray down, then end what of it outlives that. An actor stuck in its Python teardown (a
+    finaliser that never returns: a Train controller ending as the sweep exits was seen so) is not ended by
+    Ray's shutdown: it lives on under PID 1, holding its memory, long after the command has exited."""
+    import ray
+
+    processes = [process for root in started if _alive(root)
+                 for process in [root, *_descendants(root)]]
+    ray.shutdown()
+    _, alive = psutil.wait_procs(processes, timeout=LEFTOVER_GRACE_SECONDS)
+    if not alive:
+        return
+    names = ", ".join(sorted(f"{_name(process)} (pid {process.pid})" for process in alive))
+    logger.warning("%d process(es) of this run's private Ray outlived its shutdown by %.0f s and were ended: %s",
+                   len(alive), LEFTOVER_GRACE_SECONDS, names)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _alive(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def _descendants(process: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return process.children(recursive=True)
+    return []
+
+
+def _name(process: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return process.name()
+    return "?"
 
 
 def _use_own_token() -> None:

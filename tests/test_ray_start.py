@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from test_sweep import run_sweep, sweep_command
@@ -157,3 +158,41 @@ def test_sweep_beside_a_running_head(demo, tmp_path: Path, other_head: dict) -> 
     line, seconds = join_fails(demo, tmp_path / "wrong", env_wrong, "auto")
     print(line, f"({seconds:.1f} s)")
     assert "its authentication token is not this process's" in line and "ray get-auth-token" in line
+
+
+STUCK_ACTOR = """
+import os, sys, threading
+import ray
+from orchestration import ray_cluster
+ray_cluster.LEFTOVER_GRACE_SECONDS = 3.0
+ray_cluster.start_private_ray(1, {}, {})
+
+@ray.remote
+class Stuck:
+    def arm(self):
+        import atexit
+        atexit.register(threading.Event().wait)  # a finaliser that never returns, as a hung teardown
+        return os.getpid()
+
+stuck = Stuck.remote()
+print("STUCK", ray.get(stuck.arm.remote()), flush=True)
+stuck.__ray_terminate__.remote()  # ends it gracefully: it now hangs in its teardown
+"""
+
+
+def test_a_private_ray_leaves_no_process_behind(machine: dict[str, str]) -> None:
+    """An actor stuck in its Python teardown outlived Ray's shutdown under PID 1 (seen as an orphaned
+    `ray::TrainController` after a sweep): the script's exit now ends it and names it."""
+    done = subprocess.run([sys.executable, "-c", STUCK_ACTOR], env=machine, capture_output=True, text=True,
+                          timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pid = int(done.stdout.split("STUCK")[1].split()[0])
+    try:
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        alive = False
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"the stuck actor (pid {pid}) outlived its private Ray"
+    assert "process(es) of this run's private Ray outlived its shutdown by 3 s and were ended" in done.stderr
+    assert f"ray::Stuck (pid {pid})" in done.stderr, done.stderr[-3000:]
