@@ -251,4 +251,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    launch.handle_sigterm_as_ctrl_c()  # the process's own: not for a caller of main()
     sys.exit(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -162,15 +163,17 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_a_grid_stopped_with_ctrl_c_says_so_and_resumes(demo, tmp_path: Path) -> None:
-    """Ctrl-C during a grid's second fold: no report of a half-trained row and no `stopped early` (the rows were
-    `stopped early` and the parent run FAILED), but how to go on; `--resume` then writes the report."""
+def test_a_grid_stopped_by_sigterm_says_so_and_resumes(demo, tmp_path: Path) -> None:
+    """SIGTERM (a batch job's time limit, `docker stop`) during a grid's second fold stops it as Ctrl-C does (the
+    sweep's test presses Ctrl-C): no report of a half-trained row and no `stopped early` (the rows were `stopped
+    early` and the parent run FAILED), but how to go on; `--resume` then writes the report."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [arg for item in [*TINY, "epochs=8"] for arg in ("--set", item)]
     command = [sys.executable, str(ABLATION), "--demo", "--manifest", str(demo.manifest_dir), "--cache",
                str(demo.cache), "--rows", "baseline", "--folds", "1,2", "--storage-path", str(tmp_path / "ray"),
                "--name", "g", "--parallel-folds", "1", "--mlflow-uri", uri, "--experiment", "tfmamba-sweeps", *sets]
-    output = interrupt_after_a_fold(command, tmp_path, uri, tmp_path / "ray", "g")
+    output = interrupt_after_a_fold(command, tmp_path, uri, tmp_path / "ray", "g", signal.SIGTERM)
+    assert "SIGTERM: stopping as on Ctrl-C" in output and "Traceback" not in output, output[-3000:]
     assert "table3 g interrupted after" in output and "(rows not finished: baseline)" in output, output[-3000:]
     assert "continue it with the same command plus --resume --name g" in output
     assert not (tmp_path / "reports").exists()

@@ -181,10 +181,11 @@ def finished_trial(experiment: Path) -> str | None:
     return None
 
 
-def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, storage: Path, name: str) -> str:
+def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, storage: Path, name: str,
+                           stop: signal.Signals = signal.SIGINT) -> str:
     """Run a sweep or grid command (Tune results under `storage`/`name`, MLflow at `uri`), press Ctrl-C (SIGINT to
-    its driver) once a trial has logged its first fold to MLflow, and return its output; it must end with status
-    130. The MLflow store is read only once Tune's folder exists: the command has set the store up by then (opening
+    its driver; or send it `stop`) once a trial has logged its first fold to MLflow, and return its output; it must
+    end with status 130. The MLflow store is read only once Tune's folder exists: the command has set the store up by then (opening
     it earlier could race its schema set-up)."""
     from mlflow.tracking import MlflowClient
 
@@ -202,7 +203,7 @@ def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, storage: Pat
                 assert driver.poll() is None, f"it ended before it could be interrupted:\n{log.read_text()[-6000:]}"
                 assert time.monotonic() < deadline, "the first fold did not finish in time"
                 time.sleep(0.5)
-            driver.send_signal(signal.SIGINT)
+            driver.send_signal(stop)
             driver.wait(timeout=120)
         finally:
             if driver.poll() is None:
