@@ -29,7 +29,7 @@ from orchestration.resources import DRIVER_RESOURCE
 from orchestration.warm_up import start_warm_up
 from tfmamba.cli import tolerate_narrow_consoles
 from tfmamba.locations import absolute, is_uri, sqlite_path
-from tfmamba.process_lock import LocationBusy, ProcessLock, acquire
+from tfmamba.process_lock import LocationBusy, ProcessLock, acquire, held_by
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
     driver lock (exits naming the process that drives it already)."""
     storage = absolute(args.storage_path)
     name = args.name or (newest_run(storage) if args.resume else new_name())
+    if args.resume and held_by(storage, driver_lock_name(name)) is None:  # a running driver: its lock says more
+        check_saved(storage, name, what)
     if not args.resume and not is_uri(storage) and Path(storage, name).exists():
         raise SystemExit(f"{storage}/{name} already exists: add --resume to continue that {what}, "
                          "or pick another --name")
@@ -115,11 +117,15 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
     return where
 
 
+def driver_lock_name(name: str) -> str:
+    return f"{name}.driver"
+
+
 def hold_driver_lock(storage: str, name: str, what: str) -> None:
     """One driver per sweep or grid (a second would run the first's trials again beside it, both failing): hold
     its lock until this process exits, or exit naming the process that holds it."""
     try:
-        _DRIVER_LOCKS.append(acquire(storage, f"{name}.driver"))
+        _DRIVER_LOCKS.append(acquire(storage, driver_lock_name(name)))
     except LocationBusy as err:
         raise SystemExit(f"{what} {name} is being run by another process ({err}): wait for it to end, or stop it "
                          f"(Ctrl-C) first; then --resume --name {name} continues it") from None
@@ -210,14 +216,40 @@ def _as_typed(key: str, value: str | None) -> str:
     return f"--{key.replace('_', '-')} {value}"
 
 
+TUNER_FILE = "tuner.pkl"  # the first file Tune saves in a run's folder; `Tuner.can_restore` looks for it
+
+
+def saved_runs(storage: str) -> list[str]:
+    """The Tune runs under a local storage path that --resume can continue, oldest first."""
+    saved = sorted(Path(storage).glob(f"*/{TUNER_FILE}"), key=lambda path: path.stat().st_mtime)
+    return [path.parent.name for path in saved]
+
+
 def newest_run(storage: str) -> str:
     """The newest Tune experiment under a local storage path (what --resume continues without --name)."""
     if is_uri(storage):
         raise SystemExit("--resume with a remote --storage-path needs --name")
-    runs = sorted(Path(storage).glob("*/tuner.pkl"), key=lambda p: p.stat().st_mtime)
+    runs = saved_runs(storage)
     if not runs:
         raise SystemExit(f"--resume: nothing to resume under {storage}")
-    return runs[-1].parent.name
+    return runs[-1]
+
+
+def check_saved(storage: str, name: str, what: str) -> None:
+    """--resume --name NAME with nothing saved as NAME (a typo, another --storage-path): exit naming what is there,
+    before anything is created. It used to start Ray and leave a RUNNING MLflow run of that name before Tune refused.
+    A remote storage that cannot be read is left to the preflight check, which names it."""
+    from pyarrow import fs
+
+    path = f"{storage}/{name}/{TUNER_FILE}"
+    filesystem, inner = fs.FileSystem.from_uri(path) if is_uri(path) else (fs.LocalFileSystem(), path)
+    try:
+        if filesystem.get_file_info(inner).type == fs.FileType.File:
+            return
+    except OSError:
+        return
+    there = "" if is_uri(storage) else f" (saved there: {', '.join(saved_runs(storage)) or 'none'})"
+    raise SystemExit(f"--resume: no {what} named {name!r} under {storage}{there}; check --name and --storage-path")
 
 
 # Train's controller checks its workers every 2 s by default, so a lane's Train run ended up to 2 s (and on 2 cores

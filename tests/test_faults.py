@@ -546,6 +546,7 @@ def test_resuming_a_saved_state_cut_short_says_so_before_ray_starts(demo, tmp_pa
     afresh and fail with "no search space has been defined"."""
     storage = tmp_path / "ray"
     (storage / "cut").mkdir(parents=True)
+    (storage / "cut" / "tuner.pkl").write_bytes(b"saved when the sweep started")  # before the disk filled
     (storage / "cut" / "experiment_state-2026-11-29_00-56-49.json").write_text('{"trial_data": [["{\\"status')
     command = sweep_command(demo, storage, "cut", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume")
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -196,6 +196,24 @@ def test_a_cache_still_being_written_is_refused(demo, tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_resume_of_a_name_with_nothing_saved_stops_before_anything_starts(demo, tmp_path: Path) -> None:
+    """`--resume --name` with a typo started Ray, printed the sweep's banner and left a RUNNING MLflow run of that
+    name before Tune said there was nothing to restore; now it stops first, naming what is saved there."""
+    from orchestration import ablation, sweep
+
+    storage = tmp_path / "ray"
+    (storage / "demo-20261129-081336").mkdir(parents=True)
+    (storage / "demo-20261129-081336" / "tuner.pkl").write_bytes(b"saved")
+    for main, what in ((sweep.main, "sweep"), (ablation.main, "grid")):
+        with pytest.raises(SystemExit, match=rf"^--resume: no {what} named 'demo-20261129-08133' under {storage} "
+                                             r"\(saved there: demo-20261129-081336\); check --name and --storage-path"):
+            main(["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--resume", "--name",
+                  "demo-20261129-08133", "--storage-path", str(storage), "--mlflow-uri",
+                  f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert not (tmp_path / "mlflow.db").exists() and sorted(p.name for p in storage.iterdir()) == [
+        "demo-20261129-081336"]
+
+
 HOLD_LOCK = ("import sys, time\nfrom orchestration.launch import hold_driver_lock\n"
              "hold_driver_lock(sys.argv[1], sys.argv[2], 'sweep')\nprint('held', flush=True)\n"
              "time.sleep(float(sys.argv[3]))\n")
