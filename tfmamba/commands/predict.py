@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tfmamba.errors import DataError
     from tfmamba.predict import AUDIO_SUFFIXES, Predictor, find_audio, write_csv
-    from tfmamba.progress import progress_bar
+    from tfmamba.progress_bar import progress_bar
 
     paths = find_audio(args.audio)
     if not paths:  # before the model is downloaded and loaded for nothing

@@ -27,7 +27,7 @@ from tfmamba.audio import audio_info
 from tfmamba.corpora.manifest import SPLITS, Problem
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import ConfigError, DataError
-from tfmamba.progress import progress_bar
+from tfmamba.progress_bar import progress_bar
 
 logger = logging.getLogger(__name__)
 

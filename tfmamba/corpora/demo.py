@@ -26,7 +26,7 @@ import pandas as pd
 
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import StorageError, write_failure
-from tfmamba.progress import progress_bar
+from tfmamba.progress_bar import progress_bar
 
 logger = logging.getLogger(__name__)
 

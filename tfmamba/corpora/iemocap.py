@@ -17,7 +17,7 @@ from tfmamba.audio import audio_info
 from tfmamba.corpora.manifest import Problem
 from tfmamba.corpora.prepare import BuildResult
 from tfmamba.errors import DataError
-from tfmamba.progress import progress_bar
+from tfmamba.progress_bar import progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import pandas as pd
 from tfmamba.errors import DataError
 from tfmamba.features.extractor import Extractor
 from tfmamba.features.writer import FeatureWriter
-from tfmamba.progress import progress_bar
+from tfmamba.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
 

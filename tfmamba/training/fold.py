@@ -33,7 +33,7 @@ from tfmamba.features.dataset import FeatureDataset
 from tfmamba.features.store import FeatureStore
 from tfmamba.metrics import best_name, compute_metrics
 from tfmamba.model import LEGACY_MODEL_SETTINGS, TFMamba
-from tfmamba.progress import progress_bar
+from tfmamba.progress_bar import progress_bar
 from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm, input_norm
 from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader

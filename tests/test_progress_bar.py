@@ -13,7 +13,7 @@ import termios
 WORK = """
 import sys
 import time
-from tfmamba.progress import progress_bar
+from tfmamba.progress_bar import progress_bar
 bar = progress_bar(range(40), desc="work")
 for step in bar:
     bar.set_postfix(step=step)  # a redraw every step, as the fold trainer's loss does
@@ -55,7 +55,7 @@ def test_a_terminal_gets_a_redrawn_bar():
 
 
 def test_long_work_in_a_log_file_gets_a_line_per_interval():
-    shorter = "import tfmamba.progress; tfmamba.progress.LOG_INTERVAL_SECONDS = 0.3\n"
+    shorter = "import tfmamba.progress_bar; tfmamba.progress_bar.LOG_INTERVAL_SECONDS = 0.3\n"
     done = subprocess.run([sys.executable, "-c", shorter + WORK], capture_output=True, text=True, check=True)
     lines = done.stderr.splitlines()
     assert 3 <= len(lines) <= 7 and all(line.startswith("work:") for line in lines), lines
