@@ -184,12 +184,19 @@ STATE_FILES = {"experiment_state-*.json": json.loads, "search_gen_state-*.json":
                "basic-variant-state-*.json": _walk_pickle, "searcher-state-*.pkl": _walk_pickle}
 
 
+def _filesystem(location: str) -> tuple[Any, str]:
+    """A pyarrow filesystem and the path inside it of a local path or a URI of Tune's storage."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(location) if is_uri(location) else (fs.LocalFileSystem(), location)
+
+
 def unreadable_state(tune_path: str) -> str | None:
     """Which file of Tune's saved state at `tune_path` cannot be parsed, and why; None if each parses or there is
     none (`restore_tuner` says so). Pickles are walked opcode by opcode, nothing is unpickled."""
     from pyarrow import fs
 
-    filesystem, root = fs.FileSystem.from_uri(tune_path) if is_uri(tune_path) else (fs.LocalFileSystem(), tune_path)
+    filesystem, root = _filesystem(tune_path)
     try:
         names = [info.base_name for info in filesystem.get_file_info(fs.FileSelector(root))]
     except OSError:  # no such folder: nothing saved there
@@ -241,12 +248,11 @@ def check_saved(storage: str, name: str, what: str) -> None:
     A remote storage that cannot be read is left to the preflight check, which names it."""
     from pyarrow import fs
 
-    path = f"{storage}/{name}/{TUNER_FILE}"
-    filesystem, inner = fs.FileSystem.from_uri(path) if is_uri(path) else (fs.LocalFileSystem(), path)
     try:
-        if filesystem.get_file_info(inner).type == fs.FileType.File:
+        filesystem, path = _filesystem(f"{storage}/{name}/{TUNER_FILE}")
+        if filesystem.get_file_info(path).type == fs.FileType.File:
             return
-    except OSError:
+    except (OSError, ValueError):  # out of reach, or a scheme pyarrow has no filesystem for
         return
     there = "" if is_uri(storage) else f" (saved there: {', '.join(saved_runs(storage)) or 'none'})"
     raise SystemExit(f"--resume: no {what} named {name!r} under {storage}{there}; check --name and --storage-path")

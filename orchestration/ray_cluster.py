@@ -79,8 +79,7 @@ def _shut_down_leaving_nothing(started: list[psutil.Process]) -> None:
     Ray's shutdown: it lives on under PID 1, holding its memory, long after the command has exited."""
     import ray
 
-    processes = [process for root in started if _alive(root)
-                 for process in [root, *_descendants(root)]]
+    processes = [process for root in started for process in [root, *_descendants(root)]]  # gone ones are skipped
     ray.shutdown()
     _, alive = psutil.wait_procs(processes, timeout=LEFTOVER_GRACE_SECONDS)
     if not alive:
@@ -91,12 +90,6 @@ def _shut_down_leaving_nothing(started: list[psutil.Process]) -> None:
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-
-
-def _alive(process: psutil.Process) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    return False
 
 
 def _descendants(process: psutil.Process) -> list[psutil.Process]:
