@@ -103,7 +103,7 @@ class RayReporter:
         import ray.train
 
         from tfmamba.checkpoint import has_checkpoint
-        from tfmamba.training.fold import CHECKPOINT_DIR
+        from tfmamba.training.outputs import CHECKPOINT_DIR
 
         checkpoint = ray.train.get_checkpoint()
         folder = None

@@ -9,6 +9,7 @@ import soundfile
 from tfmamba.cli import main
 from tfmamba.corpora.manifest import write_manifest
 from tfmamba.features.store import FeatureStore
+from tfmamba.features.writer import FeatureWriter
 
 
 def make_manifest(folder) -> str:
@@ -38,6 +39,31 @@ def test_features_command_writes_resumes_and_refuses_a_mix(tmp_path, capsys):
     assert len(store) == 4 and store.dim == 80
     assert main([*args[:4], "fbank-cmvn", *args[5:]]) == 2
     assert "built differently" in capsys.readouterr().err
+
+
+def test_an_interrupted_build_keeps_what_it_wrote_and_the_same_command_goes_on(tmp_path, capsys, monkeypatch):
+    """Ctrl-C used to end `tfmamba features` in a KeyboardInterrupt traceback. It ends in one line saying what is
+    kept, exit status 130; the utterances extracted before it are in the cache and a rerun goes on after them. The
+    interruption is raised where SIGINT lands: between clips, here as the third reaches the writer."""
+    manifest, out = make_manifest(tmp_path), tmp_path / "cache"
+    args = ["features", "--manifest", manifest, "--extractor", "fbank", "--out", str(out), "--shard-size", "2",
+            "--no-progress"]
+    add, added = FeatureWriter.add, []
+
+    def interrupted_at_the_third(self, *a, **k):
+        if len(added) == 2:
+            raise KeyboardInterrupt
+        added.append(a[0])
+        return add(self, *a, **k)
+
+    monkeypatch.setattr(FeatureWriter, "add", interrupted_at_the_third)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"tfmamba features: interrupted; the utterances already written to {out} are kept, and the "
+                        "same command goes on after them\n") and "Traceback" not in err, err
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "2 written, 1 skipped, 2 already done" in capsys.readouterr().out
 
 
 def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_shards_written(tmp_path, capsys, small_disks):

@@ -292,8 +292,11 @@ def test_missing_or_broken_model_folders(model_dir, tmp_path, capsys):
     with pytest.raises(DataError, match="no such model folder"):
         Predictor.load(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no model.json"):
+    with pytest.raises(DataError, match=r"no model.json \(not a trainer output folder\)"):
         Predictor.load(tmp_path / "empty")
+    shutil.copytree(model_dir, tmp_path / "runs/fold-1")
+    with pytest.raises(DataError, match="it holds trainer output folders; load one of them: .*runs/fold-1\\)$"):
+        Predictor.load(tmp_path / "runs")
     broken = Path(shutil.copytree(model_dir, tmp_path / "broken"))
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(DataError, match="unreadable weights"):

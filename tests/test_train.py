@@ -213,6 +213,8 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         run(tmp_path, "cut", config, Recorder(stop_after=2))
     _, _, _, progress = load_checkpoint(tmp_path / "cut/checkpoints/last")
     assert progress["epoch"] == 2 and not (tmp_path / "cut/metrics.json").exists()
+    with pytest.raises(DataError, match="its training has not finished: its last checkpoint is of epoch 2 of 4; "):
+        load_trained_model(tmp_path / "cut")
     # Written as before the running best was renamed (best_valid_ua, now valid_ua_best): it still resumes.
     saved = tmp_path / "cut/checkpoints/last/progress.json"
     old = json.loads(saved.read_text())

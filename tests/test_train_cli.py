@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tfmamba.cli import main
+from tfmamba.training import fold as fold_module
 from tfmamba.corpora.folds import Fold, save_folds
 from tfmamba.corpora.manifest import manifest_hash, write_manifest
 from tfmamba.features.writer import FeatureWriter
@@ -37,14 +38,19 @@ def make_corpus(folder) -> tuple[str, str]:
     return str(folder / "m"), str(folder / "cache")
 
 
+def tiny_train_args(manifest: str, cache: str, out, epochs: int) -> list[str]:
+    """`tfmamba train` of fold 1 with a tiny model, so that a test's fold trains in about a second."""
+    return ["train", "--manifest", manifest, "--cache", cache, "--fold", "1", "--config", "demo", "--out", str(out),
+            "--no-progress", "--set", "d_model=16", "--set", "d_state=8", "--set", "headdim=8", "--set",
+            "num_heads=2", "--set", "ffn_dim=16", "--set", "classifier_dims=[8]", "--set", f"epochs={epochs}",
+            "--set", "batch_size=8", "--set", "ssd_backend=torch"]
+
+
 @pytest.mark.slow
 def test_train_command_writes_the_results_folder_and_resumes(tmp_path, capsys):
     manifest, cache = make_corpus(tmp_path)
     out = tmp_path / "run"
-    args = ["train", "--manifest", manifest, "--cache", cache, "--fold", "1", "--config", "demo", "--out", str(out),
-            "--no-progress", "--set", "d_model=16", "--set", "d_state=8", "--set", "headdim=8", "--set",
-            "num_heads=2", "--set", "ffn_dim=16", "--set", "classifier_dims=[8]", "--set", "epochs=2",
-            "--set", "batch_size=8", "--set", "ssd_backend=torch"]
+    args = tiny_train_args(manifest, cache, out, epochs=2)
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "fold 1: best epoch" in printed and f"results in {out}" in printed and "test   WA" in printed
@@ -61,6 +67,39 @@ def test_train_command_writes_the_results_folder_and_resumes(tmp_path, capsys):
     assert "no fold 3" in capsys.readouterr().err
     assert main([*args, "--set", "bogus=1"]) == 2
     assert "unknown setting(s): bogus" in capsys.readouterr().err
+
+
+def test_an_interrupted_training_says_what_it_keeps_and_the_same_command_goes_on(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or a job scheduler's SIGINT) used to end `tfmamba train` in a KeyboardInterrupt traceback. It ends in
+    one line saying which checkpoint is kept, exit status 130, and the same command then finishes the fold from it.
+    The interruption is raised where SIGINT lands: inside an epoch's training."""
+    manifest, cache = make_corpus(tmp_path)
+    out = tmp_path / "run"
+    args = tiny_train_args(manifest, cache, out, epochs=3)
+    train_epoch, epochs_started = fold_module.train_epoch, []
+
+    def interrupted_in_epoch(epoch: int):
+        def step(*a, **k):
+            epochs_started.append(a[7])
+            if a[7] == epoch:
+                raise KeyboardInterrupt
+            return train_epoch(*a, **k)
+        return step
+
+    monkeypatch.setattr(fold_module, "train_epoch", interrupted_in_epoch(1))
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("tfmamba train: interrupted; no epoch had finished, so the same command starts from the "
+                        "beginning\n") and "Traceback" not in err, err
+    monkeypatch.setattr(fold_module, "train_epoch", interrupted_in_epoch(2))
+    assert main(args) == 130
+    assert capsys.readouterr().err.endswith(f"tfmamba train: interrupted; the checkpoint of epoch 1 is kept in "
+                                            f"{out}/checkpoints/last, and the same command goes on from it\n")
+    epochs_started.clear()
+    monkeypatch.setattr(fold_module, "train_epoch", interrupted_in_epoch(0))
+    assert main(args) == 0
+    assert epochs_started == [2, 3]
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):
@@ -88,10 +127,7 @@ def test_a_full_disk_stops_training_with_a_clear_error(tmp_path, capsys, small_d
     manifest, cache = make_corpus(tmp_path)
     disk = small_disks.mount(1)
     out = disk / "run"
-    args = ["train", "--manifest", manifest, "--cache", cache, "--fold", "1", "--config", "demo", "--out", str(out),
-            "--no-progress", "--set", "d_model=16", "--set", "d_state=8", "--set", "headdim=8", "--set",
-            "num_heads=2", "--set", "ffn_dim=16", "--set", "classifier_dims=[8]", "--set", "epochs=1",
-            "--set", "batch_size=8", "--set", "ssd_backend=torch"]
+    args = tiny_train_args(manifest, cache, out, epochs=1)
     filler = small_disks.fill(disk, leave=16 * 1024)
     assert main(args) == 2
     err = capsys.readouterr().err

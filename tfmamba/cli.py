@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TFMambaError as err:
         print(f"tfmamba {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGINT from a job scheduler: one line saying what is kept, no traceback
+        kept = getattr(args, "kept_when_interrupted", None)
+        print(f"tfmamba {args.command}: interrupted" + (f"; {kept(args)}" if kept else ""), file=sys.stderr)
+        return 130
     except OSError as err:  # the machine's trouble, not the input's: a full disk, a permission, a mount gone
         logging.getLogger(__name__).debug("the failed call", exc_info=True)
         where = f": {err.filename}" if err.filename else ""

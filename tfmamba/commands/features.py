@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="clips longer than this are skipped into problems.csv (default 600)")
     parser.add_argument("--shard-size", type=int, default=256, help="utterances per Parquet shard (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (in a log file it is a line every 30 s)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, kept_when_interrupted=lambda args: (
+        f"the utterances already written to {args.out} are kept, and the same command goes on after them"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tfmamba.commands import add_device_option
 
@@ -26,12 +27,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="output folder (default runs/train/fold-K)")
     add_device_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (in a log file it is a line every 30 s)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, kept_when_interrupted=kept_when_interrupted)
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path("runs/train") / f"fold-{args.fold}"
+
+
+def kept_when_interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted training leaves to resume from, for the line `tfmamba train` ends with."""
+    from tfmamba.checkpoint import has_checkpoint, read_progress
+    from tfmamba.training.outputs import CHECKPOINT_DIR
+
+    checkpoint = output_folder(args) / CHECKPOINT_DIR
+    if not has_checkpoint(checkpoint):
+        return "no epoch had finished, so the same command starts from the beginning"
+    return (f"the checkpoint of epoch {read_progress(checkpoint)['epoch']} is kept in {checkpoint}, "
+            "and the same command goes on from it")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from tfmamba.config import load_train_config
@@ -55,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     folds = load_folds(manifest.path.parent, manifest)
     (fold,) = select_folds(folds, [args.fold])
     store = FeatureStore.open(str(cache), manifest=manifest)
-    out = Path(args.out) if args.out else Path("runs/train") / f"fold-{args.fold}"
+    out = output_folder(args)
     try:  # two runs into one folder would overwrite each other's checkpoints
         lock = acquire(str(out), "train")
     except LocationBusy as err:

@@ -38,13 +38,12 @@ from tfmamba.training import distributed
 from tfmamba.training.input_norm import InputNorm, input_norm
 from tfmamba.training.loaders import cropped_count, eval_loader, fold_datasets, fold_digest, train_loader
 from tfmamba.training.loop import evaluate, make_cmdt, make_optimizer, make_scheduler, step_module, train_epoch
-from tfmamba.training.outputs import deployable_weights, model_description, write_json, write_outputs
+from tfmamba.training.outputs import CHECKPOINT_DIR, deployable_weights, model_description, write_json, write_outputs
 
 __all__ = ["FoldResult", "Reporter", "train_fold"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints/last"
 PROGRESS_VERSION = 1
 # Settings that may change between an interrupted run and its resumption (`epochs` only on a constant schedule).
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "num_workers", "compile", "cuda_graphs", "checkpoint_seconds"})

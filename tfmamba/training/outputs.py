@@ -7,6 +7,7 @@
     metrics.json         the FoldResult
     history.csv          one row per epoch
     confusion.png        the test confusion matrix
+    checkpoints/last     the newest epoch's checkpoint, which a rerun into the same folder resumes from
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from tfmamba import __version__
-from tfmamba.checkpoint import load_weights, save_weights
+from tfmamba.checkpoint import has_checkpoint, load_weights, read_progress, save_weights
 from tfmamba.config import TrainConfig
 from tfmamba.errors import DataError, StorageError, write_failure
 from tfmamba.features.extractor import FEATURE_SPEC
@@ -34,6 +35,7 @@ from tfmamba.training.input_norm import InputNorm, fold_into_linear
 FORMAT_VERSION = 1
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
+CHECKPOINT_DIR = "checkpoints/last"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -98,7 +100,7 @@ def read_model_description(folder: str | Path) -> dict[str, Any]:
     try:
         description = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{folder}: no {MODEL_JSON} (not a trainer output folder)") from None
+        raise DataError(f"{folder}: no {MODEL_JSON} ({_why_no_model(Path(folder))})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(description, dict):
@@ -109,6 +111,23 @@ def read_model_description(folder: str | Path) -> dict[str, Any]:
                         f"{description.get('tfmamba_version', '?')}); this tfmamba reads version {FORMAT_VERSION} "
                         f"only: predict with the tfmamba that trained it, or retrain")
     return description
+
+
+def _why_no_model(folder: Path) -> str:
+    """What a folder without model.json is, for its error: a fold still training, or a parent of output folders."""
+    checkpoint = folder / CHECKPOINT_DIR
+    if has_checkpoint(checkpoint):
+        try:
+            progress = read_progress(checkpoint)
+            reached = f"its last checkpoint is of epoch {progress['epoch']} of {progress['config']['epochs']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            reached = f"it has a checkpoint in {CHECKPOINT_DIR}"
+        return (f"its training has not finished: {reached}; the model is written when the training ends, and a "
+                f"stopped `tfmamba train` goes on from there when rerun with the same --out")
+    inside = sorted(str(path.parent) for path in folder.glob(f"*/{MODEL_JSON}"))
+    if inside:
+        return f"it holds trainer output folders; load one of them: {', '.join(inside)}"
+    return "not a trainer output folder"
 
 
 def load_trained_model(folder: str | Path, device: str = "cpu") -> tuple[TFMamba, dict[str, Any]]:
