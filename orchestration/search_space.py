@@ -251,6 +251,10 @@ def _parse_point(point: Any, params: dict[str, ParamSpec], index: int, base_conf
     for name, value in point.items():
         if not params[name].contains(value):
             raise SearchSpaceError(f"{where}: {name}={value!r} is outside its {params[name].describe()}")
+    try:  # each value fits the base config alone; together they may not (d_model with headdim)
+        base_config.replace(**point)
+    except ConfigError as err:
+        raise SearchSpaceError(f"{where}: {point} is not a valid setting together ({err})") from err
     return dict(point)
 
 
