@@ -10,7 +10,8 @@ The metric optimised is the mean over folds of the corpus's validation selection
 but never steer the search. ASHA stops trials whose running mean over finished folds falls
 behind (a stopped trial starts no further fold and is PRUNED in Optuna). MLflow gets one run per
 sweep, a nested run per trial (named `t07 λ=0.27 τ=0.33 ω=0.11 d=16`) and a nested run per fold;
-the best trial's model is logged as a pyfunc model, registered only with --register NAME.
+the best trial's model is logged as a pyfunc model, registered with --register NAME (the demo
+corpus as tfmamba-demo).
 The Optuna study is stored (study.py): optuna-dashboard shows it, --warm-start reuses it.
 --objectives valid_ua_mean:max,params:min searches accuracy against cost (pareto.py).
 """
