@@ -37,12 +37,13 @@ def trial_number(trial_dir_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class _NoTrialTracebacks(logging.Filter):
-    """Drops Tune's `Trial task failed for trial ...` record, whose traceback runs to ~45 lines of Ray's own frames:
-    the progress line says the trial failed, and the summary and the trial's MLflow run give its error."""
+class _NoTrialFailureNoise(logging.Filter):
+    """Drops Tune's `Trial task failed for trial ...` record, whose traceback runs to ~45 lines of Ray's own frames,
+    and its closing `Trials did not complete: [run_trial_f0449186]`, which names trials by Tune's ids: the progress
+    line says the trial failed, and the summary and the trial's MLflow run give its error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Trial task failed")
+        return not record.getMessage().startswith(("Trial task failed", "Trials did not complete"))
 
 
 def quiet_ray(verbose: bool) -> None:
@@ -53,9 +54,10 @@ def quiet_ray(verbose: bool) -> None:
         os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
-        controller = logging.getLogger("ray.tune.execution.tune_controller")
-        if not any(isinstance(f, _NoTrialTracebacks) for f in controller.filters):
-            controller.addFilter(_NoTrialTracebacks())
+        for name in ("ray.tune.tune", "ray.tune.execution.tune_controller"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _NoTrialFailureNoise) for f in logger.filters):
+                logger.addFilter(_NoTrialFailureNoise())
 
 
 def duration(seconds: float) -> str:

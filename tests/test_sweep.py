@@ -288,7 +288,8 @@ def test_failed_fold_fails_the_trial_with_its_error(demo, tmp_path: Path) -> Non
     """The fold's error, in its own words, on the summary's line of the trial and on both runs in MLflow; the
     console (without --verbose) shows no traceback. They used to show Ray's wrapping instead: the summary's line
     read `ray::ImplicitFunc.train() (pid=..., actor_id=...)` in terminal colours, the trial run's `error` tag held
-    Ray's traceback, and Tune printed ~45 lines of it, then Optuna 3 warnings about no complete trials."""
+    Ray's traceback, and Tune printed ~45 lines of it, then `Trials did not complete: [run_trial_f0449186]` and Optuna 3
+    warnings about no complete trials."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = sweep_command(demo, tmp_path / "ray", "broken", "--mlflow-uri", uri, "--num-samples", "1",
                             "--folds", "1", "--set", "lr=1e30", "--set", "grad_clip=null")
@@ -301,6 +302,7 @@ def test_failed_fold_fails_the_trial_with_its_error(demo, tmp_path: Path) -> Non
     assert "the training loss is not finite" in row and "--fold-retries 1" in row, row
     assert "Traceback" not in output and "ray::" not in output and "\x1b[" not in output, output
     assert "no complete trials" not in output and "not contain completed trials" not in output, output
+    assert "Trials did not complete" not in output and "run_trial_" not in output, output  # Tune's ids, not t01
     tree = run_tree(uri, "broken")
     assert [run.info.status for run in tree["trial"] + tree["fold"]] == ["FAILED", "FAILED"]
     for run in tree["trial"] + tree["fold"]:
