@@ -55,7 +55,7 @@ def add_resource_options(parser: argparse.ArgumentParser, unit: str) -> argparse
     resources.add_argument("--address", default=None, help=ADDRESS_HELP)
     resources.add_argument("--fold-retries", type=int, default=DEFAULT_FOLD_RETRIES,
                            help="restarts of a fold whose Train worker died or failed, from its last epoch checkpoint "
-                                f"(default: {DEFAULT_FOLD_RETRIES}; a trial's lane, which trains several of its "
+                                f"(default: {DEFAULT_FOLD_RETRIES}; -1: no limit; a trial's lane, which trains several of its "
                                 "folds, may spend them on any of those; node preemptions are retried without limit)")
     return resources
 
@@ -73,7 +73,7 @@ def add_output_options(parser: argparse.ArgumentParser, run: str, name_default: 
     where.add_argument("--min-free-gb", type=float, default=DEFAULT_MIN_FREE_GB,
                        help="refuse to start unless every local results folder has this much free space, and "
                             "stop (resumably, as Ctrl-C does) when one falls under half of it "
-                            f"(default: {DEFAULT_MIN_FREE_GB:g})")
+                            f"(default: {DEFAULT_MIN_FREE_GB:g}; 0: no check)")
     return where
 
 
@@ -84,7 +84,8 @@ def add_verbose_option(parser: argparse.ArgumentParser, unit: str) -> None:
 
 
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Value checks of the shared options: counts at least 1, retry counts -1 (no limit) or more."""
+    """Value checks of the shared options: counts at least 1, retry counts -1 (no limit) or more, free space 0 (no
+    check) or more, an MLflow experiment with a name."""
     for name in ("workers_per_fold", "max_concurrent", "parallel_folds", "max_fold_slots"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -92,6 +93,10 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for name in ("fold_retries", "trial_retries"):
         if getattr(args, name, 0) < -1:
             parser.error(f"--{name.replace('_', '-')} must be -1 (no limit), 0 or more")
+    if not getattr(args, "min_free_gb", 0) >= 0:  # NaN too
+        parser.error("--min-free-gb must be 0 (no check) or more")
+    if not getattr(args, "experiment", "x").strip():
+        parser.error("--experiment must name an MLflow experiment (it is empty)")
 
 
 def parse_folds(text: str | None, demo: bool) -> list[int] | None:

@@ -81,7 +81,7 @@ NAME starts TPE from the finished trials of the earlier sweep NAME (same or over
                              "mlflow.db, else beside the Tune state)")
     resources = options.add_resource_options(parser, unit="trial")
     resources.add_argument("--trial-retries", type=int, default=0,
-                           help="Tune retries of a failed trial; finished folds are kept (default: 0)")
+                           help="Tune retries of a failed trial; finished folds are kept (default: 0; -1: no limit)")
     where = options.add_output_options(parser, run="sweep", name_default="<space>-<date>-<time>",
                                        experiment=DEFAULT_EXPERIMENT)
     where.add_argument("--register", metavar="NAME", default=None,

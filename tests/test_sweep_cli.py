@@ -75,11 +75,18 @@ def test_folds_option() -> None:
         parse_folds("1, 2,1", demo=False)
 
 
-def test_argument_checks() -> None:
+def test_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
     args = parse_args([])
     assert (args.num_samples, args.workers_per_fold, args.gpus_per_worker, args.resume) == (4, 1, 0.0, False)
-    with pytest.raises(SystemExit):
-        parse_args(["--num-samples", "0"])
+    assert (parse_args(["--fold-retries", "-1"]).fold_retries, parse_args(["--min-free-gb", "0"]).min_free_gb) == (-1, 0)
+    for bad, message in [(["--num-samples", "0"], "--num-samples must be at least 1"),
+                         (["--fold-retries", "-2"], "--fold-retries must be -1 (no limit), 0 or more"),
+                         (["--min-free-gb", "-1"], "--min-free-gb must be 0 (no check) or more"),
+                         (["--min-free-gb", "nan"], "--min-free-gb must be 0 (no check) or more"),
+                         (["--experiment", " "], "--experiment must name an MLflow experiment (it is empty)")]:
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+        assert f"error: {message}\n" in capsys.readouterr().err
 
 
 def test_the_plan_never_asks_a_private_ray_for_more_than_it_has(caplog: pytest.LogCaptureFixture) -> None:
