@@ -10,6 +10,7 @@ Modules, one job each (no module imports an entry script):
     launch.py        results location + preflight, start/join Ray, the parent MLflow run, Tuner set-up
     warm_up.py       the driver's MLflow and Tune set-up, done while Ray starts
     ray_cluster.py   a private local Ray, or joining a cluster with a one-line reason when that fails
+    stop_signal.py   SIGTERM as Ctrl-C; the driver's quick end when the signal stopped Ray's processes too
     preflight.py     can every results location be written, with room left
     node_check.py    on a joined cluster: can the nodes that run folds read the cache, storage and MLflow
     search_space.py  search-space YAML files -> validated `SearchSpace` -> Tune `param_space`

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import replace
 
-from orchestration import console, launch, mlflow_runs, mlflow_ui, options
+from orchestration import console, launch, mlflow_runs, mlflow_ui, options, stop_signal
 from orchestration.disk_guard import FreeSpaceGuard
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
@@ -187,5 +187,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    launch.handle_sigterm_as_ctrl_c()  # the process's own: not for a caller of main()
+    stop_signal.handle_sigterm_as_ctrl_c()  # the process's own: not for a caller of main()
     sys.exit(main())

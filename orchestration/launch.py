@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import pickletools
-import signal
 import sys
 import threading
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestration import console, mlflow_runs, mlflow_ui
+from orchestration import console, mlflow_runs, mlflow_ui, stop_signal
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
@@ -45,25 +44,6 @@ def configure_console() -> None:
     for key, value in mlflow_runs.http_env().items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-
-
-def handle_sigterm_as_ctrl_c() -> None:
-    """A SIGTERM (a batch job's time limit, `docker stop`, an evicted pod: each then waits ~30 s before SIGKILL) stops
-    the sweep or grid the way Ctrl-C does: Tune saves the running trials as unfinished, the summary and MLflow say
-    so, and `--resume` continues them. Killed at once instead, it printed nothing and left its MLflow runs RUNNING.
-    A second SIGTERM ends the driver at once. `start_ray` installs it again over the handler of Ray's core."""
-    global _HANDLE_SIGTERM
-    _HANDLE_SIGTERM = True
-    signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
-
-
-def _stop_as_on_ctrl_c(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    logger.warning("SIGTERM: stopping as on Ctrl-C; the running trials are saved to continue with --resume")
-    signal.raise_signal(signal.SIGINT)  # Tune's handler while it runs; KeyboardInterrupt before and after
-
-
-_HANDLE_SIGTERM = False  # set by `handle_sigterm_as_ctrl_c`: in entry scripts, not for a caller of their main()
 
 
 @dataclass(frozen=True)
@@ -293,8 +273,7 @@ def start_ray(address: str | None, tracking_uri: str, verbose: bool = True) -> N
             join_cluster(address, runtime_env)
         except RayJoinError as err:
             raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
-    if _HANDLE_SIGTERM:  # ray.init installs its core's SIGTERM handler, which ends the driver at once with a stack dump
-        signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
+    stop_signal.watch_ray(ray.get_runtime_context().gcs_address)  # over ray.init's SIGTERM handler
     logger.info("Ray cluster resources: %s", ray.cluster_resources())
     if not verbose:
         console.announce_worker_logs()
@@ -342,6 +321,7 @@ def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any],
             mlflow_runs.log_text(uri, run_id, text, artifact)
     if resume:
         mlflow_runs.mark_stale_runs(uri, experiment_id, where.name)
+    stop_signal.remember_runs(stop_signal.OpenRuns(uri, experiment_id, where.name, run_id))
     return experiment_id, run_id
 
 

@@ -6,7 +6,8 @@ address file behind) or `$RAY_ADDRESS` is never joined by accident. Ray 2.60's t
 authentication would have a new local Ray read (or create) `~/.ray/auth_token`, which another head
 on the machine may replace at any time; so the private Ray gets a token of its own through the
 environment, inherited by its processes only, and `~/.ray` is neither read nor written. Its processes end with
-the command: what outlives Ray's shutdown at exit (an actor hung in its teardown) is killed, and named.
+the command: what outlives Ray's shutdown at exit (an actor hung in its teardown) is killed, and named. The driver
+adopts them (a child subreaper), so a worker whose raylet has died is found too.
 
 With `--address auto` or HOST:PORT the cluster is probed before `ray.init`: the address it resolves
 to (and where that came from), a TCP connection, the cluster's token and its Ray/Python versions.
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import psutil
@@ -41,6 +44,8 @@ NO_PRESTART_ENV = {"RAY_prestart_worker_first_driver": "0"}
 PROBE_SECONDS = 5.0
 # After a private Ray's shutdown its processes end within ~1.5 s on 2 cores; what still runs this much later is stuck.
 LEFTOVER_GRACE_SECONDS = 10.0
+PR_SET_CHILD_SUBREAPER = 36  # prctl option (linux/prctl.h)
+_private_ray: dict[str, set[int] | None] = {"before": None}  # the driver's children before its private Ray started
 
 
 class RayJoinError(RuntimeError):
@@ -65,31 +70,72 @@ def start_private_ray(num_cpus: int | None, resources: dict[str, float], runtime
         _use_own_token()
     for key, value in (STARTUP_CONCURRENCY_ENV | NO_PRESTART_ENV).items():  # read by the raylet this starts
         os.environ.setdefault(key, value)
+    _adopt_orphans()
     before = {child.pid for child in psutil.Process().children()}
     context = ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False,
                        runtime_env=runtime_env)
-    started = [child for child in psutil.Process().children() if child.pid not in before]  # raylet, GCS, ...
-    atexit.register(_shut_down_leaving_nothing, started)  # runs before Ray's own atexit shutdown (registered earlier)
+    _private_ray["before"] = before
+    atexit.register(_shut_down_leaving_nothing, before)  # runs before Ray's own atexit shutdown (registered earlier)
     return context.address_info.get("session_dir", "")
 
 
-def _shut_down_leaving_nothing(started: list[psutil.Process]) -> None:
+def end_private_ray_processes(grace: float) -> list[str]:
+    """Wait up to `grace` s for what the private Ray still runs to end, then kill it; the names of those killed.
+    For a driver ending without Ray's shutdown (a SIGTERM that reached Ray's processes too)."""
+    before = _private_ray["before"]
+    return _end(_started_since(before), grace) if before is not None else []
+
+
+def _shut_down_leaving_nothing(before: set[int]) -> None:
     """Shut the private Ray down, then end what of it outlives that. An actor stuck in its Python teardown (a
     finaliser that never returns: a Train controller ending as the sweep exits was seen so) is not ended by
     Ray's shutdown: it lives on under PID 1, holding its memory, long after the command has exited."""
     import ray
 
-    processes = [process for root in started for process in [root, *_descendants(root)]]  # gone ones are skipped
+    processes = _started_since(before)  # raylet, GCS, ..., and the workers under them
     ray.shutdown()
-    _, alive = psutil.wait_procs(processes, timeout=LEFTOVER_GRACE_SECONDS)
-    if not alive:
-        return
-    names = ", ".join(sorted(f"{_name(process)} (pid {process.pid})" for process in alive))
-    logger.warning("%d process(es) of this run's private Ray outlived its shutdown by %.0f s and were ended: %s",
-                   len(alive), LEFTOVER_GRACE_SECONDS, names)
+    ended = _end(processes, LEFTOVER_GRACE_SECONDS)
+    if ended:
+        logger.warning("%d process(es) of this run's private Ray outlived its shutdown by %.0f s and were ended: %s",
+                       len(ended), LEFTOVER_GRACE_SECONDS, ", ".join(ended))
+
+
+def _started_since(before: set[int]) -> list[psutil.Process]:
+    """This process's children that were not there before `ray.init` (Ray's processes, and those Ray workers whose
+    parent died, adopted here), with everything under them."""
+    return [process for child in psutil.Process().children() if child.pid not in before
+            for process in [child, *_descendants(child)]]
+
+
+def _end(processes: list[psutil.Process], grace: float) -> list[str]:
+    """Wait up to `grace` s for `processes` to end (gone ones and zombies are skipped), kill the rest; their names."""
+    deadline = time.monotonic() + grace
+    alive = _living(processes)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = _living(alive)
+    names = sorted(f"{_name(process)} (pid {process.pid})" for process in alive)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
+    return names
+
+
+def _adopt_orphans() -> None:
+    """Make this process the subreaper of what it starts: a Ray worker whose raylet has died is re-parented here,
+    not to PID 1, so the clean-up at exit still finds it (Linux; elsewhere nothing changes)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _living(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running: a zombie has ended (an adopted one is reaped by PID 1 once this process exits)."""
+    living = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                living.append(process)
+    return living
 
 
 def _descendants(process: psutil.Process) -> list[psutil.Process]:

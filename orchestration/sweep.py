@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 
-from orchestration import launch, mlflow_ui, options, pareto, registry, study
+from orchestration import launch, mlflow_ui, options, pareto, registry, stop_signal, study
 from orchestration.disk_guard import FreeSpaceGuard
 from orchestration.fold_lanes import close_dispatcher
 from orchestration.sweep_data import resolve_data
@@ -252,5 +252,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    launch.handle_sigterm_as_ctrl_c()  # the process's own: not for a caller of main()
+    stop_signal.handle_sigterm_as_ctrl_c()  # the process's own: not for a caller of main()
     sys.exit(main())

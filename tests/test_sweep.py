@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from servers import MlflowServer
 
@@ -182,11 +183,12 @@ def finished_trial(experiment: Path) -> str | None:
 
 
 def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, storage: Path, name: str,
-                           stop: signal.Signals = signal.SIGINT) -> str:
+                           stop: signal.Signals = signal.SIGINT, whole_group: bool = False) -> str:
     """Run a sweep or grid command (Tune results under `storage`/`name`, MLflow at `uri`), press Ctrl-C (SIGINT to
-    its driver; or send it `stop`) once a trial has logged its first fold to MLflow, and return its output; it must
-    end with status 130. The MLflow store is read only once Tune's folder exists: the command has set the store up by then (opening
-    it earlier could race its schema set-up)."""
+    its driver; or send it `stop`, with `whole_group` to every process it started, as a job scheduler does) once a
+    trial has logged its first fold to MLflow, and return its output; it must end with status 130, and with
+    `whole_group` within 20 s, leaving no process behind. The MLflow store is read only once Tune's folder exists:
+    the command has set the store up by then (opening it earlier could race its schema set-up)."""
     from mlflow.tracking import MlflowClient
 
     def a_fold_reported() -> bool:
@@ -196,21 +198,39 @@ def interrupt_after_a_fold(command: list[str], cwd: Path, uri: str, storage: Pat
 
     log = cwd / "command.log"
     with log.open("w") as out:
-        driver = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        driver = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=whole_group)
         deadline = time.monotonic() + 420
         try:
             while not a_fold_reported():
                 assert driver.poll() is None, f"it ended before it could be interrupted:\n{log.read_text()[-6000:]}"
                 assert time.monotonic() < deadline, "the first fold did not finish in time"
                 time.sleep(0.5)
-            driver.send_signal(stop)
+            signalled = time.monotonic()
+            if whole_group:
+                os.killpg(driver.pid, stop)
+            else:
+                driver.send_signal(stop)
             driver.wait(timeout=120)
+            seconds = time.monotonic() - signalled
         finally:
             if driver.poll() is None:
                 driver.kill()
     output = log.read_text()
     assert driver.returncode == 130, output[-6000:]
+    if whole_group:
+        assert seconds < 20, f"it took {seconds:.0f} s to end:\n{output[-6000:]}"
+        left = [p for p in psutil.process_iter(["name", "status"]) if _group_of(p) == driver.pid
+                and p.info["status"] != psutil.STATUS_ZOMBIE]
+        assert not left, f"left running: {[p.info['name'] for p in left]}"
     return output
+
+
+def _group_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except OSError:
+        return None
 
 
 def test_resume_after_the_driver_is_killed(demo, tmp_path: Path) -> None:
@@ -282,6 +302,28 @@ def test_ctrl_c_interrupts_the_sweep_and_resume_finishes_it(demo, tmp_path: Path
     assert {"wall_seconds", "resumed_wall_seconds"} <= set(metrics) and "ray_overhead_ratio" not in metrics
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_sigterm_to_every_process_of_the_job_ends_the_sweep_in_seconds(demo, tmp_path: Path) -> None:
+    """A job scheduler's time limit (Slurm), systemd's stop or `timeout` sends SIGTERM to every process of the job,
+    Ray's own with the driver: the GCS went first, Tune's clean-up waited a minute on it, and Ray's core then ended
+    the driver with status 1, printing nothing of the sweep and leaving its MLflow runs RUNNING (by then a
+    scheduler has killed it). It ends in seconds with status 130 and how to go on, its runs KILLED, nothing of its
+    Ray left; and --resume finishes the sweep."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = sweep_command(demo, tmp_path / "ray", "stopped", "--mlflow-uri", uri, "--num-samples", "1",
+                            "--parallel-folds", "1", "--set", "epochs=8")
+    output = interrupt_after_a_fold(command, tmp_path, uri, tmp_path / "ray", "stopped", signal.SIGTERM,
+                                    whole_group=True)
+    assert ("=== stopped interrupted by SIGTERM, Ray's processes stopped with it. Continue it with the same command "
+            "plus: --resume --name stopped") in output, output[-4000:]
+    tree = run_tree(uri, "stopped")
+    assert [run.info.status for run in tree["sweep"] + tree["trial"]] == ["KILLED", "KILLED"]
+    assert "RUNNING" not in [run.info.status for run in tree["fold"]]
+    output = run_sweep(command + ["--resume"], tmp_path)
+    assert "=== Sweep stopped resumed, finished after another" in output and "(1 complete) x 2 folds" in output
+    (trial,) = run_tree(uri, "stopped")["trial"]
+    assert (trial.info.status, trial.data.tags["outcome"]) == ("FINISHED", "complete")
 
 
 def test_failed_fold_fails_the_trial_with_its_error(demo, tmp_path: Path) -> None:
