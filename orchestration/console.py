@@ -37,27 +37,37 @@ def trial_number(trial_dir_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class _NoTrialFailureNoise(logging.Filter):
-    """Drops Tune's `Trial task failed for trial ...` record, whose traceback runs to ~45 lines of Ray's own frames,
-    and its closing `Trials did not complete: [run_trial_f0449186]`, which names trials by Tune's ids: the progress
-    line says the trial failed, and the summary and the trial's MLflow run give its error."""
+class _NoTuneNoise(logging.Filter):
+    """Drops what Tune logs about trials the sweep reports itself: `Trial task failed for trial ...`, whose
+    traceback runs to ~45 lines of Ray's own frames, and its closing `Trials did not complete: [run_trial_f0449186]`,
+    which names trials by Tune's ids (the progress line says the trial failed, and the summary and the trial's
+    MLflow run give its error); and `Failed to fetch metrics` of trials interrupted before their first report, which
+    have no results yet (the summary lists them with 0 folds). Other failures to read results stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(("Trial task failed", "Trials did not complete"))
+        message = record.getMessage()
+        if message.startswith(("Trial task failed", "Trials did not complete")):
+            return False
+        if message.startswith("Failed to fetch metrics"):
+            return not all("FileNotFoundError" in line for line in message.splitlines()[1:])
+        return True
+
+
+TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.analysis.experiment_analysis")
 
 
 def quiet_ray(verbose: bool) -> None:
     """Before Ray starts: worker output stays in the session's log files, and Tune prints no status tables
     (the legacy reporter at verbose 0 is silent; the new one still prints its start-up box), nor the line saying
-    it saved its state (the summary says where), nor a failed trial's traceback, unless `verbose`."""
+    it saved its state (the summary says where), nor what `_NoTuneNoise` drops, unless `verbose`."""
     if not verbose:
         os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
-        for name in ("ray.tune.tune", "ray.tune.execution.tune_controller"):
+        for name in TUNE_LOGGERS:
             logger = logging.getLogger(name)
-            if not any(isinstance(f, _NoTrialFailureNoise) for f in logger.filters):
-                logger.addFilter(_NoTrialFailureNoise())
+            if not any(isinstance(f, _NoTuneNoise) for f in logger.filters):
+                logger.addFilter(_NoTuneNoise())
 
 
 def duration(seconds: float) -> str:
