@@ -273,7 +273,7 @@ def start_ray(address: str | None, tracking_uri: str, verbose: bool = True) -> N
             join_cluster(address, runtime_env)
         except RayJoinError as err:
             raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
-    stop_signal.watch_ray(ray.get_runtime_context().gcs_address)  # over ray.init's SIGTERM handler
+    stop_signal.watch_ray(_gcs_address())  # over ray.init's SIGTERM handler
     logger.info("Ray cluster resources: %s", ray.cluster_resources())
     if not verbose:
         console.announce_worker_logs()
@@ -299,6 +299,16 @@ def check_fold_nodes(args: argparse.Namespace, where: ResultsLocation, caches: d
               where.tracking_uri, args.cpus_per_worker, args.gpus_per_worker)
     except NodeCheckError as err:
         raise SystemExit(f"{Path(sys.argv[0]).stem}: {err}") from None
+
+
+def _gcs_address() -> str | None:
+    """Where the cluster's GCS listens; None through Ray Client (`ray://`), which does not say."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # Ray Client's context has no GCS client
+        return None
 
 
 def open_parent_run(where: ResultsLocation, run_name: str, tags: dict[str, Any], params: dict[str, Any],

@@ -52,8 +52,8 @@ def handle_sigterm_as_ctrl_c() -> None:
     signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
 
 
-def watch_ray(gcs_address: str) -> None:
-    """After `ray.init`: the handler again, and the GCS it checks when a SIGTERM comes."""
+def watch_ray(gcs_address: str | None) -> None:
+    """After `ray.init`: the handler again, and the GCS it checks when a SIGTERM comes (None: none checked)."""
     _state["gcs_address"] = gcs_address
     if _state["handle"]:
         signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
