@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -100,6 +103,27 @@ def test_an_interrupted_training_says_what_it_keeps_and_the_same_command_goes_on
     assert main(args) == 0
     assert epochs_started == [2, 3]
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
+
+
+def test_sigterm_stops_training_as_ctrl_c_does(tmp_path):
+    """A batch job's time limit sends SIGTERM: `tfmamba train` used to end at once and silently (status -15). It
+    ends with the interrupted line naming the checkpoint the same command resumes from, status 130."""
+    manifest, cache = make_corpus(tmp_path)
+    out = tmp_path / "run"
+    train = subprocess.Popen([sys.executable, "-m", "tfmamba.cli", *tiny_train_args(manifest, cache, out, epochs=500)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints/last/progress.json").is_file():
+            assert train.poll() is None and time.monotonic() < deadline, train.communicate()[1][-3000:]
+            time.sleep(0.1)
+        train.send_signal(signal.SIGTERM)
+        _, err = train.communicate(timeout=60)
+    finally:
+        train.kill()
+    assert train.returncode == 130, err[-3000:]
+    assert re.search(rf"tfmamba train: interrupted; the checkpoint of epoch \d+ is kept in {re.escape(str(out))}/"
+                     r"checkpoints/last, and the same command goes on from it\n$", err), err[-3000:]
 
 
 def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):

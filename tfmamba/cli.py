@@ -11,8 +11,10 @@ import argparse
 import codecs
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from tfmamba.errors import TFMambaError, write_failure
 
@@ -52,12 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    restore_sigterm = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except TFMambaError as err:
         print(f"tfmamba {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGINT from a job scheduler: one line saying what is kept, no traceback
+    except KeyboardInterrupt:  # Ctrl-C, or SIGINT or SIGTERM from a job scheduler: one line saying what is kept
         kept = getattr(args, "kept_when_interrupted", None)
         print(f"tfmamba {args.command}: interrupted" + (f"; {kept(args)}" if kept else ""), file=sys.stderr)
         return 130
@@ -67,6 +70,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfmamba {args.command}: error: {write_failure(err)}{where} (tfmamba -v shows where it happened)",
               file=sys.stderr)
         return 1
+    finally:
+        restore_sigterm()
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """SIGTERM (a batch job's time limit, `docker stop`) ends a command as Ctrl-C does, with its line saying what is
+    kept, instead of at once and silently; returns what puts the handler it replaced back (on the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the command at once
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
