@@ -260,6 +260,19 @@ def test_cli_refuses_folders_without_audio_before_loading_the_model(tmp_path, ca
     assert "no-model-here" not in err
 
 
+def test_cli_refuses_a_csv_it_cannot_write_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """`--csv` where no file can be made (here under a file; a read-only folder alike) used to predict every clip,
+    then end in `No such file or directory: .../.preds.csv.tmp-1426`, status 1."""
+    monkeypatch.chdir(tmp_path)
+    soundfile.write(tmp_path / "a.wav", speechlike(1.0), 16000)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert main(["predict", "a.wav", "--csv", "notes.txt/preds.csv", "--model", str(tmp_path / "no-model-here")]) == 2
+    err = capsys.readouterr().err
+    assert "tfmamba predict: error: notes.txt/preds.csv: cannot write the predictions there (" in err, err
+    assert "give another place with --csv" in err and "no-model-here" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "notes.txt"]
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -54,6 +54,16 @@ def replaced_atomically(target: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(target: str | Path) -> None:
+    """Raise OSError unless a file can be made where `target` goes (its folder is made if missing): checked
+    before long work whose result is written there at the end."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    probe = target.with_name(f".{target.name}.probe-{os.getpid()}")
+    probe.touch()
+    probe.unlink()
+
+
 def write_text_atomically(target: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `target` so that readers see the old or the new file, never a part."""
     with replaced_atomically(target) as tmp:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-
-from tfmamba.commands import add_device_option
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tfmamba.commands import add_device_option
 
 CSV_THRESHOLD = 10
 DEFAULT_CSV = "predictions.csv"
@@ -48,20 +48,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfmamba.errors import DataError
+    from tfmamba.errors import DataError, write_failure
+    from tfmamba.locations import check_writable
     from tfmamba.predict import AUDIO_SUFFIXES, Predictor, find_audio, write_csv
     from tfmamba.progress_bar import progress_bar
 
     paths = find_audio(args.audio)
     if not paths:  # before the model is downloaded and loaded for nothing
         raise DataError(f"no audio files in {', '.join(args.audio)} (searched for {', '.join(sorted(AUDIO_SUFFIXES))})")
+    many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
+    csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
+    if csv_path is not None:  # before the clips are predicted, for a CSV that could not be written at the end
+        try:
+            check_writable(csv_path)
+        except OSError as err:
+            raise DataError(f"{csv_path}: cannot write the predictions there ({write_failure(err)}); "
+                            f"give another place with --csv") from None
     # MLflow's download bar: off when asked, and in a log file (where it is a flood of carriage returns)
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"} if args.no_progress or not sys.stderr.isatty() else {}
     with environment_defaults(MLFLOW_HTTP_ENV | quiet):
         predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
                                    tracking_uri=args.tracking_uri)
-    many = len(paths) > CSV_THRESHOLD or any(Path(p).is_dir() for p in args.audio)
-    csv_path = Path(args.csv) if args.csv else (_free_name(Path(DEFAULT_CSV)) if many else None)
     bar = progress_bar(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2)
     results = []
     try:
