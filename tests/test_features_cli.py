@@ -66,6 +66,15 @@ def test_an_interrupted_build_keeps_what_it_wrote_and_the_same_command_goes_on(t
     assert "2 written, 1 skipped, 2 already done" in capsys.readouterr().out
 
 
+def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path, capsys):
+    """`--out /proc/fc` (or a path under a file) said only `No such file or directory`, naming no path."""
+    manifest = make_manifest(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "cache"
+    assert main(["features", "--manifest", manifest, "--extractor", "fbank", "--out", str(out), "--no-progress"]) == 2
+    assert f"tfmamba features: error: {out}: cannot make the feature cache's folder (" in capsys.readouterr().err
+
+
 def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_shards_written(tmp_path, capsys, small_disks):
     """Room for the first shard only: `tfmamba features` used to end in two chained OSError tracebacks (its exit
     flushed the failed shard again). It names the cache, the shard and the reason, removes the partial file, keeps

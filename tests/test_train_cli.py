@@ -126,6 +126,18 @@ def test_sigterm_stops_training_as_ctrl_c_does(tmp_path):
                      r"checkpoints/last, and the same command goes on from it\n$", err), err[-3000:]
 
 
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    """`--out` where nothing can be written (here under a file; /proc/x alike) used to train a whole epoch, then fail
+    at its checkpoint."""
+    manifest, cache = make_corpus(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "run"
+    assert main(tiny_train_args(manifest, cache, out, epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert f"tfmamba train: error: {out}: cannot write the fold's results there (" in err, err
+    assert "epoch" not in err
+
+
 def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):
     """Two `tfmamba train` runs into one --out would overwrite each other's checkpoints: the second stops before it
     trains, naming the first (here a process holding the folder's lock as a training run does)."""

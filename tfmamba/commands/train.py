@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
 
     from tfmamba.config import load_train_config
     from tfmamba.corpora.manifest import read_manifest
-    from tfmamba.errors import ConfigError, DataError
+    from tfmamba.errors import ConfigError, DataError, StorageError, write_failure
+    from tfmamba.locations import check_writable
     from tfmamba.features.store import FeatureStore
     from tfmamba.corpora.folds import load_folds, select_folds
     from tfmamba.process_lock import LocationBusy, acquire
     from tfmamba.training.fold import train_fold
+    from tfmamba.training.outputs import MODEL_JSON
 
     config = load_train_config(args.config, args.overrides)
     if (args.manifest is None) != (args.cache is None):
@@ -71,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     (fold,) = select_folds(folds, [args.fold])
     store = FeatureStore.open(str(cache), manifest=manifest)
     out = output_folder(args)
+    try:  # before training, not at its first checkpoint
+        check_writable(out / MODEL_JSON)
+    except OSError as err:
+        raise StorageError(f"{out}: cannot write the fold's results there ({write_failure(err)})") from None
     try:  # two runs into one folder would overwrite each other's checkpoints
         lock = acquire(str(out), "train")
     except LocationBusy as err:

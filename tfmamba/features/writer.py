@@ -40,7 +40,10 @@ class FeatureWriter:
         self.uri = uri
         self.fs, self.root = resolve(uri)
         self.shard_size = shard_size
-        self.fs.create_dir(self.root, recursive=True)
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+        except OSError as err:
+            raise StorageError(f"{uri}: cannot make the feature cache's folder ({write_failure(err)})") from err
         try:
             self._lock = acquire(uri, WRITER_LOCK)
         except LocationBusy as err:
