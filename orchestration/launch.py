@@ -82,7 +82,7 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
     and the MLflow URI, check every location can be written (exits naming each problem), and take the sweep's
     driver lock (exits naming the process that drives it already)."""
     storage = absolute(args.storage_path)
-    name = args.name or (newest_run(storage) if args.resume else new_name())
+    name = args.name or (newest_run(storage, what) if args.resume else new_name())
     if args.resume and held_by(storage, driver_lock_name(name)) is None:  # a running driver: its lock says more
         check_saved(storage, name, what)
     if not args.resume and not is_uri(storage) and Path(storage, name).exists():
@@ -206,19 +206,34 @@ def _as_typed(key: str, value: str | None) -> str:
 TUNER_FILE = "tuner.pkl"  # the first file Tune saves in a run's folder; `Tuner.can_restore` looks for it
 
 
-def saved_runs(storage: str) -> list[str]:
-    """The Tune runs under a local storage path that --resume can continue, oldest first."""
+# How Tune's state tells a sweep (Optuna's searcher) from a grid (Tune's own grid search), and who runs each.
+KIND_FILES = {"sweep": "search_gen_state-*.json", "grid": "basic-variant-state-*.json"}
+KIND_SCRIPTS = {"sweep": "sweep.py", "grid": "ablation.py"}
+
+
+def saved_runs(storage: str, what: str) -> list[str]:
+    """The Tune runs of this kind (`sweep` or `grid`) under a local storage path that --resume can continue, oldest
+    first (a run stopped before Tune first saved its state, of no known kind yet, among them)."""
     saved = sorted(Path(storage).glob(f"*/{TUNER_FILE}"), key=lambda path: path.stat().st_mtime)
-    return [path.parent.name for path in saved]
+    return [path.parent.name for path in saved if run_kind(str(path.parent)) in (what, None)]
 
 
-def newest_run(storage: str) -> str:
-    """The newest Tune experiment under a local storage path (what --resume continues without --name)."""
+def run_kind(tune_path: str) -> str | None:
+    """`sweep` or `grid`, from the files of Tune's saved state at `tune_path`; None before its first save."""
+    from pyarrow import fs
+
+    filesystem, root = _filesystem(tune_path)
+    names = [info.base_name for info in filesystem.get_file_info(fs.FileSelector(root))]
+    return next((kind for kind, pattern in KIND_FILES.items() if fnmatch.filter(names, pattern)), None)
+
+
+def newest_run(storage: str, what: str) -> str:
+    """The newest Tune run of this kind under a local storage path (what --resume continues without --name)."""
     if is_uri(storage):
         raise SystemExit("--resume with a remote --storage-path needs --name")
-    runs = saved_runs(storage)
+    runs = saved_runs(storage, what)
     if not runs:
-        raise SystemExit(f"--resume: nothing to resume under {storage}")
+        raise SystemExit(f"--resume: no {what} to resume under {storage}")
     return runs[-1]
 
 
@@ -231,10 +246,15 @@ def check_saved(storage: str, name: str, what: str) -> None:
     try:
         filesystem, path = _filesystem(f"{storage}/{name}/{TUNER_FILE}")
         if filesystem.get_file_info(path).type == fs.FileType.File:
-            return
+            kind = run_kind(f"{storage}/{name}")
+            if kind in (what, None):
+                return
+            raise SystemExit(f"--resume: {name!r} under {storage} is a {kind}, not a {what}: continue it with "
+                             f"`python orchestration/{KIND_SCRIPTS[kind]} --resume --name {name}` and the options "
+                             f"it started with")
     except (OSError, ValueError):  # out of reach, or a scheme pyarrow has no filesystem for
         return
-    there = "" if is_uri(storage) else f" (saved there: {', '.join(saved_runs(storage)) or 'none'})"
+    there = "" if is_uri(storage) else f" ({what}s saved there: {', '.join(saved_runs(storage, what)) or 'none'})"
     raise SystemExit(f"--resume: no {what} named {name!r} under {storage}{there}; check --name and --storage-path")
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,12 +215,44 @@ def test_resume_of_a_name_with_nothing_saved_stops_before_anything_starts(demo, 
     (storage / "demo-20261129-081336" / "tuner.pkl").write_bytes(b"saved")
     for main, what in ((sweep.main, "sweep"), (ablation.main, "grid")):
         with pytest.raises(SystemExit, match=rf"^--resume: no {what} named 'demo-20261129-08133' under {storage} "
-                                             r"\(saved there: demo-20261129-081336\); check --name and --storage-path"):
+                                             rf"\({what}s saved there: demo-20261129-081336\); check --name and "
+                                             r"--storage-path"):
             main(["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--resume", "--name",
                   "demo-20261129-08133", "--storage-path", str(storage), "--mlflow-uri",
                   f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert not (tmp_path / "mlflow.db").exists() and sorted(p.name for p in storage.iterdir()) == [
         "demo-20261129-081336"]
+
+
+def test_resume_continues_only_a_run_of_its_own_kind(demo, tmp_path: Path) -> None:
+    """`sweep.py --resume` without --name took the newest run under the storage, a Table II grid of the same
+    folder, and ran its rows as a sweep's trials (on the wrong caches: a row failed) into the sweeps' experiment,
+    registering a model. Each script now continues only its own kind (Tune's state tells them apart), and says
+    which script continues the other."""
+    from orchestration import ablation, sweep
+    from orchestration.launch import newest_run
+
+    storage = tmp_path / "ray"
+    for name, state in (("demo-20261129-101500", "search_gen_state-2026-11-29_10-15-00.json"),
+                        ("table2-demo-20261129-111653", "basic-variant-state-2026-11-29_11-16-57.json")):
+        (storage / name).mkdir(parents=True)
+        (storage / name / "tuner.pkl").write_bytes(b"saved")
+        (storage / name / state).write_text("{}")
+        time.sleep(0.05)  # the grid is the newer
+    assert (newest_run(str(storage), "sweep"), newest_run(str(storage), "grid")) == (
+        "demo-20261129-101500", "table2-demo-20261129-111653")
+    options = ["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--storage-path", str(storage),
+               "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume", "--name"]
+    with pytest.raises(SystemExit, match=rf"^--resume: 'table2-demo-20261129-111653' under {storage} is a grid, not a "
+                                         r"sweep: continue it with `python orchestration/ablation.py --resume --name "
+                                         r"table2-demo-20261129-111653` and the options it started with"):
+        sweep.main([*options, "table2-demo-20261129-111653"])
+    with pytest.raises(SystemExit, match=r"is a sweep, not a grid: continue it with `python orchestration/sweep.py"):
+        ablation.main([*options, "demo-20261129-101500"])
+    shutil.rmtree(storage / "demo-20261129-101500")
+    with pytest.raises(SystemExit, match=rf"^--resume: no sweep to resume under {storage}$"):
+        sweep.main(options[:-1])
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 HOLD_LOCK = ("import sys, time\nfrom orchestration.launch import hold_driver_lock\n"
