@@ -69,7 +69,8 @@ def add_output_options(parser: argparse.ArgumentParser, run: str, name_default: 
     where.add_argument("--name", default=None, help=f"{run} name (default: {name_default})")
     where.add_argument("--mlflow-uri", default=None, help=MLFLOW_HELP)
     where.add_argument("--experiment", default=experiment, help=f"MLflow experiment (default: {experiment})")
-    where.add_argument("--resume", action="store_true", help=f"continue an interrupted {run} (Tuner.restore): --name's, else the newest {run} under "
+    where.add_argument("--resume", action="store_true",
+                       help=f"continue an interrupted {run} (Tuner.restore): --name's, else the newest {run} under "
                             "--storage-path")
     where.add_argument("--min-free-gb", type=float, default=DEFAULT_MIN_FREE_GB,
                        help="refuse to start unless every local results folder has this much free space, and "
