@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tfmamba {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C, or SIGINT or SIGTERM from a job scheduler: one line saying what is kept
-        kept = getattr(args, "kept_when_interrupted", None)
-        print(f"tfmamba {args.command}: interrupted" + (f"; {kept(args)}" if kept else ""), file=sys.stderr)
+        print(f"tfmamba {args.command}: interrupted{_what_is_kept(args)}", file=sys.stderr)
         return 130
     except OSError as err:  # the machine's trouble, not the input's: a full disk, a permission, a mount gone
         logging.getLogger(__name__).debug("the failed call", exc_info=True)
@@ -72,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         restore_sigterm()
+
+
+def _what_is_kept(args: argparse.Namespace) -> str:
+    """`; ` and what an interrupted command leaves to go on from (its `kept_when_interrupted`), or nothing."""
+    kept = getattr(args, "kept_when_interrupted", None)
+    try:
+        return f"; {kept(args)}" if kept else ""
+    except Exception:  # a damaged checkpoint, say: the interruption is still reported
+        logging.getLogger(__name__).debug("what is kept", exc_info=True)
+        return ""
 
 
 def _stop_on_sigterm() -> Callable[[], None]:
