@@ -26,7 +26,8 @@ from orchestration import ray_cluster
 
 logger = logging.getLogger(__name__)
 
-RAY_GONE_PROBES = 3  # connection attempts to the GCS, half a second apart, that must all fail
+RAY_WATCH_SECONDS = 6.0  # how long after a SIGTERM the GCS is watched for going with it (a busy one takes a while)
+RAY_GONE_PROBES = 2  # connection attempts to the GCS in a row, half a second apart, that mean it is gone
 SAVE_WAIT_SECONDS = 10.0  # the longest wait for Tune's last save of its state once Ray is gone
 MLFLOW_WAIT_SECONDS = 8.0  # the longest wait for closing the MLflow runs (a tracking server may be stopping too)
 LEFTOVER_GRACE_SECONDS = 3.0  # then what is left of a private Ray (its workers end soon after their raylet) is killed
@@ -75,10 +76,12 @@ def _stop_as_on_ctrl_c(signum: int, frame: Any) -> None:
 
 
 def _end_if_ray_went_too(gcs_address: str, main_thread: int | None) -> None:
-    for _ in range(RAY_GONE_PROBES):
+    watch_until, refused = time.monotonic() + RAY_WATCH_SECONDS, 0
+    while refused < RAY_GONE_PROBES:
+        if time.monotonic() > watch_until or not _in_tune(main_thread):
+            return  # Ray is up (Tune stops the trials, the run ends as on Ctrl-C), or Tune is done with it
         time.sleep(0.5)
-        if _reachable(gcs_address):
-            return  # Ray is up: Tune stops the trials, and the sweep ends as on Ctrl-C
+        refused = 0 if _reachable(gcs_address) else refused + 1
     logger.warning("SIGTERM reached Ray's own processes too (a job scheduler, systemd or `timeout` stops every "
                    "process of the job): Ray cannot stop the trials in order, so this run ends once Tune has "
                    "saved its state")
@@ -117,12 +120,24 @@ def _reachable(address: str, timeout: float = 1.0) -> bool:
 
 def _tune_is_cleaning_up(main_thread: int | None) -> bool:
     """Whether the driver's main thread is in Tune's clean-up, which comes after its last save of the state."""
+    return any(code.co_name == "cleanup" and code.co_filename.endswith("tune_controller.py")
+               for code in _main_stack(main_thread))
+
+
+def _in_tune(main_thread: int | None) -> bool:
+    """Whether the driver's main thread is still in Tune's run (not in the summary after it, nor in Ray's own
+    shutdown at exit, which ends the GCS too)."""
+    return any(f"{os.sep}ray{os.sep}tune{os.sep}" in code.co_filename for code in _main_stack(main_thread))
+
+
+def _main_stack(main_thread: int | None) -> list[Any]:
+    """The code objects of the main thread's frames, innermost first."""
     frame = sys._current_frames().get(main_thread) if main_thread is not None else None
+    codes = []
     while frame is not None:
-        if frame.f_code.co_name == "cleanup" and frame.f_code.co_filename.endswith("tune_controller.py"):
-            return True
+        codes.append(frame.f_code)
         frame = frame.f_back
-    return False
+    return codes
 
 
 def _close_runs(runs: OpenRuns) -> None:
