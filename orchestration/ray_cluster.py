@@ -45,7 +45,7 @@ PROBE_SECONDS = 5.0
 # After a private Ray's shutdown its processes end within ~1.5 s on 2 cores; what still runs this much later is stuck.
 LEFTOVER_GRACE_SECONDS = 10.0
 PR_SET_CHILD_SUBREAPER = 36  # prctl option (linux/prctl.h)
-_private_ray: dict[str, set[int] | None] = {"before": None}  # the driver's children before its private Ray started
+_private_ray: dict[str, list[psutil.Process]] = {"started": []}  # what the last private Ray's `ray.init` started
 
 
 class RayJoinError(RuntimeError):
@@ -74,25 +74,25 @@ def start_private_ray(num_cpus: int | None, resources: dict[str, float], runtime
     before = {child.pid for child in psutil.Process().children()}
     context = ray.init(address="local", num_cpus=num_cpus, resources=resources, include_dashboard=False,
                        runtime_env=runtime_env)
-    _private_ray["before"] = before
-    atexit.register(_shut_down_leaving_nothing, before)  # runs before Ray's own atexit shutdown (registered earlier)
+    started = [child for child in psutil.Process().children() if child.pid not in before]  # raylet, GCS, ...
+    _private_ray["started"] = started
+    atexit.register(_shut_down_leaving_nothing, started)  # runs before Ray's own atexit shutdown (registered earlier)
     return context.address_info.get("session_dir", "")
 
 
 def end_private_ray_processes(grace: float) -> list[str]:
     """Wait up to `grace` s for what the private Ray still runs to end, then kill it; the names of those killed.
     For a driver ending without Ray's shutdown (a SIGTERM that reached Ray's processes too)."""
-    before = _private_ray["before"]
-    return _end(_started_since(before), grace) if before is not None else []
+    return _end(_private_ray_tree(_private_ray["started"]), grace)
 
 
-def _shut_down_leaving_nothing(before: set[int]) -> None:
+def _shut_down_leaving_nothing(started: list[psutil.Process]) -> None:
     """Shut the private Ray down, then end what of it outlives that. An actor stuck in its Python teardown (a
     finaliser that never returns: a Train controller ending as the sweep exits was seen so) is not ended by
     Ray's shutdown: it lives on under PID 1, holding its memory, long after the command has exited."""
     import ray
 
-    processes = _started_since(before)  # raylet, GCS, ..., and the workers under them
+    processes = _private_ray_tree(started)
     ray.shutdown()
     ended = _end(processes, LEFTOVER_GRACE_SECONDS)
     if ended:
@@ -100,11 +100,22 @@ def _shut_down_leaving_nothing(before: set[int]) -> None:
                        len(ended), LEFTOVER_GRACE_SECONDS, ", ".join(ended))
 
 
-def _started_since(before: set[int]) -> list[psutil.Process]:
-    """This process's children that were not there before `ray.init` (Ray's processes, and those Ray workers whose
-    parent died, adopted here), with everything under them."""
-    return [process for child in psutil.Process().children() if child.pid not in before
-            for process in [child, *_descendants(child)]]
+def _private_ray_tree(started: list[psutil.Process]) -> list[psutil.Process]:
+    """The private Ray's processes: those `ray.init` started (raylet, GCS, ...) with everything under them, and
+    the workers of its raylet that this process adopted when the raylet ended before them."""
+    tree = [process for root in started for process in [root, *_descendants(root)]]  # gone ones are skipped
+    ours, known = {root.pid for root in started}, {process.pid for process in tree}
+    for child in psutil.Process().children():
+        if child.pid not in known and _raylet_of(child) in ours:
+            tree += [child, *_descendants(child)]
+    return tree
+
+
+def _raylet_of(process: psutil.Process) -> int | None:
+    """The pid of the raylet that started a Ray worker (its environment's RAY_RAYLET_PID), else None."""
+    with contextlib.suppress(psutil.Error, ValueError):
+        return int(process.environ().get("RAY_RAYLET_PID", ""))
+    return None
 
 
 def _end(processes: list[psutil.Process], grace: float) -> list[str]:
