@@ -185,7 +185,7 @@ def resolve_address(address: str) -> tuple[str | None, str]:
     return None, "no address file"
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def host_port(address: str) -> tuple[str, int]:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise RayJoinError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
@@ -194,7 +194,7 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def probe_cluster(address: str, source: str) -> None:
     """Raise `RayJoinError` unless a Ray head of our version listens at `address` and accepts our token."""
-    host, port = _host_port(address)
+    host, port = host_port(address)
     try:
         socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
     except OSError as err:

@@ -110,11 +110,10 @@ def _end_if_ray_went_too(gcs_address: str, main_thread: int | None) -> None:
 
 def _reachable(address: str, timeout: float = 1.0) -> bool:
     """Whether something listens at `host:port` (a GCS that is gone refuses the connection at once)."""
-    host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection(ray_cluster.host_port(address), timeout=timeout):
             return True
-    except (OSError, ValueError):
+    except (OSError, ray_cluster.RayJoinError):
         return False
 
 
