@@ -323,8 +323,26 @@ def test_mlflow_uris_need_mlflow_only_when_used(model_dir, monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "mlflow", None)
     assert Predictor.load(model_dir, device="cpu").labels == LABELS
-    with pytest.raises(ConfigError, match="MLflow URIs need the mlflow package"):
+    with pytest.raises(ConfigError, match="MLflow and artifact URIs need the mlflow package"):
         Predictor.load("runs:/0123/model")
+
+
+def test_an_artifact_uri_as_the_mlflow_ui_shows_it_loads_without_a_tracking_store(model_dir, tmp_path, monkeypatch):
+    """A model's location copied from the MLflow UI (`file://`, `s3://`, `mlflow-artifacts:/`) is downloaded by
+    MLflow's artifact repositories; it used to be taken for a folder path (`s3:/bucket/x: no such model folder`). No
+    tracking store is opened for it: MLflow's default one would be a new ./mlflow.db."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    wave = speechlike(1.0, seed=2)
+    reference = Predictor.load(model_dir, device="cpu").predict_wave(wave, 16000)
+    loaded = Predictor.load(model_dir.as_uri(), device="cpu")
+    assert loaded.predict_wave(wave, 16000).probabilities == pytest.approx(reference.probabilities, abs=1e-6)
+    assert not (tmp_path / "mlflow.db").exists()
+    with pytest.raises(DataError, match=r"^weird://x/y: could not download the model \(Could not find a registered "
+                                        r"artifact repository"):
+        Predictor.load("weird://x/y")
+    with pytest.raises(DataError, match=r"^file:///nowhere/model: could not download the model \(.*\)$"):
+        Predictor.load("file:///nowhere/model")
 
 
 def test_a_down_tracking_server_is_reported_in_seconds(tmp_path):

@@ -105,6 +105,7 @@ def check_best_model(uri: str, tree: dict[str, list], demo) -> None:
 
     from mlflow.tracking import MlflowClient
     from tfmamba.features.store import FeatureStore
+    from tfmamba.predict import Predictor
 
     sweep_run = tree["sweep"][0]
     model_uri = sweep_run.data.tags["best_model_uri"]
@@ -120,6 +121,10 @@ def check_best_model(uri: str, tree: dict[str, list], demo) -> None:
         labels = set(model.metadata.metadata["label_map"].values())
         assert len(predicted) == 3 and set(predicted["label"]) <= labels
         assert model.metadata.metadata["feature_spec"]["extractor"] == "fbank"
+    shown = MlflowClient(uri).get_logged_model(model_uri.removeprefix("models:/")).artifact_location  # the UI's path
+    assert shown.startswith("mlflow-artifacts:/" if uri.startswith("http") else "file://"), shown
+    labels_in_order = [model.metadata.metadata["label_map"][str(i)] for i in range(len(labels))]
+    assert Predictor.load(shown, device="cpu", tracking_uri=uri).labels == labels_in_order
 
 
 def test_sweep_sqlite_end_to_end(demo, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Download the files of an MLflow model URI (`runs:/<run id>/<name>`, `models:/<name>/<version>`,
-`models:/<name>@<alias>`, `models:/<logged model id>`) from one named tracking store.
+`models:/<name>@<alias>`, `models:/<logged model id>`) from one named tracking store, or of an artifact URI
+MLflow reads (`file://`, `s3://`, `gs://`, `mlflow-artifacts:/`: the location the MLflow UI shows for a model).
 
 MLflow 3.17 looks a `models:/` URI up with a client of its own global tracking URI, whatever URIs
 `download_artifacts` is given, and a `runs:/` URI that names a logged model ends in that lookup too;
@@ -11,6 +12,7 @@ Imported only for MLflow URIs: the library runs without MLflow.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 MLFLOW_SCHEMES = ("runs:/", "models:/")
 BEST_MODEL_TAG = "best_model_uri"  # the tag a sweep's run names its best model by (orchestration.results sets it)
@@ -18,7 +20,14 @@ MAX_CHILDREN_LOOKED_AT = 50
 
 
 def is_mlflow_uri(ref: str) -> bool:
+    """True for a URI MLflow looks up in a tracking store (`runs:/`, `models:/`)."""
     return str(ref).startswith(MLFLOW_SCHEMES)
+
+
+def is_artifact_uri(ref: str) -> bool:
+    """True for any other `scheme:` URI (`file://`, `s3://`, `mlflow-artifacts:/`, ...): files MLflow downloads
+    by their artifact repository. A one-letter scheme is a Windows drive, not a URI."""
+    return not is_mlflow_uri(ref) and len(urlparse(str(ref)).scheme) > 1
 
 
 def download_model(ref: str, tracking_uri: str, into: str | Path) -> Path:
@@ -27,9 +36,12 @@ def download_model(ref: str, tracking_uri: str, into: str | Path) -> Path:
     import mlflow.artifacts
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_location(ref, client),
-                                                    dst_path=str(into), tracking_uri=tracking_uri))
+    if is_artifact_uri(ref):  # no store is opened (a default ./mlflow.db would be created)
+        location = ref
+    else:
+        location = artifact_location(ref, MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(into),
+                                                    tracking_uri=tracking_uri))
 
 
 def artifact_location(ref: str, client) -> str:

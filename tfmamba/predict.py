@@ -1,8 +1,9 @@
 """Emotion predictions for audio files with a trained model: `Predictor.load(...)`, then `predict_files`.
 
 A model is a trainer output folder (`model.safetensors` + `model.json`), or an MLflow URI
-(`runs:/<run id>/model`, `models:/tfmamba-ser/<version>`) whose artifacts hold one, either
-directly or inside a pyfunc model's `artifacts/`. MLflow is imported only for those URIs.
+(`runs:/<run id>/model`, `models:/tfmamba-ser/<version>`, or an artifact URI such as `s3://...` or
+`mlflow-artifacts:/...`) whose artifacts hold one, either directly or inside a pyfunc model's `artifacts/`.
+MLflow is imported only for those URIs.
 
 The feature extractor named in model.json is rebuilt and checked against the model's input size.
 Each clip is read at the extractor's rate (any format `tfmamba.audio` reads, stereo mixed down),
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from tfmamba.features.extractor import Extractor
 from tfmamba.features.factory import get_extractor
 from tfmamba.locations import replaced_atomically, sqlite_path
 from tfmamba.model import TFMamba
-from tfmamba.model_uris import download_model, is_mlflow_uri, models_near
+from tfmamba.model_uris import download_model, is_artifact_uri, is_mlflow_uri, models_near
 from tfmamba.training.outputs import MODEL_JSON, MODEL_WEIGHTS, load_trained_model, read_model_description
 
 __all__ = ["AUDIO_SUFFIXES", "Prediction", "Predictor", "find_audio", "resolve_model", "write_csv"]
@@ -66,28 +68,32 @@ class Prediction:
 
 def resolve_model(ref: str | Path, into: str | Path, tracking_uri: str | None = None) -> Path:
     """The local trainer output folder of `ref`: the folder itself, or MLflow artifacts downloaded under `into`."""
-    if not is_mlflow_uri(str(ref)):
+    ref = str(ref)
+    if not (is_mlflow_uri(ref) or is_artifact_uri(ref)):
         folder = Path(ref)
         if not folder.is_dir():
-            raise DataError(f"{folder}: no such model folder (give a trainer output folder, runs:/<id>/model "
-                            f"or models:/<name>/<version>)")
+            raise DataError(f"{folder}: no such model folder (give a trainer output folder, runs:/<id>/model, "
+                            f"models:/<name>/<version> or the artifact URI of a logged model)")
         return folder
     try:
         import mlflow
         from mlflow.exceptions import MlflowException
     except ImportError as err:
-        raise ConfigError(f"{ref}: MLflow URIs need the mlflow package ({err})") from err
+        raise ConfigError(f"{ref}: MLflow and artifact URIs need the mlflow package ({err})") from err
     uri = tracking_uri or mlflow.get_tracking_uri()
-    if (database := sqlite_path(uri)) is not None and not database.is_file():
+    if is_mlflow_uri(ref) and (database := sqlite_path(uri)) is not None and not database.is_file():
         raise DataError(f"{ref}: no MLflow store at {uri} (give --tracking-uri or set MLFLOW_TRACKING_URI to the "
                         f"store the sweep wrote to)")
+    failed = f"{ref}: could not download the model" + (" from MLflow" if is_mlflow_uri(ref) else "")
     try:
-        local = download_model(str(ref), uri, into)
+        local = download_model(ref, uri, into)
+    except ImportError as err:  # e.g. s3:// without boto3: MLflow imports a store's client when it first reads
+        raise DataError(f"{failed}: MLflow reads {urlparse(ref).scheme}: URIs with the package '{err.name}', which "
+                        f"is not installed") from err
     except (MlflowException, OSError) as err:
-        hint = models_near(str(ref), uri)
-        raise DataError(f"{ref}: could not download the model from MLflow ({err})"
-                        + (f"; {hint}" if hint else "")) from err
-    return _model_folder_in(local, str(ref))
+        hint = models_near(ref, uri)
+        raise DataError(f"{failed} ({' '.join(str(err).split())})" + (f"; {hint}" if hint else "")) from err
+    return _model_folder_in(local, ref)
 
 
 def _model_folder_in(local: Path, ref: str) -> Path:

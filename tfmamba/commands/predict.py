@@ -33,9 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="predict the emotion of audio files", description=DESCRIPTION)
     parser.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files or folders")
     parser.add_argument("--model", required=True, metavar="PATH_OR_URI",
-                        help="a `tfmamba train` output folder, runs:/<run id>/model or models:/tfmamba-ser/<version>")
+                        help="a `tfmamba train` output folder, runs:/<run id>/model, models:/tfmamba-ser/<version>, or "
+                             "a model's artifact URI as the MLflow UI shows it (s3://..., mlflow-artifacts:/...)")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI for runs:/ and models:/ (default: MLFLOW_TRACKING_URI)")
+                        help="MLflow tracking URI for runs:/, models:/ and mlflow-artifacts:/ (default: "
+                             "MLFLOW_TRACKING_URI)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv",
                         help=f"write the predictions to this CSV (default: ./{DEFAULT_CSV} with a folder or more "
                              f"than {CSV_THRESHOLD} files)")
