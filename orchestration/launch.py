@@ -25,6 +25,7 @@ from orchestration import console, mlflow_runs, mlflow_ui, stop_signal
 from orchestration.preflight import PreflightError, check_outputs, mlflow_locations
 from orchestration.ray_cluster import RayJoinError, join_cluster, start_private_ray
 from orchestration.resources import DRIVER_RESOURCE
+from orchestration.study import study_storage_url
 from orchestration.warm_up import start_warm_up
 from tfmamba.cli import tolerate_narrow_consoles
 from tfmamba.locations import absolute, is_uri, sqlite_path
@@ -54,6 +55,7 @@ class ResultsLocation:
     name: str
     tracking_uri: str
     experiment: str
+    study_url: str | None = None  # a sweep's Optuna storage (study.study_storage_url); a grid has none
 
     @property
     def tune_path(self) -> str:
@@ -73,14 +75,18 @@ class ResultsLocation:
     @property
     def folders(self) -> dict[str, str]:
         """Where it writes, by what goes there: checked before it starts, watched while it runs."""
-        return ({"Tune/Train storage": self.storage, "fold outputs": self.out_root}
-                | mlflow_locations(self.tracking_uri, self.experiment))
+        where = ({"Tune/Train storage": self.storage, "fold outputs": self.out_root}
+                 | mlflow_locations(self.tracking_uri, self.experiment))
+        study_file = sqlite_path(self.study_url) if self.study_url else None
+        if study_file is not None and str(study_file.parent) not in where.values():  # not beside mlflow.db
+            where["Optuna study storage (--study-storage)"] = str(study_file.parent)
+        return where
 
 
 def results_location(args: argparse.Namespace, new_name: Callable[[], str], what: str) -> ResultsLocation:
-    """Resolve --storage-path, --name (or the newest run under the storage with --resume, or `new_name()`)
-    and the MLflow URI, check every location can be written (exits naming each problem), and take the sweep's
-    driver lock (exits naming the process that drives it already)."""
+    """Resolve --storage-path, --name (or the newest run under the storage with --resume, or `new_name()`),
+    the MLflow URI and a sweep's Optuna storage, check every location can be written (exits naming each
+    problem), and take the sweep's driver lock (exits naming the process that drives it already)."""
     storage = absolute(args.storage_path)
     name = args.name or (newest_run(storage, what) if args.resume else new_name())
     if args.resume and held_by(storage, driver_lock_name(name)) is None:  # a running driver: its lock says more
@@ -88,7 +94,9 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
     if not args.resume and not is_uri(storage) and Path(storage, name).exists():
         raise SystemExit(f"{storage}/{name} already exists: add --resume to continue that {what}, "
                          "or pick another --name")
-    where = ResultsLocation(storage, name, mlflow_runs.resolve_tracking_uri(args.mlflow_uri), args.experiment)
+    tracking_uri = mlflow_runs.resolve_tracking_uri(args.mlflow_uri)
+    study_url = study_storage_url(tracking_uri, storage, args.study_storage) if what == "sweep" else None
+    where = ResultsLocation(storage, name, tracking_uri, args.experiment, study_url)
     try:
         check_outputs(where.folders, args.min_free_gb, where.tracking_uri)
     except PreflightError as err:

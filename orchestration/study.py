@@ -50,7 +50,11 @@ def open_storage(url: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the console
     if (database := sqlite_path(url)) is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StudyError(f"Optuna storage {url}: cannot make its folder {database.parent} "
+                             f"({err.strerror or err})") from None
     # a database server's pooled connections die with a restart: test each before use (one round trip)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     from orchestration.patient_storage import PatientRDBStorage

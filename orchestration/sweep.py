@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     metric, mode = objective(data.corpus, space)
     objectives = args.objectives or [(metric, mode)]
     metric, mode = next((n, m) for n, m in objectives if n not in pareto.COSTS)  # picks the best model
-    study_url = study.study_storage_url(where.tracking_uri, where.storage, args.study_storage)
+    study_url = where.study_url
     params = launch.parent_run_params(args, data.folds, space, num_samples=args.num_samples, seed=args.seed)
     if args.resume:
         launch.check_resume(where, params, "sweep", f"start a new sweep seeded with its complete trials: "

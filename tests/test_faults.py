@@ -473,13 +473,15 @@ def test_preflight_names_each_bad_location(tmp_path: Path) -> None:
     assert "--min-free-gb" in message
 
 
-@pytest.mark.parametrize("case", ["storage under a file", "free space below the floor", "sqlite store under a file"])
+@pytest.mark.parametrize("case", ["storage under a file", "free space below the floor", "sqlite store under a file",
+                                  "study storage under a file"])
 def test_sweep_refuses_to_start_when_results_cannot_be_written(tmp_path: Path, case: str) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     options = {"storage under a file": ["--storage-path", str(blocker / "ray")],
                "free space below the floor": ["--min-free-gb", "1e9"],
-               "sqlite store under a file": ["--mlflow-uri", f"sqlite:///{blocker}/mlflow.db"]}[case]
+               "sqlite store under a file": ["--mlflow-uri", f"sqlite:///{blocker}/mlflow.db"],
+               "study storage under a file": ["--study-storage", f"sqlite:///{blocker}/optuna.db"]}[case]
     command = [sys.executable, str(SWEEP), "--manifest", str(tmp_path / "no-manifest"), "--cache",
                str(tmp_path / "no-cache"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *options]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)

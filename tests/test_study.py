@@ -19,6 +19,14 @@ def test_the_study_sits_beside_an_sqlite_mlflow_else_beside_the_tune_state(tmp_p
     assert study.study_storage_url("sqlite:///a.db", "/x", "postgresql://u@h/optuna") == "postgresql://u@h/optuna"
 
 
+def test_a_storage_folder_that_cannot_be_made_is_a_study_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(study.StudyError, match=f"^Optuna storage sqlite:///{blocker}/optuna.db: cannot make its "
+                                               f"folder {blocker} \\(File exists\\)$"):
+        study.open_storage(f"sqlite:///{blocker}/optuna.db")
+
+
 def finished_study(storage, name: str, values: list[float], params: list[dict]) -> None:
     old = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     distributions = {"cmdt_weight": optuna.distributions.FloatDistribution(0.0, 0.5),
