@@ -77,6 +77,34 @@ def test_prepare_csv_cli(corpus, tmp_path, capsys):
     assert len(read_problems(out)) == 2
 
 
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_spreadsheets_semicolons_or_tabs_separate_columns_as_commas_do(corpus, separator):
+    """Spreadsheets in many locales save "CSV" with semicolons; the header used to be read as one column, `missing
+    columns ['path', 'label']`. A file in another encoding than UTF-8 says how to save it."""
+    other = corpus.with_name("labels-other.csv")
+    other.write_text(corpus.read_text().replace(",", separator))
+    built = build_from_csv(other)
+    assert built.labels == build_from_csv(corpus).labels and len(built.table) == 12
+    latin = corpus.with_name("latin.csv")
+    latin.write_bytes("path;label;session\naudio/caf\u00e9.wav;calm;1\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"latin.csv: unreadable CSV \('utf-8' codec .*\); save it as UTF-8$"):
+        read_label_csv(latin)
+
+
+def test_a_table_that_makes_no_folds_leaves_the_earlier_outputs_as_they_were(corpus, tmp_path, capsys):
+    """One session makes no leave-one-session-out folds: the manifest used to be written before the folds failed,
+    replacing a good one, and the folds.json beside it then belonged to another manifest."""
+    out = tmp_path / "out"
+    assert prepare(corpus, out) == 0
+    before = {name: (out / name).read_bytes() for name in ("manifest.parquet", "folds.json")}
+    one_session = corpus.with_name("one-session.csv")
+    one_session.write_text("path,label,session\naudio/s1_0.wav,calm,1\naudio/s1_1.wav,angry,1\n")
+    assert prepare(one_session, out) == 2
+    assert "leave-one-session-out needs 2+ sessions, got [1]" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert len(load_folds(out, read_manifest(out))) == 3
+
+
 def test_prepare_csv_all_files_bad_is_empty_manifest_error(tmp_path, capsys):
     csv = tmp_path / "labels.csv"
     csv.write_text("path,label,split\nnone1.wav,a,train\nnone2.wav,b,test\n")

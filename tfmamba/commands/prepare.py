@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table = corpora.add_parser(
         "csv",
         help="any corpus from a CSV (path, label, optional utt_id/speaker/session/split)",
-        description="A CSV with columns path and label, optional utt_id, speaker, and session "
+        description="A CSV (UTF-8; commas, or the semicolons or tabs a spreadsheet saves with) with columns path and label, optional utt_id, speaker, and session "
         "(leave-one-session-out folds) or split (train/dev/test). Relative paths are resolved "
         "against the CSV's folder. A row with an empty path, label, session or split is skipped "
         "into problems.csv. Values of the label, session or split column that differ only in case "

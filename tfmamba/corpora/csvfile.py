@@ -2,7 +2,8 @@
 
 Optional columns: `utt_id` (default: the file name without extension), `speaker`
 (default: `session` if present, else "unknown"), `session` or `split` (one is needed for
-the folds). Relative paths are resolved against the CSV's folder.
+the folds). Relative paths are resolved against the CSV's folder. Columns are separated by commas, or by the
+semicolons or tabs spreadsheets in many locales save with (read from the header).
 
 The cells are checked here, where they enter, because a spreadsheet's slips would
 otherwise become classes or folds silently:
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 SKIP_REASONS = {"path": "no path", "label": "no label", "session": "no session", "split": "no split"}
 CHECKED_COLUMNS = ("label", "session", "split")
 LINES_SHOWN = 3
+DELIMITERS = (",", ";", "\t")  # a comma-separated file; what spreadsheets in many locales save instead
 
 
 def parse_label_map(entries: Iterable[str] | None) -> dict[str, str]:
@@ -74,8 +76,11 @@ def _read_table(csv_path: Path) -> pd.DataFrame:
     if not csv_path.exists():
         raise DataError(f"{csv_path}: CSV not found")
     try:
-        table = pd.read_csv(csv_path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        table = pd.read_csv(csv_path, sep=_delimiter(csv_path), encoding="utf-8-sig", dtype=str,
+                            keep_default_na=False)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path}: unreadable CSV ({err}); save it as UTF-8") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{csv_path}: unreadable CSV ({err})") from err
     table.columns = [c.strip().lower() for c in table.columns]
     missing = [c for c in ("path", "label") if c not in table.columns]
@@ -86,6 +91,18 @@ def _read_table(csv_path: Path) -> pd.DataFrame:
     if "session" not in table.columns and "split" not in table.columns:
         raise DataError(f"{csv_path}: needs a 'session' or a 'split' column to make folds")
     return table
+
+
+def _delimiter(csv_path: Path) -> str:
+    """The header's separator: a comma, or the semicolon or tab a spreadsheet saves with when the header holds
+    more of those than of commas (a `path;label;session` header read with commas is one column)."""
+    with csv_path.open(encoding="utf-8-sig", errors="replace") as file:
+        header = file.readline()
+    found = max(DELIMITERS, key=header.count)
+    if found != "," and header.count(found) > header.count(","):
+        logger.info("%s: columns separated by %r", csv_path, found)
+        return found
+    return ","
 
 
 def _line(index: int) -> int:

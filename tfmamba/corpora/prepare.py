@@ -31,6 +31,7 @@ from tfmamba.corpora.manifest import (
     read_manifest,
     read_manifest_metadata,
     read_problems,
+    validate_table,
     write_manifest,
     write_problems,
 )
@@ -138,6 +139,11 @@ def prepare_corpus(
             f"corpus {corpus!r}: empty manifest, no usable utterances "
             f"({len(built.problems)} problems listed in {out_dir / PROBLEMS_NAME})"
         )
+    # the folds are made before anything is written: a table that makes none leaves an earlier manifest as it was
+    target = out_dir / MANIFEST_NAME
+    validate_table(built.table, built.labels, str(target))
+    folds = make_folds(Manifest(built.table.reset_index(drop=True), corpus, list(built.labels), target),
+                       valid_fraction=valid_fraction, seed=fold_seed)
     manifest = write_manifest(
         built.table,
         out_dir,
@@ -149,7 +155,6 @@ def prepare_corpus(
             "dropped": json.dumps(built.dropped, sort_keys=True),
         },
     )
-    folds = make_folds(manifest, valid_fraction=valid_fraction, seed=fold_seed)
     save_folds(folds, out_dir / FOLDS_NAME, manifest)
     return PrepareResult(manifest, folds, built.problems, dict(built.dropped), out_dir, reused=False)
 
