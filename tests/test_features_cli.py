@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 import soundfile
 
@@ -119,3 +120,39 @@ def test_a_cache_path_the_console_cannot_write_does_not_end_the_command(tmp_path
                           env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert f"feature cache: {tmp_path}/cach?".encode() in done.stdout
+
+
+def test_a_build_where_every_clip_is_skipped_fails_and_a_rerun_takes_them_once_mended(tmp_path, capsys):
+    """Every clip missing (the audio moved after `prepare`) gave an empty cache and exit status 0, so a script went on
+    to train on nothing. It is now status 1 naming problems.csv; once the clips are back the same command adds them."""
+    manifest, out = make_manifest(tmp_path), str(tmp_path / "cache")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for clip in tmp_path.glob("c*.wav"):
+        clip.rename(moved / clip.name)
+    args = ["features", "--manifest", manifest, "--extractor", "fbank", "--out", out, "--no-progress"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "0 written, 5 skipped" in captured.out
+    assert f"tfmamba features: error: no utterance could be extracted; why each was skipped is in {out}" in captured.err
+    for clip in moved.iterdir():
+        clip.rename(tmp_path / clip.name)
+    assert main(args) == 0
+    assert "4 written, 1 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, option, value", [
+    (["features", "--manifest", "m", "--out", "c"], "--max-seconds", "nan"),
+    (["features", "--manifest", "m", "--out", "c"], "--max-seconds", "0.01"),
+    (["features", "--manifest", "m", "--out", "c"], "--hard-cap-seconds", "0"),
+    (["predict", "clip.wav", "--model", "m"], "--window-seconds", "nan"),
+    (["predict", "clip.wav", "--model", "m"], "--window-seconds", "-1"),
+])
+def test_window_and_cap_lengths_are_refused_as_they_are_read(capsys, command, option, value):
+    """`--max-seconds nan` was a ValueError traceback mid-build, `0.01` cut every clip into 160-sample windows, and
+    `--hard-cap-seconds 0` skipped every clip; predict checked its window only after loading the model."""
+    with pytest.raises(SystemExit) as exited:
+        main([*command, option, value])
+    assert exited.value.code == 2
+    assert (f"tfmamba {command[0]}: error: argument {option}: '{value}': give a number of seconds, at least 1"
+            in capsys.readouterr().err)

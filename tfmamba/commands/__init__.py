@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+
+MIN_WINDOW_SECONDS = 1.0  # shorter windows cut a clip into pieces too short to carry an emotion
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -18,3 +22,17 @@ def _device(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def seconds(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, at least `minimum`, refused as it is parsed (a NaN window
+    length was a traceback mid-run, and 0.01 s windows a silent mess of 160-sample pieces)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not (math.isfinite(value) and value >= minimum):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds, at least {minimum:g}")
+        return value
+    return parse

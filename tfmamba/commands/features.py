@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from tfmamba.commands import add_device_option
+from tfmamba.commands import MIN_WINDOW_SECONDS, add_device_option, seconds
 
 DESCRIPTION = (
     "Extract features for every utterance of a manifest into a feature cache: sharded Parquet files "
@@ -28,9 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="hidden layer of an encoder: 0 = input embeddings .. N = last (default last)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
     add_device_option(parser)
-    parser.add_argument("--max-seconds", type=float, default=30.0,
-                        help="clips longer than this run in windows whose outputs are concatenated (default 30)")
-    parser.add_argument("--hard-cap-seconds", type=float, default=600.0,
+    parser.add_argument("--max-seconds", type=seconds(MIN_WINDOW_SECONDS), default=30.0,
+                        help="clips longer than this run in windows whose outputs are concatenated (default 30; "
+                             f"at least {MIN_WINDOW_SECONDS:g})")
+    parser.add_argument("--hard-cap-seconds", type=seconds(MIN_WINDOW_SECONDS), default=600.0,
                         help="clips longer than this are skipped into problems.csv (default 600)")
     parser.add_argument("--shard-size", type=int, default=256, help="utterances per Parquet shard (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (in a log file it is a line every 30 s)")
@@ -49,4 +51,8 @@ def run(args: argparse.Namespace) -> int:
                          shard_size=args.shard_size, hard_cap_seconds=args.hard_cap_seconds,
                          progress=not args.no_progress)
     print(report.summary())
+    if not report.cache_utts:  # nothing to train on: every utterance was skipped
+        print(f"tfmamba features: error: no utterance could be extracted; why each was skipped is in "
+              f"{report.problems_uri}", file=sys.stderr)
+        return 1
     return 0

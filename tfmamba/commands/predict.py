@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tfmamba.commands import add_device_option
+from tfmamba.commands import MIN_WINDOW_SECONDS, add_device_option, seconds
 
 CSV_THRESHOLD = 10
 DEFAULT_CSV = "predictions.csv"
@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--csv", default=None, metavar="OUT.csv",
                         help=f"write the predictions to this CSV (default: ./{DEFAULT_CSV} with a folder or more "
                              f"than {CSV_THRESHOLD} files)")
-    parser.add_argument("--window-seconds", type=float, default=None,
-                        help="window length for long clips (default: the extractor's max_seconds, 30 s)")
+    parser.add_argument("--window-seconds", type=seconds(MIN_WINDOW_SECONDS), default=None,
+                        help="window length for long clips (default: the extractor's max_seconds, 30 s; at least "
+                             f"{MIN_WINDOW_SECONDS:g})")
     add_device_option(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (when stderr is not a terminal, e.g. a log file, they update every 30 s)")
