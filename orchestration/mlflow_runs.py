@@ -286,13 +286,15 @@ def objective_first(metrics: Mapping[str, Any], objective: str) -> dict[str, Any
 
 def fold_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """A fold's final numbers: validation at the best epoch (`valid_ua_best`: the last value of the running best
-    the fold logged per epoch under the same name), test of those weights, timing."""
+    the fold logged per epoch under the same name), test of those weights, timing, and how many utterances of each
+    part the feature cache's build skipped (when any)."""
     from tfmamba.metrics import best_name
 
     metrics = {best_name(f"valid_{k}"): v for k, v in result.get("valid", {}).items()}
     metrics |= {f"test_{k}": v for k, v in result.get("test", {}).items() if k in ("wa", "ua", "wf1")}
     metrics |= {"best_epoch": result.get("best_epoch", 0), "epochs_run": result.get("epochs_run", 0),
                 "train_seconds": result.get("train_seconds", 0.0)}
+    metrics |= {f"skipped_{part}_utterances": n for part, n in result.get("skipped_when_built", {}).items() if n}
     return metrics
 
 

@@ -90,5 +90,8 @@ def run(args: argparse.Namespace) -> int:
           f"({result.train_seconds:.0f} s)\n"
           f"  valid  WA {valid['wa']:.3f}  UA {valid['ua']:.3f}  WF1 {valid['wf1']:.3f}\n"
           f"  test   WA {test['wa']:.3f}  UA {test['ua']:.3f}  WF1 {test['wf1']:.3f}\n"
-          f"results in {out}/ (model.safetensors, model.json, metrics.json, history.csv, confusion.png)")
+          + (f"  left out: {', '.join(f'{n} {part}' for part, n in result.skipped_when_built.items())} utterances "
+             f"the feature cache's build skipped (its problems.csv says why)\n"
+             if any(result.skipped_when_built.values()) else "")
+          + f"results in {out}/ (model.safetensors, model.json, metrics.json, history.csv, confusion.png)")
     return 0

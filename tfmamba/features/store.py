@@ -16,6 +16,8 @@ go into the reader's single contiguous array.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -179,3 +181,15 @@ class FeatureStore:
         except KeyError:
             raise DataError(f"utterance {utt_id!r} is not in feature cache {self.uri}") from None
         return self.features[self.offsets[i]: self.offsets[i + 1]]
+
+    def skipped_when_built(self) -> dict[str, str]:
+        """The utterances the cache's last build skipped, with the reason (its problems.csv); {} when it has none."""
+        if not self.uri:
+            return {}
+        fs, root = resolve(self.uri)
+        path = f"{root}/{PROBLEMS}"
+        if not exists(fs, path):
+            return {}
+        with fs.open_input_stream(path) as fh:
+            rows = csv.DictReader(io.StringIO(fh.read().decode("utf-8", errors="replace")))
+            return {row["utt_id"]: row.get("reason") or "" for row in rows if row.get("utt_id")}

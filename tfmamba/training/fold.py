@@ -79,6 +79,7 @@ class FoldResult:
     error: str | None = None
     select_metric: str = ""  # the validation metric that chose best_epoch
     eval_cropped: dict[str, int] = field(default_factory=dict)  # valid/test clips cut to eval_max_frames
+    skipped_when_built: dict[str, int] = field(default_factory=dict)  # train/valid/test clips the cache lacks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +122,10 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
     _seed_everything(config.seed)
     data = fold_datasets(config, fold, manifest, store)
     select, higher_is_better = config.selection(manifest.corpus)
+    if any(data.skipped.values()):
+        logger.warning("fold %d: %s utterances were skipped when the feature cache was built (its problems.csv "
+                       "says why) and are left out", fold.index,
+                       ", ".join(f"{count} {part}" for part, count in data.skipped.items()))
     cropped = {"valid": cropped_count(data.valid), "test": cropped_count(data.test)}
     if any(cropped.values()):
         logger.warning("fold %d: %d valid and %d test utterances are longer than eval_max_frames=%s and are "
@@ -178,7 +183,7 @@ def train_fold(config: TrainConfig, fold: Fold, store: FeatureStore, reporter: R
                 reporter.report(dict(row), checkpoint)
         bar.close()
         return _finish(config, fold, store, data.test, labels, model, norm, best_weights, state, out_dir, dev, where,
-                       reporter, seconds_before + time.monotonic() - started, select, cropped)
+                       reporter, seconds_before + time.monotonic() - started, select, cropped, data.skipped)
     except TrainingError as err:
         message = f"fold {fold.index} ({fold.name}), {err}"
         alone = isinstance(err, DeviceMemoryError) and where.world > 1  # the other ranks may wait in a collective
@@ -281,7 +286,7 @@ def _fail(fold: Fold, labels: list[str], out_dir: Path, state: _Progress, messag
 def _finish(config: TrainConfig, fold: Fold, store: FeatureStore, test_set: FeatureDataset, labels: list[str],
             model: TFMamba, norm: InputNorm, best_weights: dict[str, torch.Tensor], state: _Progress, out_dir: Path, device: torch.device,
             where: distributed.Dist, reporter: Reporter | None, seconds: float, select: str,
-            cropped: dict[str, int]) -> FoldResult:
+            cropped: dict[str, int], skipped: dict[str, int]) -> FoldResult:
     """Evaluate the best epoch's weights on the test set (once), write the output folder, report, return."""
     if not state.history:
         raise TrainingError(f"no epoch was trained (epochs={config.epochs})")
@@ -295,7 +300,7 @@ def _finish(config: TrainConfig, fold: Fold, store: FeatureStore, test_set: Feat
                                "wf1": best["valid_wf1"]},
                         test=test_metrics.to_dict(), test_confusion=test_metrics.confusion, labels=labels,
                         history=state.history, out_dir=str(out_dir), train_seconds=seconds, select_metric=select,
-                        eval_cropped=cropped)
+                        eval_cropped=cropped, skipped_when_built=skipped)
     if where.is_main:
         write_outputs(out_dir, config, model_description(model.config, labels, store, norm),
                       deployable_weights(best_weights, norm, model.config), result.to_dict(), test_metrics)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -34,11 +34,14 @@ def fold_digest(fold: Fold) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+PARTS = ("train", "valid", "test")
+
+
 def fold_labels(fold: Fold, manifest: Manifest) -> dict[str, list[int]]:
     """Class indices of each part's utterances ("train", "valid", "test"); DataError for unknown ids or empty parts."""
     by_id = dict(zip(manifest.table["utt_id"].astype(str), manifest.table["label"].astype(str)))
     out = {}
-    for part in ("train", "valid", "test"):
+    for part in PARTS:
         ids = getattr(fold, part)
         if not ids:
             raise DataError(f"fold {fold.index} ({fold.name}): the {part} set is empty")
@@ -52,22 +55,46 @@ def fold_labels(fold: Fold, manifest: Manifest) -> dict[str, list[int]]:
 
 @dataclass
 class FoldData:
-    """The three datasets of a fold."""
+    """The three datasets of a fold, and how many utterances of each the cache's build skipped."""
 
     train: FeatureDataset
     valid: FeatureDataset
     test: FeatureDataset
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def fold_datasets(config: TrainConfig, fold: Fold, manifest: Manifest, store: FeatureStore) -> FoldData:
+    """The fold's datasets, without the utterances the cache's build skipped (a clip that cannot be decoded, one
+    over the length cap: its problems.csv says why). An utterance missing for no recorded reason is a DataError:
+    the cache is another one, or its build has not finished."""
     labels = fold_labels(fold, manifest)
+    present = {part: [u in store for u in getattr(fold, part)] for part in PARTS}
+    skipped = {part: flags.count(False) for part, flags in present.items()}
+    if any(skipped.values()):
+        check_skipped_when_built(fold, store, [u for part in PARTS for u, here in zip(getattr(fold, part),
+                                                                                    present[part]) if not here])
 
     def make(part: str, max_frames: int | None, random_crop: bool) -> FeatureDataset:
-        return FeatureDataset(store, getattr(fold, part), labels[part], max_frames=max_frames,
+        kept = [(u, label) for u, label, here in zip(getattr(fold, part), labels[part], present[part]) if here]
+        if not kept:
+            raise DataError(f"fold {fold.index} ({fold.name}): every one of its {len(present[part])} {part} "
+                            f"utterances was skipped when feature cache {store.uri} was built (see its problems.csv)")
+        return FeatureDataset(store, [u for u, _ in kept], [label for _, label in kept], max_frames=max_frames,
                               random_crop=random_crop, seed=config.seed)
 
     return FoldData(make("train", config.max_frames, True), make("valid", config.eval_max_frames, False),
-                    make("test", config.eval_max_frames, False))
+                    make("test", config.eval_max_frames, False), skipped)
+
+
+def check_skipped_when_built(fold: Fold, store: FeatureStore, missing: list[str]) -> None:
+    """DataError unless every utterance of `missing` is one the cache's build skipped, with its reason."""
+    recorded = store.skipped_when_built()
+    unexplained = [u for u in missing if u not in recorded]
+    if unexplained:
+        raise DataError(f"fold {fold.index}: {len(unexplained)} utterances are not in feature cache {store.uri}, "
+                        f"and its problems.csv does not say why: {unexplained[:5]}"
+                        f"{' ...' if len(unexplained) > 5 else ''} (a cache of another manifest, or a build that "
+                        f"has not finished: the same `tfmamba features` command completes it)")
 
 
 def cropped_count(dataset: FeatureDataset) -> int:
