@@ -160,3 +160,16 @@ def test_full_release_count_is_checked(tmp_path, caplog):
         built = build_iemocap(root)
     assert "found 5 4-class utterances, the full release has 5531" in caplog.text
     assert len(built.table) == 0 and [p.reason for p in built.problems] == ["missing file"] * 5
+
+
+def test_a_root_one_folder_above_the_release_is_read_from_the_release(iemocap_root, tmp_path, capsys):
+    """The tarball unpacks into IEMOCAP_full_release/, and `--root` naming its parent said only "no
+    Session*/dialog/EmoEvaluation/*.txt files"; it now reads the one release under it, and names them if several."""
+    parent = iemocap_root.parent
+    assert main(["prepare", "iemocap", "--root", str(parent), "--out", str(tmp_path / "o")]) == 0
+    paths = read_manifest(tmp_path / "o").table["path"]
+    assert len(paths) and all(p.startswith(f"{iemocap_root}/Session") for p in paths)
+    make_iemocap(parent / "IEMOCAP_copy")
+    assert main(["prepare", "iemocap", "--root", str(parent), "--out", str(tmp_path / "o2")]) == 2
+    assert (f"{parent}: 2 folders under it hold an IEMOCAP release (IEMOCAP_copy, IEMOCAP_full_release); give one "
+            "of them as --root") in capsys.readouterr().err

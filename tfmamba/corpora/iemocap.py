@@ -36,10 +36,29 @@ def speaker_of(utt_id: str) -> str:
     return f"Ses{match.group(1)}{match.group(2)}"
 
 
+EVALUATIONS = "Session[1-5]/dialog/EmoEvaluation/*.txt"
+
+
+def release_root(root: str | Path) -> Path:
+    """The folder holding Session1..5: `root` itself, or the one folder under it that does (the tarball unpacks
+    into IEMOCAP_full_release/, so --root often names its parent)."""
+    root = Path(root)
+    if any(root.glob(EVALUATIONS)):
+        return root
+    below = sorted({p.parents[3] for p in root.glob(f"*/{EVALUATIONS}")})
+    if len(below) == 1:
+        logger.info("reading IEMOCAP from %s", below[0])
+        return below[0]
+    if below:
+        raise DataError(f"{root}: {len(below)} folders under it hold an IEMOCAP release "
+                        f"({', '.join(p.name for p in below)}); give one of them as --root")
+    raise DataError(f"{root}: no Session*/dialog/EmoEvaluation/*.txt files (is this IEMOCAP_full_release?)")
+
+
 def read_evaluations(root: str | Path) -> pd.DataFrame:
     """All labelled utterances in the EmoEvaluation files: utt_id, session, raw label."""
-    root = Path(root)
-    files = sorted(root.glob("Session[1-5]/dialog/EmoEvaluation/*.txt"))
+    root = release_root(root)
+    files = sorted(root.glob(EVALUATIONS))
     files = [f for f in files if not f.name.startswith(".")]
     if not files:
         raise DataError(f"{root}: no Session*/dialog/EmoEvaluation/*.txt files (is this IEMOCAP_full_release?)")
@@ -55,7 +74,7 @@ def read_evaluations(root: str | Path) -> pd.DataFrame:
 
 def build_iemocap(root: str | Path, max_duration: float | None = None) -> BuildResult:
     """Map labels to the 4 classes, find each wav and read its duration from the header."""
-    root = Path(root).resolve()
+    root = release_root(Path(root).resolve())
     evaluations = read_evaluations(root)
     keep = evaluations["raw_label"].isin(LABEL_MAP)
     dropped = dict(Counter(evaluations.loc[~keep, "raw_label"]))
