@@ -22,6 +22,7 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from orchestration import console, launch, mlflow_runs, mlflow_ui, options, stop_signal
 from orchestration.disk_guard import FreeSpaceGuard
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if not data.cache:
         data = replace(data, cache=caches[next(iter(grid.rows))][0], cache_metadata={})
     params = row_parameters(grid, data, caches)
-    where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid")
+    where = launch.results_location(args, lambda: launch.dated_name(f"{grid.table}-{data.corpus}"), "grid",
+                                    also_writes={"report folder (--out)": str(Path(args.out).resolve())})
     metric, mode = objective(data.corpus, grid.space)
     run_params = launch.parent_run_params(args, data.folds, grid.space, rows=",".join(grid.rows),
                                           seeds=",".join(map(str, seeds)) or "config")

@@ -17,7 +17,7 @@ import pickletools
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,7 @@ class ResultsLocation:
     tracking_uri: str
     experiment: str
     study_url: str | None = None  # a sweep's Optuna storage (study.study_storage_url); a grid has none
+    also_writes: dict[str, str] = field(default_factory=dict)  # more local folders: a study's file, a grid's report
 
     @property
     def tune_path(self) -> str:
@@ -77,16 +78,15 @@ class ResultsLocation:
         """Where it writes, by what goes there: checked before it starts, watched while it runs."""
         where = ({"Tune/Train storage": self.storage, "fold outputs": self.out_root}
                  | mlflow_locations(self.tracking_uri, self.experiment))
-        study_file = sqlite_path(self.study_url) if self.study_url else None
-        if study_file is not None and str(study_file.parent) not in where.values():  # not beside mlflow.db
-            where["Optuna study storage (--study-storage)"] = str(study_file.parent)
-        return where
+        return where | {what: folder for what, folder in self.also_writes.items() if folder not in where.values()}
 
 
-def results_location(args: argparse.Namespace, new_name: Callable[[], str], what: str) -> ResultsLocation:
+def results_location(args: argparse.Namespace, new_name: Callable[[], str], what: str,
+                     also_writes: dict[str, str] | None = None) -> ResultsLocation:
     """Resolve --storage-path, --name (or the newest run under the storage with --resume, or `new_name()`),
-    the MLflow URI and a sweep's Optuna storage, check every location can be written (exits naming each
-    problem), and take the sweep's driver lock (exits naming the process that drives it already)."""
+    the MLflow URI and a sweep's Optuna storage, check every location can be written, `also_writes`' folders
+    too (exits naming each problem), and take the sweep's driver lock (exits naming the process that drives it
+    already)."""
     storage = absolute(args.storage_path)
     name = args.name or (newest_run(storage, what) if args.resume else new_name())
     if args.resume and held_by(storage, driver_lock_name(name)) is None:  # a running driver: its lock says more
@@ -96,7 +96,10 @@ def results_location(args: argparse.Namespace, new_name: Callable[[], str], what
                          "or pick another --name")
     tracking_uri = mlflow_runs.resolve_tracking_uri(args.mlflow_uri)
     study_url = study_storage_url(tracking_uri, storage, args.study_storage) if what == "sweep" else None
-    where = ResultsLocation(storage, name, tracking_uri, args.experiment, study_url)
+    also_writes = dict(also_writes or {})
+    if study_url and (study_file := sqlite_path(study_url)) is not None:
+        also_writes["Optuna study storage (--study-storage)"] = str(study_file.parent)
+    where = ResultsLocation(storage, name, tracking_uri, args.experiment, study_url, also_writes)
     try:
         check_outputs(where.folders, args.min_free_gb, where.tracking_uri)
     except PreflightError as err:

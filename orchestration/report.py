@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from orchestration import launch, mlflow_runs, options
-from orchestration.preflight import check_tracking_store
+from orchestration.preflight import check_local, check_tracking_store
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, build_report, find_parent_run
 
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         raise SystemExit(f"report: MLflow tracking store {uri}: {problem} (give --mlflow-uri or "
                          f"$MLFLOW_TRACKING_URI: the store the ablation wrote to)")
+    out_problem = check_local(Path(args.out).resolve(), 0)
+    if out_problem:
+        raise SystemExit(f"report: --out {args.out}: {out_problem}")
     parent = find_parent_run(uri, args.experiment, args.table, args.run_id)
     paths = build_report(uri, parent, args.out)
     print(paths["md"].read_text(encoding="utf-8"))

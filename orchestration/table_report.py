@@ -14,6 +14,7 @@ import numpy as np
 
 from orchestration import mlflow_runs
 from orchestration.significance import Comparison, Unit, paired_comparison
+from tfmamba.errors import first_line
 from tfmamba.paper import paper_numbers
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def find_parent_run(uri: str, experiment: str, table: str = "table3", run_id: st
     """The given parent run, or the newest run of `table` in `experiment`."""
     table = table_name(table)
     if run_id:
-        return mlflow_runs.get_run(uri, run_id)
+        return given_parent_run(uri, run_id)
     found = mlflow_runs.get_experiment_by_name(uri, experiment)
     if found is None:
         raise SystemExit(f"no MLflow experiment {experiment!r} at {uri}")
@@ -71,6 +72,26 @@ def find_parent_run(uri: str, experiment: str, table: str = "table3", run_id: st
     if not runs:
         raise SystemExit(f"no {table} run in experiment {experiment!r} (give --run-id)")
     return runs[0]
+
+
+def given_parent_run(uri: str, run_id: str):
+    """Run `run_id` when it is a grid's parent run; else exits saying what it is (a row's run names its grid's)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow_runs.get_run(uri, run_id)
+    except MlflowException as err:
+        raise SystemExit(f"report: no run {run_id} at {uri} ({first_line(err)})") from None
+    if TABLE_TAG in run.data.tags:
+        return run
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    parent = mlflow_runs.get_run(uri, parent_id) if parent_id else None
+    if parent is not None and TABLE_TAG in parent.data.tags:
+        raise SystemExit(f"report: run {run_id} is a row of the grid run {parent_id}: --run-id {parent_id}")
+    kind = run.data.tags.get("run_kind", "other")
+    raise SystemExit(f"report: run {run_id} ({run.info.run_name}, a {kind} run) is not an ablation grid's run (it has "
+                     f"no {TABLE_TAG!r} tag); give the run ablation.py printed as its parent run, or leave --run-id "
+                     f"out for the newest")
 
 
 def collect_rows(uri: str, parent) -> list[RowResult]:

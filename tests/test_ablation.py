@@ -147,6 +147,12 @@ def test_grid_refuses_to_start_when_results_cannot_be_written(demo, tmp_path: Pa
     with pytest.raises(SystemExit, match=r"(?s)cannot write the results, nothing was started.*is a file, not a folder"):
         main(["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--rows", "baseline",
               "--storage-path", str(blocker / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    # the report is written after the last row: a folder it cannot go to is named before the first
+    with pytest.raises(SystemExit, match=rf"(?s)nothing was started.*report folder \(--out\) {blocker}/reports: "
+                                         rf"{blocker} is a file, not a folder"):
+        main(["--manifest", str(demo.manifest_dir), "--cache", str(demo.cache), "--rows", "baseline",
+              "--storage-path", str(tmp_path / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+              "--out", str(blocker / "reports")])
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
 
 

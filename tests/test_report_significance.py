@@ -168,3 +168,28 @@ def test_the_report_names_a_missing_or_unreachable_store_and_creates_none(tmp_pa
     with pytest.raises(SystemExit, match=rf"MLflow tracking store {down}: cannot reach it"):
         main(["--mlflow-uri", down, "--out", str(tmp_path / "reports")])
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_run_id_that_is_not_a_grid_run_or_an_out_that_cannot_be_written_is_named(store, tmp_path: Path) -> None:
+    """`--run-id` of a row's run or of a sweep (picked in the MLflow UI) ended in `KeyError: 'table'`, an unknown id
+    in MLflow's traceback, and an `--out` that cannot be written failed only after the runs were read."""
+    from orchestration.report import main
+
+    uri, parent = store
+    client = mlflow_runs.client(uri)
+    experiment = client.get_run(parent).info.experiment_id
+    row = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'", max_results=1)[0].info.run_id
+    sweep = mlflow_runs.get_or_create_run(uri, experiment, mlflow_runs.sweep_tags("s"), "a-sweep")
+    out = ["--mlflow-uri", uri, "--out", str(tmp_path / "reports")]
+    with pytest.raises(SystemExit, match=f"^report: run {row} is a row of the grid run {parent}: --run-id {parent}$"):
+        main([*out, "--run-id", row])
+    with pytest.raises(SystemExit, match=f"^report: run {sweep} \\(a-sweep, a sweep run\\) is not an ablation grid's "
+                                         "run \\(it has no 'table' tag\\)"):
+        main([*out, "--run-id", sweep])
+    with pytest.raises(SystemExit, match=f"^report: no run nosuch at {uri} \\(Run with id=nosuch not found\\)$"):
+        main([*out, "--run-id", "nosuch"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match=f"^report: --out {blocker}/reports: {blocker} is a file, not a folder$"):
+        main(["--mlflow-uri", uri, "--out", str(blocker / "reports"), "--run-id", parent])
+    assert not (tmp_path / "reports").exists()
