@@ -13,6 +13,7 @@ Rank 0 hands each fold's `FoldResult` dict to the dispatcher, which passes it to
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, fields
@@ -218,6 +219,7 @@ class HeldCache:
         """The store of cache `uri`, read now unless it is the one held."""
         if uri != self.uri:
             self.uri, self.store = None, None
+            gc.collect()  # a fold's frames may sit in a reference cycle (a library's kept exception) holding it
             self.store = self._open(uri)
             self.uri = uri
         return self.store

@@ -243,10 +243,12 @@ def stand_in_lane(lane: str, dispatcher) -> None:
     ray.get(worker.remote())
 
 
-def test_a_lane_worker_holds_one_feature_cache_at_a_time(tmp_path) -> None:
+def test_a_lane_worker_holds_one_feature_cache_at_a_time(tmp_path, request) -> None:
     """A lane trains folds of every row of a grid, and each row of Table II has its own cache: a worker used to
     keep every cache it had opened (all eight on a long grid). `HeldCache` lets the held one go before reading the
-    next, and a trained fold keeps no reference to its store, so a cache's memory goes with it."""
+    next, and collects the reference cycles that may still hold it (this test failed now and then: a trained fold's
+    frames sat in a cycle until the collector ran), so a cache's memory goes with it."""
+    import gc
     import weakref
 
     import torch
@@ -256,6 +258,8 @@ def test_a_lane_worker_holds_one_feature_cache_at_a_time(tmp_path) -> None:
     from test_train import synthetic, tiny_config
 
     torch.set_num_threads(1)
+    gc.disable()  # as when the collector has not run yet: a reference cycle through a fold's frames held its cache
+    request.addfinalizer(gc.enable)
     alive: dict[str, weakref.ref] = {}
     folds = {}
 
