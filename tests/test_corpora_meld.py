@@ -134,3 +134,16 @@ def test_prepare_cli_meld(meld_root, tmp_path, capsys):
         "test_dia220_utt0",
         "train_dia9999_utt0",
     }
+
+
+def test_clip_folders_one_level_down_are_found_as_the_csvs_are(meld_root, tmp_path):
+    """Each of the release's tarballs unpacked into a folder of its own (train/train_splits/...): the CSVs were
+    found there, the clips were not, and every row became a `missing clip` problem."""
+    copy = Path(shutil.copytree(meld_root, tmp_path / "MELD.Raw"))
+    for split, folder in (("train", "train_splits"), ("dev", "dev_splits_complete"),
+                          ("test", "output_repeated_splits_test")):
+        (copy / split).mkdir()
+        (copy / folder).rename(copy / split / folder)
+    assert main(["prepare", "meld", "--root", str(copy), "--out", str(tmp_path / "out"), "--max-duration", "70"]) == 0
+    paths = read_manifest(tmp_path / "out").table["path"]
+    assert len(paths) == 7 and {Path(p).parent.relative_to(copy).parts[0] for p in paths} == {"train", "dev", "test"}

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "meld",
         help="MELD: 7 classes, official train/dev/test split",
         description="MELD.Raw: the three *_sent_emo.csv files and the dia{D}_utt{U}.mp4 clips in "
-        "train_splits/, dev_splits_complete/ and output_repeated_splits_test/. Missing, "
+        "train_splits/, dev_splits_complete/ and output_repeated_splits_test/ (each directly in ROOT or one folder "
+        "down, as train/train_splits/). Missing, "
         "undecodable, over-long clips and clips with no row go to problems.csv.",
     )
     meld.add_argument("--root", required=True, type=Path, help="the MELD.Raw folder")

@@ -30,14 +30,20 @@ CLIP_NAME = re.compile(r"^dia(\d+)_utt(\d+)\.mp4$")
 DEFAULT_MAX_DURATION = 60.0
 
 
-def _find_csv(root: Path, name: str) -> Path:
+def _find(root: Path, name: str) -> Path | None:
+    """`root/name`, else `root/*/name` (the release's tarballs unpack into a folder of their own: train/...)."""
     direct = root / name
     if direct.exists():
         return direct
     found = sorted(p for p in root.glob(f"*/{name}") if not p.name.startswith("."))
-    if not found:
+    return found[0] if found else None
+
+
+def _find_csv(root: Path, name: str) -> Path:
+    found = _find(root, name)
+    if found is None:
         raise DataError(f"{root}: {name} not found (expected in the MELD.Raw folder)")
-    return found[0]
+    return found
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -99,8 +105,8 @@ def build_meld(root: str | Path, max_duration: float = DEFAULT_MAX_DURATION) -> 
     listed: dict[str, set[str]] = {split: set() for split in CLIP_DIRS}
     for split, dialogue, utterance in zip(labels["split"], labels["dialogue_id"], labels["utterance_id"]):
         listed[split].add(f"dia{dialogue}_utt{utterance}.mp4")
-    for split, folder in CLIP_DIRS.items():
-        clip_dir = root / folder
+    clip_dirs = {split: _find(root, folder) or root / folder for split, folder in CLIP_DIRS.items()}
+    for split, clip_dir in clip_dirs.items():
         if not clip_dir.is_dir():
             logger.warning("%s: clip folder missing, every %s row will be a problem", clip_dir, split)
             continue
@@ -110,7 +116,7 @@ def build_meld(root: str | Path, max_duration: float = DEFAULT_MAX_DURATION) -> 
                 utt_id = f"{split}_dia{match.group(1)}_utt{match.group(2)}" if match else ""
                 problems.append(Problem(utt_id, str(clip), f"clip has no row in {SPLIT_FILES[split]}"))
     for row in progress_bar(labels.itertuples(index=False), total=len(labels), desc="meld", unit="clip"):
-        path = root / CLIP_DIRS[row.split] / f"dia{row.dialogue_id}_utt{row.utterance_id}.mp4"
+        path = clip_dirs[row.split] / f"dia{row.dialogue_id}_utt{row.utterance_id}.mp4"
         try:
             info = audio_info(path)
         except DataError as err:
