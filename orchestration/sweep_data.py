@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tfmamba.corpora.folds import load_folds, select_folds
-from tfmamba.corpora.manifest import read_manifest_metadata
+from tfmamba.corpora.manifest import manifest_rows, read_manifest_metadata
 from tfmamba.errors import DataError
-from tfmamba.features.store import CACHE_IDENTITY, read_metadata, resolve
+from tfmamba.features.store import CACHE_IDENTITY, read_metadata, read_skipped, resolve
 from tfmamba.features.writer import WRITER_LOCK
 from tfmamba.locations import absolute
 from tfmamba.process_lock import held_by
@@ -93,6 +93,11 @@ def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> 
                          f"`tfmamba features` to end")
     if cache_meta.get("manifest_hash") not in (None, read_manifest_metadata(manifest_dir)["manifest_hash"]):
         raise SystemExit(f"{what} {cache}: made for another manifest than {manifest_dir} (rebuild the cache)")
+    held, skipped, expected = int(cache_meta.get("n_utts", 0)), len(read_skipped(*resolve(cache_uri))), \
+        manifest_rows(manifest_dir)
+    if held + skipped < expected:  # its folds would fail on the utterances not extracted yet
+        raise SystemExit(f"{what} {cache}: holds {held} of the manifest's {expected} utterances and lists {skipped} "
+                         f"as skipped: its build has not finished (the same `tfmamba features` command completes it)")
     return cache_uri, {k: cache_meta.get(k) for k in CACHE_TAGS}
 
 

@@ -205,6 +205,27 @@ def test_a_cache_still_being_written_is_refused(demo, tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_cache_whose_build_stopped_part_way_is_refused(demo, tmp_path: Path) -> None:
+    """A `tfmamba features` run stopped part way (Ctrl-C, a lost session) leaves a cache of the utterances written so
+    far: every fold of a sweep or grid on it failed on the rest, after its retries. It stops before Ray starts."""
+    from orchestration import ablation, sweep
+    from tfmamba.corpora.manifest import manifest_hash, read_manifest
+    from tfmamba.features.build import build_cache
+    from tfmamba.features.factory import get_extractor
+
+    manifest = read_manifest(demo.manifest_dir)
+    part = tmp_path / "part-cache"
+    build_cache(manifest.table.head(30), manifest_hash(manifest), get_extractor("fbank"), str(part), progress=False)
+    (part / "problems.csv").unlink()  # a build that ends writes it; one stopped part way has not
+    for main in (sweep.main, ablation.main):
+        with pytest.raises(SystemExit, match=rf"^--cache {part}: holds 30 of the manifest's {len(manifest.table)} "
+                                             r"utterances and lists 0 as skipped: its build has not finished \(the "
+                                             r"same `tfmamba features` command completes it\)$"):
+            main(["--manifest", str(demo.manifest_dir), "--cache", str(part), "--storage-path",
+                  str(tmp_path / "ray"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_resume_of_a_name_with_nothing_saved_stops_before_anything_starts(demo, tmp_path: Path) -> None:
     """`--resume --name` with a typo started Ray, printed the sweep's banner and left a RUNNING MLflow run of that
     name before Tune said there was nothing to restore; now it stops first, naming what is saved there."""

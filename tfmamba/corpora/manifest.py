@@ -176,6 +176,17 @@ def read_manifest_metadata(path_or_dir: str | Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"pandas")}
 
 
+def manifest_rows(path_or_dir: str | Path) -> int:
+    """How many utterances the manifest holds, read from the footer only (cheap)."""
+    import pyarrow.parquet as pq
+
+    target = _manifest_file(path_or_dir)
+    try:
+        return pq.read_metadata(target).num_rows
+    except Exception as err:  # pyarrow raises several types for a damaged or missing file
+        raise DataError(f"{target}: unreadable manifest ({err})") from err
+
+
 def read_manifest(path_or_dir: str | Path) -> Manifest:
     """Read and validate a manifest (a directory means `DIR/manifest.parquet`)."""
     import pyarrow.parquet as pq

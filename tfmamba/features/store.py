@@ -99,6 +99,17 @@ def check_identity(meta: dict, where: str, extractor: str | None = None, layer: 
             )
 
 
+def read_skipped(fs: pafs.FileSystem, root: str) -> dict[str, str]:
+    """The utterances the last build of the cache at `root` skipped, with the reason (problems.csv, written when a
+    build ends); {} when there is none."""
+    path = f"{root}/{PROBLEMS}"
+    if not exists(fs, path):
+        return {}
+    with fs.open_input_stream(path) as fh:
+        rows = csv.DictReader(io.StringIO(fh.read().decode("utf-8", errors="replace")))
+        return {row["utt_id"]: row.get("reason") or "" for row in rows if row.get("utt_id")}
+
+
 def _frames_bytes(column: pa.ChunkedArray) -> Iterable[memoryview]:
     """The raw bytes of a large_binary column, one contiguous span per chunk, without per-row copies."""
     for chunk in column.chunks:
@@ -184,12 +195,4 @@ class FeatureStore:
 
     def skipped_when_built(self) -> dict[str, str]:
         """The utterances the cache's last build skipped, with the reason (its problems.csv); {} when it has none."""
-        if not self.uri:
-            return {}
-        fs, root = resolve(self.uri)
-        path = f"{root}/{PROBLEMS}"
-        if not exists(fs, path):
-            return {}
-        with fs.open_input_stream(path) as fh:
-            rows = csv.DictReader(io.StringIO(fh.read().decode("utf-8", errors="replace")))
-            return {row["utt_id"]: row.get("reason") or "" for row in rows if row.get("utt_id")}
+        return read_skipped(*resolve(self.uri)) if self.uri else {}
