@@ -74,7 +74,8 @@ class TFMambaPyfunc(mlflow.pyfunc.PythonModel):
             for label in self.labels:
                 frame[f"prob_{label}"] = pd.to_numeric(frame[f"prob_{label}"])
             return frame[["path", "label", *[f"prob_{label}" for label in self.labels], "error"]]
-        return self._predict_features(_as_items(model_input))
+        return self._predict_features(_as_items(model_input, self.model.config.input_dim,
+                                                self.description["feature"]["extractor"]))
 
     def _predict_features(self, items: list):
         import numpy as np
@@ -105,17 +106,40 @@ def _as_paths(model_input: Any) -> list[str] | None:
     return None
 
 
-def _as_items(model_input: Any) -> list:
+def _as_items(model_input: Any, dim: int, extractor: str) -> list:
+    """The feature arrays of `model_input`, each checked: (frames, `dim`), some frames, all finite. A bad one is an
+    MlflowException naming it, which a scoring server answers with 400 and the reason (a NaN gave NaN scores, and
+    another extractor's dims torch's "mat1 and mat2 shapes cannot be multiplied")."""
     import numpy as np
     import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    def refuse(why: str) -> MlflowException:
+        return MlflowException(f"tfmamba: {why}; this model takes (frames, {dim}) float features of {extractor}, or "
+                               "audio paths", error_code=INVALID_PARAMETER_VALUE)
 
     if isinstance(model_input, pd.DataFrame):
         model_input = list(model_input["features"])
     if isinstance(model_input, np.ndarray):
         model_input = [model_input] if model_input.ndim == 2 else list(model_input)
-    items = [np.asarray(x, dtype=np.float32) for x in model_input]
-    if not items or any(x.ndim != 2 or len(x) == 0 for x in items):
-        raise ValueError("predict expects one or more (frames, dim) feature arrays")
+    if isinstance(model_input, (list, tuple)) and any(isinstance(x, (str, Path)) for x in model_input):
+        raise refuse("the input mixes audio paths with features")
+    items = []
+    for i, item in enumerate(model_input):
+        try:
+            array = np.asarray(item, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise refuse(f"item {i} is not an array of numbers") from None
+        if array.ndim != 2 or array.shape[1] != dim:
+            raise refuse(f"item {i} has shape {array.shape}")
+        if len(array) == 0:
+            raise refuse(f"item {i} has no frames")
+        if not np.isfinite(array).all():
+            raise refuse(f"item {i} holds NaN or Inf")
+        items.append(array)
+    if not items:
+        raise refuse("no input")
     return items
 
 

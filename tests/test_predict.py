@@ -441,6 +441,14 @@ def test_mlflow_run_artifacts_pyfunc_and_registered_model(model_dir, tmp_path, c
     assert [by_path.loc[0, f"prob_{label}"] for label in LABELS] == pytest.approx(
         [from_file.probabilities[label] for label in LABELS], abs=1e-5)
     assert "missing file" in by_path.loc[1, "error"]
+    from mlflow.exceptions import MlflowException
+
+    for bad, why in (([np.full((5, 80), np.nan, np.float32)], r"item 0 holds NaN or Inf"),  # gave NaN scores
+                     ([features, features[:, :40]], r"item 1 has shape \(\d+, 40\)"),  # torch's "mat1 and mat2 ..."
+                     ([features, str(clip)], "the input mixes audio paths with features")):
+        with pytest.raises(MlflowException, match=f"^tfmamba: {why}; this model takes \\(frames, 80\\) float "
+                                                  "features of fbank, or audio paths$"):
+            served.predict(bad)
 
 
 @pytest.fixture(scope="module")

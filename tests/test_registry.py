@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -106,6 +107,14 @@ def test_mlflow_models_serve_answers_audio_paths(logged, tmp_path: Path) -> None
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             predictions = json.loads(response.read())["predictions"]
+        wrong = json.dumps({"inputs": [[[0.5] * 7] * 3]})  # features of 7 dims; the model takes fbank's 80
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=wrong.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=120)
+        assert refused.value.code == 400  # it used to say only "Encountered an unexpected error ..."
+        assert ("tfmamba: item 0 has shape (3, 7); this model takes (frames, 80) float features of fbank, or audio "
+                "paths") in json.loads(refused.value.read())["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
