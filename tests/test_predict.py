@@ -214,6 +214,25 @@ def test_cli_folder_writes_a_csv_without_overwriting(model_dir, tmp_path, capsys
 
 
 
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(model_dir, tmp_path):
+    """`tfmamba predict clips/ | head -3`: the reader closing the pipe was `tfmamba predict: error: Broken pipe`, exit
+    1. It now ends as piped Unix tools do (status 141 = 128 + SIGPIPE, nothing on stderr), and the CSV keeps the
+    predictions made."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(3):
+        soundfile.write(clips / f"c{i}.wav", speechlike(1.0, seed=i), 16000)
+    for command in (["params"], ["predict", str(clips), "--model", str(model_dir), "--csv", str(tmp_path / "p.csv"),
+                                 "--no-progress"]):
+        done = subprocess.Popen([sys.executable, "-m", "tfmamba.cli", *command], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        done.stdout.close()  # the reader is gone before the first line
+        err = done.stderr.read()
+        assert done.wait(timeout=120) == 141, err
+        assert not [line for line in err.splitlines() if " INFO " not in line], err
+    assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) >= 1
+
+
 def test_cli_interrupted_keeps_the_predictions_done_in_the_csv(model_dir, tmp_path, capsys, monkeypatch):
     """Ctrl-C over a folder (here on its third clip) still writes the CSV of the clips done, and exits 130."""
     monkeypatch.chdir(tmp_path)

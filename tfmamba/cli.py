@@ -11,6 +11,7 @@ import argparse
 import codecs
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C, or SIGINT or SIGTERM from a job scheduler: one line saying what is kept
         print(f"tfmamba {args.command}: interrupted{_what_is_kept(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tfmamba predict ... | head`: the reader has what it wanted; end as piped tools end
+        _let_go_of_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as err:  # the machine's trouble, not the input's: a full disk, a permission, a mount gone
         logging.getLogger(__name__).debug("the failed call", exc_info=True)
         where = f": {err.filename}" if err.filename else ""
@@ -71,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         restore_sigterm()
+
+
+def _let_go_of_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _what_is_kept(args: argparse.Namespace) -> str:
