@@ -7,6 +7,7 @@ own (the search space, the grid) and calls `check_common` after parsing.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from orchestration.preflight import DEFAULT_MIN_FREE_GB
@@ -16,6 +17,7 @@ DEMO_FOLDS = "1,2,3"  # the demo cross-validates 3 of its 5 folds, to finish in 
 # A killed or crashed Train worker (not a preemption: Ray retries those without limit) restarts its fold once
 # from the last epoch checkpoint; a deterministic error such as a NaN loss then fails after one more try.
 DEFAULT_FOLD_RETRIES = 1
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # --name: one plain folder name
 MLFLOW_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 ADDRESS_HELP = ("Ray cluster to join: 'auto' (the cluster of this machine, as under `ray submit`) or HOST:PORT; "
                 "default: start a private local Ray, whatever else runs on this machine")
@@ -87,7 +89,7 @@ def add_verbose_option(parser: argparse.ArgumentParser, unit: str) -> None:
 
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Value checks of the shared options: counts at least 1, retry counts -1 (no limit) or more, free space 0 (no
-    check) or more, an MLflow experiment with a name."""
+    check) or more, an MLflow experiment with a name, a run name that is one plain folder name."""
     for name in ("workers_per_fold", "max_concurrent", "parallel_folds", "max_fold_slots"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -99,6 +101,11 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--min-free-gb must be 0 (no check) or more")
     if not getattr(args, "experiment", "x").strip():
         parser.error("--experiment must name an MLflow experiment (it is empty)")
+    name = getattr(args, "name", None)
+    if name is not None and not RUN_NAME.match(name):
+        parser.error(f"--name {name!r}: use letters, digits, '.', '_' or '-', beginning with a letter or digit (at "
+                     "most 100 characters): it names folders, the MLflow run, the Optuna study and the printed "
+                     "--resume command")
 
 
 def parse_folds(text: str | None, demo: bool) -> list[int] | None:

@@ -85,10 +85,15 @@ def test_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
                          (["--fold-retries", "-2"], "--fold-retries must be -1 (no limit), 0 or more"),
                          (["--min-free-gb", "-1"], "--min-free-gb must be 0 (no check) or more"),
                          (["--min-free-gb", "nan"], "--min-free-gb must be 0 (no check) or more"),
-                         (["--experiment", " "], "--experiment must name an MLflow experiment (it is empty)")]:
+                         (["--experiment", " "], "--experiment must name an MLflow experiment (it is empty)"),
+                         # 'a/b' made nested folders that --resume without --name never found, and 'my sweep' a
+                         # printed `--resume --name my sweep` that a shell splits
+                         *[(["--name", name], f"--name {name!r}: use letters, digits, '.', '_' or '-', beginning "
+                                              "with a letter or digit") for name in ("a/b", "my sweep", "..", "")]]:
         with pytest.raises(SystemExit):
             parse_args(bad)
-        assert f"error: {message}\n" in capsys.readouterr().err
+        assert f"error: {message}" in capsys.readouterr().err
+    assert parse_args(["--name", "demo-20261129-081336", "--resume"]).name == "demo-20261129-081336"
 
 
 def test_the_plan_never_asks_a_private_ray_for_more_than_it_has(caplog: pytest.LogCaptureFixture) -> None:
