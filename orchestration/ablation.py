@@ -19,6 +19,7 @@ WF1 on MELD, mean ± std over folds and seeds) goes to reports/<table>-<corpus>.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
           + "\n".join(f"{ext}: {path}" for ext, path in paths.items())
           + f"\nMLflow parent run: {parent_run_id} (experiment {args.experiment!r}, {where.tracking_uri})\n"
           f"Compare the rows: {mlflow_ui.ui_command(where.tracking_uri, experiment_id, row_runs)}\n"
-          f"Rebuild the report: python orchestration/report.py --experiment {args.experiment} --table {grid.table} "
+          f"Rebuild the report: python orchestration/report.py --experiment {shlex.quote(args.experiment)} "
+          f"--table {grid.table} "
           f"--run-id {parent_run_id}",
           flush=True)
     return 1 if failed else 0

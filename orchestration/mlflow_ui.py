@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -75,7 +76,7 @@ def ui_command(uri: str, experiment_id: str, compare: list[str] | None = None) -
         text = f"open {experiment_page(base, experiment_id)} (on a cluster: ray attach cluster.yaml -p 5000 first)"
     else:
         base = "http://127.0.0.1:5000"
-        text = (f"mlflow ui --backend-store-uri {uri} --port 5000   # then open "
+        text = (f"mlflow ui --backend-store-uri {shlex.quote(uri)} --port 5000   # then open "
                 f"{experiment_page(base, experiment_id)}")
     if compare and len(compare) > 1:
         text += f"\n  side by side: {compare_page(base, experiment_id, compare)}"

@@ -8,6 +8,7 @@ with its paper row and features once the grid has run, and carries its parameter
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ def row_caches(grid: Grid, data: SweepData, caches_root: str | None, overrides: 
                            Path(data.manifest_dir).parent / "models")
     missing = {row: cache for row, cache in own.items() if not cache_exists(cache)}
     if missing:
-        hints = "\n".join(f"  {row}: tfmamba features --manifest {data.manifest_dir} --extractor "
-                          f"{grid.info[row].extractor or 'EXTRACTOR'} --out {cache}" for row, cache in missing.items())
+        hints = "\n".join(f"  {row}: tfmamba features --manifest {shlex.quote(str(data.manifest_dir))} --extractor "
+                          f"{grid.info[row].extractor or 'EXTRACTOR'} --out {shlex.quote(cache)}"
+                          for row, cache in missing.items())
         raise SystemExit(f"no feature cache for row(s) {list(missing)}; make them (or pick rows with --rows, "
                          f"or point --caches-root / --row-cache at them):\n{hints}")
     without = [row for row in grid.rows if row not in own]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def study_exists(storage, name: str) -> bool:
 
 def dashboard_command(url: str) -> str:
     """The command that shows the studies at `url` in a browser."""
-    return f"optuna-dashboard {url}   # pip install '.[dashboard]'; then open http://127.0.0.1:8080"
+    return f"optuna-dashboard {shlex.quote(url)}   # pip install '.[dashboard]'; then open http://127.0.0.1:8080"
 
 
 def sampler(seed: int, concurrent: int, objectives: int = 1):

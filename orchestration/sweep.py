@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 
@@ -120,7 +121,7 @@ def prepare_study(args: argparse.Namespace, name: str, space: SearchSpace, modes
         storage = study.open_storage(storage_url)
         if study.study_exists(storage, name):
             raise study.StudyError(f"an Optuna study named {name!r} already exists in {storage_url}; pick another "
-                                   f"--name, or delete it: optuna delete-study --storage {storage_url} "
+                                   f"--name, or delete it: optuna delete-study --storage {shlex.quote(storage_url)} "
                                    f"--study-name {name}")
         if args.warm_start:
             distributions = OptunaSearch.convert_search_space(space.param_space())
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
           f"run {parent_run_id})\n"
           f"  Optuna study {where.name!r}: {study.dashboard_command(study_url)}\n"
           f"  resume after an interruption: python orchestration/sweep.py --resume --name {where.name} "
-          f"--storage-path {args.storage_path} ...(same options)\n", flush=True)
+          f"--storage-path {shlex.quote(args.storage_path)} ...(same options)\n", flush=True)
     with FreeSpaceGuard(where.folders, args.min_free_gb) as guard:
         results = build_tuner(args, where, space, ctx, layout, study_url, objectives).fit()
     close_dispatcher(0)

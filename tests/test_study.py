@@ -19,6 +19,18 @@ def test_the_study_sits_beside_an_sqlite_mlflow_else_beside_the_tune_state(tmp_p
     assert study.study_storage_url("sqlite:///a.db", "/x", "postgresql://u@h/optuna") == "postgresql://u@h/optuna"
 
 
+def test_printed_commands_quote_paths_with_spaces() -> None:
+    """A results folder with a space (macOS's "Application Support", a shared drive) printed `mlflow ui` and
+    `optuna-dashboard` commands that a shell splits."""
+    from orchestration.mlflow_ui import ui_command
+
+    url = "sqlite:////data/my results/optuna.db"
+    assert study.dashboard_command(url).startswith(f"optuna-dashboard '{url}'   # ")
+    assert study.dashboard_command("sqlite:////data/optuna.db").startswith("optuna-dashboard sqlite:////data/optuna.db ")
+    assert ui_command("sqlite:////data/my results/mlflow.db", "1").startswith(
+        "mlflow ui --backend-store-uri 'sqlite:////data/my results/mlflow.db' --port 5000")
+
+
 def test_a_storage_folder_that_cannot_be_made_is_a_study_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
