@@ -90,9 +90,11 @@ def retried(func: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
-def resolve_tracking_uri(cli_uri: str | None, cwd: Path | None = None) -> str:
-    """`--mlflow-uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db` (absolute, for workers)."""
-    uri = cli_uri or os.environ.get(ENV_URI)
+def resolve_tracking_uri(cli_uri: str | None, cwd: Path | None = None,
+                         env: Mapping[str, str] | None = None) -> str:
+    """`--mlflow-uri`, else $MLFLOW_TRACKING_URI (of `env`, default os.environ), else `sqlite:///<cwd>/mlflow.db`
+    (absolute, for workers)."""
+    uri = cli_uri or (os.environ if env is None else env).get(ENV_URI)
     if not uri:
         return f"sqlite:///{(cwd or Path.cwd()).resolve() / DEFAULT_DB}"
     database = sqlite_path(uri)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,6 +289,14 @@ def _pm(metrics: dict[str, Any], split: str, key: str) -> str:
     return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def serve_command(model_uri: str, tracking_uri: str) -> str:
+    """`mlflow models serve` of `model_uri`, with the store to find it in unless it is MLflow's default from here
+    (./mlflow.db): without it the command looked in ./mlflow.db and found no such model."""
+    store = "" if tracking_uri == mlflow_runs.resolve_tracking_uri(None, env={}) else \
+        f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} "
+    return f"{store}mlflow models serve -m {model_uri} --env-manager local"
+
+
 def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tune_path: str) -> None:
     counts = {s: sum(t.status == s for t in summary.trials) for s in STATUS_ORDER}
     counts = {s: n for s, n in counts.items() if n or s == "complete"}
@@ -322,7 +331,7 @@ def print_summary(summary: SweepSummary, ctx: SweepContext, experiment: str, tun
             alias = f"models:/{reg.name}@champion"
             lines.append(f"Registered as {reg.uri}" + (f", now {alias}" if reg.champion else
                                                       f" ({alias} stays on a version as good or better)")
-                         + f"; serve it: mlflow models serve -m {alias} --env-manager local")
+                         + f"; serve it: {serve_command(alias, ctx.tracking_uri)}")
     if summary.pareto:
         names = [name for name, _ in summary.objectives]
         lines.append(f"Pareto front ({', '.join(f'{n} {m}' for n, m in summary.objectives)}; tagged pareto=true "

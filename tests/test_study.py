@@ -19,10 +19,20 @@ def test_the_study_sits_beside_an_sqlite_mlflow_else_beside_the_tune_state(tmp_p
     assert study.study_storage_url("sqlite:///a.db", "/x", "postgresql://u@h/optuna") == "postgresql://u@h/optuna"
 
 
-def test_printed_commands_quote_paths_with_spaces() -> None:
+def test_printed_commands_quote_paths_with_spaces_and_name_the_store(tmp_path: Path, monkeypatch) -> None:
     """A results folder with a space (macOS's "Application Support", a shared drive) printed `mlflow ui` and
-    `optuna-dashboard` commands that a shell splits."""
+    `optuna-dashboard` commands that a shell splits; `mlflow models serve` of a sweep's model in a store other than
+    ./mlflow.db looked for it there."""
     from orchestration.mlflow_ui import ui_command
+    from orchestration.results import serve_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    here = f"sqlite:///{tmp_path}/mlflow.db"
+    assert serve_command("models:/m@champion", here) == "mlflow models serve -m models:/m@champion --env-manager local"
+    assert serve_command("models:/m@champion", "sqlite:////data/my results/mlflow.db") == (
+        "MLFLOW_TRACKING_URI='sqlite:////data/my results/mlflow.db' mlflow models serve -m models:/m@champion "
+        "--env-manager local")
 
     url = "sqlite:////data/my results/optuna.db"
     assert study.dashboard_command(url).startswith(f"optuna-dashboard '{url}'   # ")
