@@ -186,10 +186,11 @@ def resolve_address(address: str) -> tuple[str | None, str]:
 
 
 def host_port(address: str) -> tuple[str, int]:
+    """The host and port of `HOST:PORT` (`[::1]:6379` gives `::1`, as sockets take it)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise RayJoinError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
-    return host, int(port)
+    return host.strip("[]"), int(port)
 
 
 def probe_cluster(address: str, source: str) -> None:

@@ -82,7 +82,8 @@ def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> 
     manifest."""
     cache_uri = absolute(cache)
     try:
-        cache_meta = read_metadata(*resolve(cache_uri))
+        filesystem, root = resolve(cache_uri)
+        cache_meta = read_metadata(filesystem, root)
     except DataError as err:  # an unknown scheme, a bucket out of reach
         raise SystemExit(f"{what} {cache}: {err}") from None
     if cache_meta is None:
@@ -93,8 +94,8 @@ def check_cache(cache: str, manifest_dir: str | Path, what: str = "--cache") -> 
                          f"`tfmamba features` to end")
     if cache_meta.get("manifest_hash") not in (None, read_manifest_metadata(manifest_dir)["manifest_hash"]):
         raise SystemExit(f"{what} {cache}: made for another manifest than {manifest_dir} (rebuild the cache)")
-    held, skipped, expected = int(cache_meta.get("n_utts", 0)), len(read_skipped(*resolve(cache_uri))), \
-        manifest_rows(manifest_dir)
+    held, skipped = int(cache_meta.get("n_utts", 0)), len(read_skipped(filesystem, root))
+    expected = manifest_rows(manifest_dir)
     if held + skipped < expected:  # its folds would fail on the utterances not extracted yet
         raise SystemExit(f"{what} {cache}: holds {held} of the manifest's {expected} utterances and lists {skipped} "
                          f"as skipped: its build has not finished (the same `tfmamba features` command completes it)")
