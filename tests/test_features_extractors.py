@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -142,8 +145,32 @@ def test_whisper_encoder_is_cropped_to_real_audio(tmp_path):
 def test_unknown_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"nowhere: no such model folder \(give a saved model's folder, or a hub"):
         get_extractor(str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match="cannot load speech encoder"):
+    with pytest.raises(ConfigError, match="no config.json in this model folder"):
         get_extractor(str(tmp_path))  # a folder, but no model in it
+
+
+def test_broken_or_wrong_model_folders_are_config_errors(tiny_wavlm, tmp_path):
+    """A weights file cut short (an interrupted copy) or a text model: one error naming it, not a traceback."""
+    from transformers import BertConfig, BertModel
+
+    cut = shutil.copytree(tiny_wavlm, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=r"cannot load speech encoder .*cut short"):
+        get_extractor(str(cut))
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConfigError, match="a 'bert' model is not a speech encoder"):
+        get_extractor(str(tmp_path / "bert"))
+
+
+def test_loading_and_extracting_keep_the_console_quiet(tiny_wavlm, capfd):
+    """No "Loading weights" bar and no torch warning per batch (WavLM's mixed mask types) in a user's console."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ext = get_extractor(tiny_wavlm, device="cpu")
+        ext(waves())
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.gpu

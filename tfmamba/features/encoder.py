@@ -10,14 +10,19 @@ frames that cover real audio, and windows never exceed 30 s.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import pickle
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from tfmamba.device import pick_device
 from tfmamba.errors import ConfigError, DataError
@@ -27,6 +32,8 @@ log = logging.getLogger(__name__)
 
 WHISPER_MAX_SECONDS = 30.0
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+# WavLM's attention gives torch a bool padding mask beside its float position bias; torch warns on every batch.
+MASK_TYPES_WARNING = "Support for mismatched key_padding_mask and attn_mask"
 
 
 def weights_hash(folder: str | os.PathLike) -> str:
@@ -41,6 +48,37 @@ def weights_hash(folder: str | os.PathLike) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+def _check_local_folder(name_or_path: str) -> None:
+    """A path-like name must be a folder holding config.json: say so before transformers guesses at a hub name."""
+    folder = Path(name_or_path).expanduser()
+    if not name_or_path.startswith(("/", ".", "~")) and not folder.is_dir():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{name_or_path}: no such model folder (give a saved model's folder, or a hub name "
+                          f"such as microsoft/wavlm-large)")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{name_or_path}: no config.json in this model folder (save the model with "
+                          f"save_pretrained, or give a hub name such as microsoft/wavlm-large)")
+
+
+def _truncated_hint(err: Exception) -> str:
+    if isinstance(err, (SafetensorError, pickle.UnpicklingError)) or "failed reading zip archive" in str(err):
+        return " (a weights file cut short, e.g. by an interrupted copy or download: copy or download it again)"
+    return ""
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Hide transformers' own "Loading weights" bar (the hub's download bars stay): consoles stay quiet."""
+    from transformers.utils.logging import set_tqdm_hook
+
+    previous = set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    try:
+        yield
+    finally:
+        set_tqdm_hook(previous)
 
 
 def _receptive_field(kernels: list[int], strides: list[int]) -> int:
@@ -59,15 +97,20 @@ class EncoderExtractor(Extractor):
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
         self.name = canonical_name(name_or_path)
-        if name_or_path.startswith(("/", ".", "~")) and not Path(name_or_path).is_dir():
-            raise ConfigError(f"{name_or_path}: no such model folder (give a saved model's folder, or a hub name "
-                              f"such as microsoft/wavlm-large)")
+        _check_local_folder(name_or_path)
         try:
             config = AutoConfig.from_pretrained(name_or_path)
-            self.processor = AutoFeatureExtractor.from_pretrained(name_or_path)
-            model = AutoModel.from_pretrained(name_or_path)
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load speech encoder {name_or_path!r}: {err}") from err
+        if config.model_type != "whisper" and not hasattr(config, "conv_stride"):
+            raise ConfigError(f"{name_or_path}: a {config.model_type!r} model is not a speech encoder; give a "
+                              f"WavLM, HuBERT, wav2vec2 or Whisper model (a hub name or a saved folder)")
+        try:
+            self.processor = AutoFeatureExtractor.from_pretrained(name_or_path)
+            with _no_loading_bar():
+                model = AutoModel.from_pretrained(name_or_path)
+        except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
+            raise ConfigError(f"cannot load speech encoder {name_or_path!r}: {err}{_truncated_hint(err)}") from err
         self.is_whisper = config.model_type == "whisper"
         self.model = (model.get_encoder() if self.is_whisper else model).eval()
         self.device = pick_device(device)
@@ -110,7 +153,8 @@ class EncoderExtractor(Extractor):
         kwargs = {key: inputs[key].to(self.device), "output_hidden_states": self.layer is not None}
         if self.use_mask and not self.is_whisper:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=MASK_TYPES_WARNING, category=UserWarning)
             out = self.model(**kwargs)
             hidden = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
             valid = self._valid_frames(waves, hidden.shape[1])
