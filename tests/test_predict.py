@@ -320,6 +320,23 @@ def test_extractor_dim_differs_from_the_model(tmp_path):
         Predictor.load(folder, device="cpu")
 
 
+def test_an_encoder_folder_this_machine_lacks_can_be_given_again(model_dir, tmp_path, capsys):
+    """A model trained on a cluster's local copy of an encoder, predicted elsewhere: model.json names a folder
+    that is not here. The error says how to give a copy; `--extractor` gives it (fbank stands in for the copy)."""
+    missing = str(tmp_path / "cluster" / "wavlm-large")
+    folder = tamper(Path(shutil.copytree(model_dir, tmp_path / "m")), lambda d: d["feature"].update(extractor=missing))
+    with pytest.raises(DataError, match=f"speech encoder in {missing}, a folder this machine does not have; give a "
+                                        f"copy .* with `tfmamba predict --extractor`"):
+        Predictor.load(folder, device="cpu")
+    clip = tmp_path / "c.wav"
+    soundfile.write(clip, speechlike(2.0), 16000)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(clip), "--model", str(folder), "--extractor", "fbank", "--csv", str(out)]) == 0
+    expected = Predictor.load(model_dir, device="cpu").predict_file(clip)
+    (row,) = csv.DictReader(out.open())
+    assert row["label"] == expected.label and float(row["prob_neu"]) == pytest.approx(expected.probabilities["neu"], abs=1e-6)
+
+
 def test_missing_or_broken_model_folders(model_dir, tmp_path, capsys):
     with pytest.raises(DataError, match="no such model folder"):
         Predictor.load(tmp_path / "nowhere")

@@ -14,6 +14,7 @@ probabilities of the windows are averaged, weighted by their frame counts: one p
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -140,6 +141,17 @@ def check_extractor(extractor: Extractor, feature: dict[str, Any], model: TFMamb
                        extractor.revision_or_hash, feature.get("revision"))
 
 
+def _named_extractor(feature: dict[str, Any], where: str) -> str:
+    """model.json's extractor, unless it is a local folder that this machine lacks (the cluster's copy of an
+    encoder, a model fetched from MLflow elsewhere): then an error that says how to give a copy."""
+    name = str(feature["extractor"])
+    if os.path.isabs(name) and not os.path.isdir(name):
+        raise DataError(f"{where}: the model was trained on features of the speech encoder in {name}, a folder this "
+                        f"machine does not have; give a copy of that encoder (a folder, or its hub name such as "
+                        f"microsoft/wavlm-large) with `tfmamba predict --extractor` (Predictor.load(extractor=...))")
+    return name
+
+
 def find_audio(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given (missing ones too, to be reported), folders searched recursively for audio files (a folder
     without any is logged, unless nothing is found at all: the caller says that). An empty name (an unset shell
@@ -191,10 +203,12 @@ class Predictor:
 
     @classmethod
     def load(cls, model_ref: str | Path, device: str | None = None, window_seconds: float | None = None,
-             tracking_uri: str | None = None) -> Predictor:
+             tracking_uri: str | None = None, extractor: str | None = None) -> Predictor:
         """Load a trainer output folder or an MLflow model URI and the extractor its model.json names.
 
-        `window_seconds` defaults to the extractor's `max_seconds` (30 s)."""
+        `window_seconds` defaults to the extractor's `max_seconds` (30 s). `extractor` replaces the speech
+        encoder model.json names (a folder or hub name), for a model trained on a local copy of an encoder
+        that is not on this machine; it is checked against the model like the named one."""
         dev = pick_device(device)
         with tempfile.TemporaryDirectory(prefix="tfmamba-model-") as tmp:
             folder = resolve_model(model_ref, tmp, tracking_uri)
@@ -202,13 +216,13 @@ class Predictor:
             model, description = _load_weights(folder, dev)
         feature = description["feature"]
         window = window_seconds or DEFAULT_WINDOW_SECONDS
-        extractor = get_extractor(feature["extractor"], layer=feature.get("layer"), device=str(dev),
-                                  max_seconds=window)
-        check_extractor(extractor, feature, model, str(model_ref))
-        window = extractor.max_seconds or window
+        encoder = extractor or _named_extractor(feature, str(model_ref))
+        rebuilt = get_extractor(encoder, layer=feature.get("layer"), device=str(dev), max_seconds=window)
+        check_extractor(rebuilt, feature, model, str(model_ref))
+        window = rebuilt.max_seconds or window
         logger.info("model %s: %s, labels %s, features %s (%d-dim), windows of %g s, on %s", model_ref,
-                    model.config.variant, description["labels"], extractor.name, extractor.dim, window, dev)
-        return cls(model, description, extractor, dev, window, source=str(model_ref))
+                    model.config.variant, description["labels"], rebuilt.name, rebuilt.dim, window, dev)
+        return cls(model, description, rebuilt, dev, window, source=str(model_ref))
 
     def predict_wave(self, wave: np.ndarray, sample_rate: int, name: str = "<wave>") -> Prediction:
         """Predict one clip given as samples: (n,) mono or (n, channels), any rate."""

@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--window-seconds", type=seconds(MIN_WINDOW_SECONDS), default=None,
                         help="window length for long clips (default: the extractor's max_seconds, 30 s; at least "
                              f"{MIN_WINDOW_SECONDS:g})")
+    parser.add_argument("--extractor", default=None, metavar="FOLDER_OR_NAME",
+                        help="the speech encoder to extract features with, in place of the one the model names "
+                             "(model.json's feature extractor): for a model trained on a local copy of an encoder "
+                             "that this machine keeps elsewhere or not at all, e.g. a folder holding "
+                             "microsoft/wavlm-large. Its dims and frame rate must match the model's; another "
+                             "revision is warned about")
     add_device_option(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (when stderr is not a terminal, e.g. a log file, they update every 30 s)")
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"} if args.no_progress or not sys.stderr.isatty() else {}
     with environment_defaults(MLFLOW_HTTP_ENV | quiet):
         predictor = Predictor.load(args.model, device=args.device, window_seconds=args.window_seconds,
-                                   tracking_uri=args.tracking_uri)
+                                   tracking_uri=args.tracking_uri, extractor=args.extractor)
     bar = progress_bar(total=len(paths), unit="file", desc="predict", disable=args.no_progress or len(paths) < 2)
     results = []
     try:
