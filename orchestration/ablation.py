@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = parse_seeds(args.seeds)
     try:
         grid = load_grid(args.grid, args.demo, options.parse_overrides(args.overrides))
-        grid = grid.select(args.rows.split(",")) if args.rows else grid
+        grid = grid.select(args.rows.split(",")) if args.rows is not None else grid
     except SearchSpaceError as err:
         raise SystemExit(f"grid: {err}") from None
     data = resolve_data(args.manifest, args.cache, options.parse_folds(args.folds, demo=args.manifest is None),

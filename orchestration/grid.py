@@ -67,7 +67,10 @@ class Grid:
         return space
 
     def select(self, names: list[str]) -> Grid:
-        """The grid with only the rows `names` (in the file's order)."""
+        """The grid with only the rows `names` (in the file's order; spaces around a name ignored)."""
+        names = [name.strip() for name in names if name.strip()]
+        if not names:
+            raise SearchSpaceError(f"no rows given to run; the rows of {self.path.name}: {list(self.rows)}")
         unknown = sorted(set(names) - set(self.rows))
         if unknown:
             raise SearchSpaceError(f"no row(s) {unknown} in {self.path.name}; its rows: {list(self.rows)}")

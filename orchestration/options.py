@@ -109,14 +109,18 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def parse_folds(text: str | None, demo: bool) -> list[int] | None:
-    """`--folds`: None for all folds, else the fold numbers (the demo defaults to its first three)."""
-    text = text or (DEMO_FOLDS if demo else "all")
+    """`--folds`: None for all folds, else the fold numbers (the demo defaults to its first three). A value that
+    names no fold (`--folds "$FOLDS"` with FOLDS unset) is an error, not a silent default."""
+    text = (DEMO_FOLDS if demo else "all") if text is None else text
     if text.strip().lower() == "all":
         return None
     try:
         folds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise SystemExit(f"--folds {text!r}: give 'all' or fold numbers like 1,2,3") from None
+    if not folds:
+        raise SystemExit(f"--folds {text!r} names no fold (an unset shell variable?): give 'all' or fold numbers "
+                         "like 1,2,3")
     twice = sorted({fold for fold in folds if folds.count(fold) > 1})
     if twice:  # a trial would wait for good for the second run of a fold it has already finished
         raise SystemExit(f"--folds {text!r}: fold {', '.join(map(str, twice))} listed twice; each fold runs once "

@@ -23,14 +23,15 @@ RowCaches = dict[str, tuple[str, dict[str, object]]]  # row -> (cache location, 
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...]:
-    """`--seeds`: a count N (seeds 0..N-1) or a comma list; none = each fold once with the config's seed."""
-    if not text:
+    """`--seeds`: a count N (seeds 0..N-1) or a comma list; none = each fold once with the config's seed. A value
+    that names no seed (`--seeds "$SEEDS"` with SEEDS unset) is an error, not a silent default."""
+    if text is None:
         return ()
     try:
         seeds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise SystemExit(f"--seeds {text!r}: give a count like 5 or seeds like 0,1,2") from None
-    if "," not in text:
+    if "," not in text and seeds:
         seeds = tuple(range(seeds[0]))
     if not seeds or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds {text!r}: give at least one seed, each once")

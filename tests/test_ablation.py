@@ -96,6 +96,9 @@ def test_table2_grid_rows_caches_and_paper_numbers(tmp_path: Path) -> None:
     assert list(grid.select(["wavlm-large", "hubert-base"]).rows) == ["hubert-base", "wavlm-large"]
     with pytest.raises(SearchSpaceError, match="no row"):
         grid.select(["wavlm-xl"])
+    assert list(grid.select("wavlm-large, hubert-base".split(",")).rows) == ["hubert-base", "wavlm-large"]
+    with pytest.raises(SearchSpaceError, match="no rows given to run"):  # `--rows "$ROWS"` unset ran every row
+        grid.select("".split(","))
     demo_grid = load_grid("table2", demo=True)
     assert list(demo_grid.rows) == ["fbank", "tiny-wav2vec2", "tiny-hubert", "tiny-wavlm"]
     assert {n: i.paper_row for n, i in demo_grid.info.items()} == {
@@ -108,6 +111,9 @@ def test_seeds_repeat_each_fold_and_aggregate() -> None:
     from orchestration.trial import SweepContext, parse_unit, summarize, unit_key
 
     assert parse_seeds("3") == (0, 1, 2) and parse_seeds("4,7") == (4, 7) and parse_seeds(None) == ()
+    for empty in ("", " ", ","):  # an unset shell variable: '' ran each fold once, ' ' was an IndexError
+        with pytest.raises(SystemExit, match="give at least one seed"):
+            parse_seeds(empty)
     ctx = SweepContext("s", None, "m", "c", (1,), "o", "t", "u", "e", "p", seeds=(0, 1))
     assert ctx.units() == [(1, 0), (1, 1)] and SweepContext("s", None, "m", "c", (1, 2), "o", "t", "u", "e",
                                                             "p").units() == [(1, None), (2, None)]

@@ -75,6 +75,9 @@ def test_folds_option() -> None:
         parse_folds("one", demo=False)
     with pytest.raises(SystemExit, match="fold 1 listed twice"):  # the sweep used to wait for good for its second run
         parse_folds("1, 2,1", demo=False)
+    for empty in ("", " ", ","):  # an unset shell variable: it ran every fold (the demo's 5, not its 3)
+        with pytest.raises(SystemExit, match="names no fold"):
+            parse_folds(empty, demo=True)
 
 
 def test_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
