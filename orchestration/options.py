@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from orchestration.preflight import DEFAULT_MIN_FREE_GB
+from tfmamba.commands import refuse_empty_values
 
 DEFAULT_STORAGE = "ray_results"
 DEMO_FOLDS = "1,2,3"  # the demo cross-validates 3 of its 5 folds, to finish in minutes on 2 cores
@@ -89,7 +90,8 @@ def add_verbose_option(parser: argparse.ArgumentParser, unit: str) -> None:
 
 def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Value checks of the shared options: counts at least 1, retry counts -1 (no limit) or more, free space 0 (no
-    check) or more, an MLflow experiment with a name, a run name that is one plain folder name."""
+    check) or more, an MLflow experiment with a name, a run name that is one plain folder name, no option given an
+    empty value."""
     for name in ("workers_per_fold", "max_concurrent", "parallel_folds", "max_fold_slots"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -106,6 +108,7 @@ def check_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--name {name!r}: use letters, digits, '.', '_' or '-', beginning with a letter or digit (at "
                      "most 100 characters): it names folders, the MLflow run, the Optuna study and the printed "
                      "--resume command")
+    refuse_empty_values(parser, args)
 
 
 def parse_folds(text: str | None, demo: bool) -> list[int] | None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from orchestration import launch, mlflow_runs, options
 from orchestration.preflight import check_local, check_tracking_store
 from orchestration.table_report import DEFAULT_EXPERIMENT, DEFAULT_OUT, build_report, find_parent_run
+from tfmamba.commands import refuse_empty_values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which table's runs to look for: 3, 2 or a name (default: table3)")
     parser.add_argument("--mlflow-uri", default=None, help=options.MLFLOW_HELP)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the files (default: ./{DEFAULT_OUT})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_empty_values(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,25 @@ def test_train_command_refuses_bad_settings_before_writing_anything(tmp_path, ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--out", ""], "--out is empty (an unset shell variable?)"),  # trained into runs/train/fold-1
+        (["train", "--config", " "], "--config is empty"),  # "Is a directory: ."
+        (["predict", "a.wav", "--model", "m", "--tracking-uri", ""], "--tracking-uri is empty"),
+        (["prepare", "demo", "--out", ""], "argument --out: '' is empty"),  # wrote the manifest into ./
+        (["prepare", "csv", "--csv", "", "--out", "o"], "argument --csv: '' is empty"),  # "Is a directory"
+    ],
+)
+def test_an_option_given_an_empty_value_is_refused_naming_it(tmp_path, monkeypatch, capsys, argv, message):
+    """`--out "$OUT"` with OUT unset: the value is empty, and taken as "not given" it silently meant a default."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_command_refuses_a_config_file_with_a_typo(tmp_path, capsys):
     config = tmp_path / "mine.yaml"
     config.write_text("d_model: 64\ncmdt_temprature: 0.1\n", encoding="utf-8")

@@ -92,7 +92,10 @@ def test_argument_checks(capsys: pytest.CaptureFixture[str]) -> None:
                          # 'a/b' made nested folders that --resume without --name never found, and 'my sweep' a
                          # printed `--resume --name my sweep` that a shell splits
                          *[(["--name", name], f"--name {name!r}: use letters, digits, '.', '_' or '-', beginning "
-                                              "with a letter or digit") for name in ("a/b", "my sweep", "..", "")]]:
+                                              "with a letter or digit") for name in ("a/b", "my sweep", "..", "")],
+                         # an unset shell variable: these ran with ./mlflow.db, and without a warm start
+                         (["--mlflow-uri", ""], "--mlflow-uri is empty (an unset shell variable?)"),
+                         (["--warm-start", " "], "--warm-start is empty")]:
         with pytest.raises(SystemExit):
             parse_args(bad)
         assert f"error: {message}" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from tfmamba.commands import refuse_empty_values
 from tfmamba.errors import TFMambaError, write_failure
 
 COMMANDS: tuple[str, ...] = ("params", "prepare", "features", "train", "predict")
@@ -50,7 +51,9 @@ def tolerate_narrow_consoles() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tolerate_narrow_consoles()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_empty_values(parser, args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,8 +5,22 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 MIN_WINDOW_SECONDS = 1.0  # shorter windows cut a clip into pieces too short to carry an emotion
+
+
+def refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An option given an empty or blank value (`--cache "$CACHE"` with CACHE unset) stops the command naming the
+    option: read as "not given" it silently meant the default (the demo corpus, the newest run, ./mlflow.db)."""
+    for action in parser._actions:  # argparse keeps a parser's options here; no public accessor exists
+        value = getattr(args, action.dest, None)
+        if isinstance(action, argparse._SubParsersAction):
+            if value in action.choices:
+                refuse_empty_values(action.choices[value], args)
+        elif action.option_strings and isinstance(value, str) and not value.strip() and value != action.default:
+            parser.error(f"{'/'.join(action.option_strings)} is empty (an unset shell variable?): give a value, or "
+                         f"leave the option out for its default")
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -36,3 +50,11 @@ def seconds(minimum: float) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds, at least {minimum:g}")
         return value
     return parse
+
+
+def path(text: str) -> Path:
+    """An argparse type for a path option, refusing a blank value (an unset shell variable), which `Path` reads as
+    the current folder: `prepare --out "$OUT"` wrote a manifest there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty (an unset shell variable?)")
+    return Path(text)

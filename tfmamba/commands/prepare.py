@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from tfmamba.commands import path
 
 DESCRIPTION = (
     "Build a corpus manifest. Writes DIR/manifest.parquet (utt_id, path, label, speaker, "
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SessionN/sentences/wav/. Keeps neu, ang, sad and hap (exc merged into hap); other "
         "labels are dropped and counted. Folds: leave one session out.",
     )
-    iemocap.add_argument("--root", required=True, type=Path, help="the IEMOCAP_full_release folder")
+    iemocap.add_argument("--root", required=True, type=path, help="the IEMOCAP_full_release folder")
     iemocap.add_argument("--max-duration", type=float, default=None, help="skip clips longer than this (seconds)")
 
     meld = corpora.add_parser(
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "down, as train/train_splits/). Missing, "
         "undecodable, over-long clips and clips with no row go to problems.csv.",
     )
-    meld.add_argument("--root", required=True, type=Path, help="the MELD.Raw folder")
+    meld.add_argument("--root", required=True, type=path, help="the MELD.Raw folder")
     meld.add_argument("--max-duration", type=float, default=60.0, help="skip clips longer than this (seconds; default 60)")
 
     table = corpora.add_parser(
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or surrounding spaces (Neutral, neutral) stop the command before anything is written: "
         "fix the CSV, or for labels say what you meant with --labels or --label-map.",
     )
-    table.add_argument("--csv", required=True, type=Path, help="the label CSV")
+    table.add_argument("--csv", required=True, type=path, help="the label CSV")
     table.add_argument(
         "--labels",
         nargs="+",
@@ -77,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--clips-per-speaker", type=int, default=80, help="clips per speaker (default 80: 800 clips)")
 
     for sub in (iemocap, meld, table, demo):
-        sub.add_argument("--out", required=True, type=Path, help="output folder")
+        sub.add_argument("--out", required=True, type=path, help="output folder")
         sub.add_argument("--valid-fraction", type=float, default=0.1, help="validation share of the training sessions (default 0.1)")
         sub.add_argument("--fold-seed", type=int, default=0, help="seed of the validation choice (default 0)")
         sub.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
