@@ -134,7 +134,9 @@ def test_a_build_where_every_clip_is_skipped_fails_and_a_rerun_takes_them_once_m
     assert main(args) == 1
     captured = capsys.readouterr()
     assert "0 written, 5 skipped" in captured.out
-    assert f"tfmamba features: error: no utterance could be extracted; why each was skipped is in {out}" in captured.err
+    assert ("tfmamba features: error: no utterance could be extracted; every clip is missing (the first: "
+            f"{tmp_path}/c") in captured.err and "has the audio moved since the manifest was made?" in captured.err
+    assert f"why each was skipped is in {out}" in captured.err and "  skipped: 5 missing file" in captured.out
     for clip in moved.iterdir():
         clip.rename(tmp_path / clip.name)
     assert main(args) == 0

@@ -52,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     print(report.summary())
     if not report.cache_utts:  # nothing to train on: every utterance was skipped
-        print(f"tfmamba features: error: no utterance could be extracted; why each was skipped is in "
+        moved = ""
+        if report.skip_kinds().get("missing file") == report.skipped:
+            moved = (f" every clip is missing (the first: {report.problems[0]['path']}): has the audio moved since the "
+                     f"manifest was made? Run `tfmamba prepare` again where it lies;")
+        print(f"tfmamba features: error: no utterance could be extracted;{moved} why each was skipped is in "
               f"{report.problems_uri}", file=sys.stderr)
         return 1
     return 0

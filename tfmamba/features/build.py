@@ -8,7 +8,9 @@ cache; nothing is half-written.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -19,6 +21,8 @@ from tfmamba.features.writer import FeatureWriter
 from tfmamba.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
+
+LOGGED_SKIPS = 10  # skipped clips logged one by one; the rest only in problems.csv (a moved corpus skips them all)
 
 
 @dataclass
@@ -40,6 +44,10 @@ class BuildReport:
     def skipped(self) -> int:
         return len(self.problems)
 
+    def skip_kinds(self) -> Counter[str]:
+        """Skipped utterances by the kind of their reason (`missing file`, `undecodable`, ...), most first."""
+        return Counter(re.split(r" \(|: ", problem["reason"], maxsplit=1)[0] for problem in self.problems)
+
     @property
     def utts_per_s(self) -> float:
         return self.written / self.seconds if self.seconds else 0.0
@@ -58,6 +66,8 @@ class BuildReport:
         ]
         if self.windowed:
             lines.append(f"  long clips processed in windows: {self.windowed}")
+        if self.skipped:
+            lines.append("  skipped: " + ", ".join(f"{n} {kind}" for kind, n in self.skip_kinds().most_common()))
         lines.append(f"  problems: {self.problems_uri} ({self.skipped} rows)")
         return "\n".join(lines)
 
@@ -85,7 +95,11 @@ def build_cache(table: pd.DataFrame, manifest_hash: str, extractor: Extractor, o
     bar = _progress(len(rows), progress)
 
     def skip(utt_id: str, path: str, reason: str) -> None:
-        log.warning("skipping %s: %s", utt_id, reason)
+        reason = reason.removeprefix(f"{path}: ").removeprefix(f"{utt_id}: ")  # both have columns of their own
+        if report.skipped < LOGGED_SKIPS:
+            log.warning("skipping %s (%s): %s", utt_id, path, reason)
+        elif report.skipped == LOGGED_SKIPS:
+            log.warning("more clips skipped: the rest are listed in problems.csv only, and counted at the end")
         report.problems.append({"utt_id": utt_id, "path": path, "reason": reason})
 
     with writer:
