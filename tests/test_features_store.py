@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import soundfile
 
-from tfmamba.corpora.manifest import read_problems
+from tfmamba.corpora.manifest import LOGGED_PER_REASON, read_problems
 from tfmamba.errors import DataError
-from tfmamba.features.build import LOGGED_SKIPS, build_cache
+from tfmamba.features.build import build_cache
 from tfmamba.features.factory import get_extractor
 from tfmamba.features.fbank import FbankExtractor
 from tfmamba.features.store import FeatureStore
@@ -172,16 +172,16 @@ def test_a_corpus_that_moved_is_not_a_flood_of_warnings(tmp_path, caplog):
     """Every clip missing (the audio moved after `prepare`) logged one warning per clip: 5531 lines for IEMOCAP.
     The first few are logged, the rest counted by kind in the summary; problems.csv keeps every one, its reason
     without the path that has a column of its own."""
-    table = corpus(tmp_path, n=LOGGED_SKIPS + 5)
+    table = corpus(tmp_path, n=LOGGED_PER_REASON + 5)
     for path in table["path"]:
         Path(path).unlink()
     with caplog.at_level(logging.WARNING, logger="tfmamba.features.build"):
         report = build_cache(table, "h", FbankExtractor(), str(tmp_path / "c"), progress=False)
-    assert len(caplog.records) == LOGGED_SKIPS + 1 and "the rest are listed in problems.csv" in caplog.text
-    assert report.skip_kinds() == {"missing file": LOGGED_SKIPS + 5}
-    assert f"  skipped: {LOGGED_SKIPS + 5} missing file\n" in report.summary()
+    assert len(caplog.records) == LOGGED_PER_REASON + 1 and "... and 5 more skipped (all listed in problems.csv)" in caplog.text
+    assert report.skip_kinds() == {"missing file": LOGGED_PER_REASON + 5}
+    assert f"  skipped: {LOGGED_PER_REASON + 5} missing file\n" in report.summary()
     problems = read_problems(tmp_path / "c" / "problems.csv")
-    assert len(problems) == LOGGED_SKIPS + 5 and {p.reason for p in problems} == {"missing file"}
+    assert len(problems) == LOGGED_PER_REASON + 5 and {p.reason for p in problems} == {"missing file"}
 
 
 def test_asking_for_another_extractor_is_an_error(tmp_path):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,34 @@ class Problem:
     utt_id: str
     path: str
     reason: str
+
+
+LOGGED_PER_REASON = 5  # skips logged one by one for each kind of reason; every one of them is in problems.csv
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason's kind, for counting: `missing file`, `undecodable`, `too short for fbank`, ..."""
+    return reason.split(" (")[0].split(":")[0]
+
+
+class SkipLog:
+    """Logs the first few skips of each kind as they happen; `close()` says how many more are in problems.csv only
+    (a corpus moved after `prepare` skips every clip: one line each flooded the console)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.kinds: Counter[str] = Counter()
+
+    def skipped(self, name: str, reason: str) -> None:
+        kind = reason_kind(reason)
+        self.kinds[kind] += 1
+        if self.kinds[kind] <= LOGGED_PER_REASON:
+            self.logger.warning("skipped %s: %s", name, reason)
+
+    def close(self) -> None:
+        hidden = sum(max(0, n - LOGGED_PER_REASON) for n in self.kinds.values())
+        if hidden:
+            self.logger.warning("... and %d more skipped (all listed in %s)", hidden, PROBLEMS_NAME)
 
 
 def manifest_hash(manifest: Manifest | pd.DataFrame, labels: Iterable[str] | None = None) -> str:

@@ -28,9 +28,11 @@ from tfmamba.corpora.manifest import (
     SPLITS,
     Manifest,
     Problem,
+    SkipLog,
     read_manifest,
     read_manifest_metadata,
     read_problems,
+    reason_kind,
     validate_table,
     write_manifest,
     write_problems,
@@ -40,7 +42,6 @@ from tfmamba.errors import DataError
 logger = logging.getLogger(__name__)
 
 PREPARE_VERSION = "1"
-LOGGED_PER_REASON = 5
 
 
 @dataclass
@@ -161,15 +162,10 @@ def prepare_corpus(
 
 def _log_problems(problems: list[Problem]) -> None:
     """A few examples of each kind of skip; the full list is in problems.csv."""
-    seen: Counter[str] = Counter()
+    log = SkipLog(logger)
     for problem in problems:
-        kind = _reason_kind(problem.reason)
-        seen[kind] += 1
-        if seen[kind] <= LOGGED_PER_REASON:
-            logger.warning("skipped %s: %s", problem.utt_id or problem.path, problem.reason)
-    hidden = sum(max(0, n - LOGGED_PER_REASON) for n in seen.values())
-    if hidden:
-        logger.warning("... and %d more skipped (all listed in %s)", hidden, PROBLEMS_NAME)
+        log.skipped(problem.utt_id or problem.path, problem.reason)
+    log.close()
 
 
 def format_summary(result: PrepareResult) -> str:
@@ -192,7 +188,7 @@ def format_summary(result: PrepareResult) -> str:
     if result.dropped:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(result.dropped.items()))
         lines.append(f"dropped labels (not in the class set): {dropped}")
-    reasons = Counter(_reason_kind(p.reason) for p in result.problems)
+    reasons = Counter(reason_kind(p.reason) for p in result.problems)
     lines.append(f"skipped files: {len(result.problems)} (listed in {PROBLEMS_NAME})")
     lines.extend(f"  {n} x {reason}" for reason, n in reasons.most_common())
     for fold in result.folds:
@@ -200,6 +196,3 @@ def format_summary(result: PrepareResult) -> str:
     lines.extend(f"{name}: {path}" for name, path in result.paths.items())
     return "\n".join(lines)
 
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(" (")[0].split(":")[0]

@@ -8,21 +8,19 @@ cache; nothing is half-written.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from tfmamba.corpora.manifest import SkipLog, reason_kind
 from tfmamba.errors import DataError
 from tfmamba.features.extractor import Extractor
 from tfmamba.features.writer import FeatureWriter
 from tfmamba.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
-
-LOGGED_SKIPS = 10  # skipped clips logged one by one; the rest only in problems.csv (a moved corpus skips them all)
 
 
 @dataclass
@@ -46,7 +44,7 @@ class BuildReport:
 
     def skip_kinds(self) -> Counter[str]:
         """Skipped utterances by the kind of their reason (`missing file`, `undecodable`, ...), most first."""
-        return Counter(re.split(r" \(|: ", problem["reason"], maxsplit=1)[0] for problem in self.problems)
+        return Counter(reason_kind(problem["reason"]) for problem in self.problems)
 
     @property
     def utts_per_s(self) -> float:
@@ -94,12 +92,11 @@ def build_cache(table: pd.DataFrame, manifest_hash: str, extractor: Extractor, o
     start = time.perf_counter()
     bar = _progress(len(rows), progress)
 
+    skips = SkipLog(log)
+
     def skip(utt_id: str, path: str, reason: str) -> None:
         reason = reason.removeprefix(f"{path}: ").removeprefix(f"{utt_id}: ")  # both have columns of their own
-        if report.skipped < LOGGED_SKIPS:
-            log.warning("skipping %s (%s): %s", utt_id, path, reason)
-        elif report.skipped == LOGGED_SKIPS:
-            log.warning("more clips skipped: the rest are listed in problems.csv only, and counted at the end")
+        skips.skipped(f"{utt_id} ({path})", reason)
         report.problems.append({"utt_id": utt_id, "path": path, "reason": reason})
 
     with writer:
@@ -123,6 +120,7 @@ def build_cache(table: pd.DataFrame, manifest_hash: str, extractor: Extractor, o
                     skip(utt_id, path, str(err))
             bar.update(min(batch_size, len(rows) - i))
     bar.close()
+    skips.close()
     report.seconds = time.perf_counter() - start
     report.written = writer.written
     report.bytes_written = writer.bytes_written
