@@ -195,4 +195,3 @@ def format_summary(result: PrepareResult) -> str:
         lines.append(f"fold {fold.index} ({fold.name}): train {len(fold.train)}, valid {len(fold.valid)}, test {len(fold.test)}")
     lines.extend(f"{name}: {path}" for name, path in result.paths.items())
     return "\n".join(lines)
-
